@@ -1,0 +1,35 @@
+"""The model bundle: the one contract between `models/` (makes bundles) and `service/` (serves them).
+
+This package imports neither torch nor FastAPI, so both halves can use it.
+
+A bundle is a flat directory (or the same files in a .tar.gz for upload):
+
+    model.onnx        user encoder: int64 [batch, max_len] (left-padded with 0) -> float32 [batch, dim]
+    items.npy         item scoring matrix, row i = item index i (row 0 = padding), int8/fp16/fp32
+    item_scales.npy   float32 per-row scales when items.npy is int8 (score = (u . q_i) * scale_i)
+    vocab.json        external item IDs in index order; entry 0 is "" (padding)
+    popularity.npy    int64 interaction counts per index, for the cold-start fallback
+    manifest.json     see `bundle.manifest.Manifest`
+"""
+
+from bundle.archive import extract_archive, pack_bundle
+from bundle.errors import BundleError
+from bundle.io import Bundle, read_bundle, verify_golden, write_bundle
+from bundle.items import decode_items, encode_items
+from bundle.manifest import FORMAT_VERSION, FileInfo, Golden, Manifest
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Bundle",
+    "BundleError",
+    "FileInfo",
+    "Golden",
+    "Manifest",
+    "decode_items",
+    "encode_items",
+    "extract_archive",
+    "pack_bundle",
+    "read_bundle",
+    "verify_golden",
+    "write_bundle",
+]

@@ -1,0 +1,96 @@
+"""Pack a bundle directory into a .tar.gz and unpack uploads safely.
+
+An uploaded archive is hostile until proven otherwise: only regular files at the top level,
+no absolute paths, no `..`, no links or devices, bounded file count and bounded bytes after
+decompression (a gzip bomb stops at the limit instead of filling the disk).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
+from bundle.errors import BundleError
+
+DEFAULT_MAX_FILES = 16
+DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB after decompression
+
+
+def pack_bundle(bundle_dir: Path, out: Path | None = None) -> bytes:
+    """Return the bundle as .tar.gz bytes (files at the archive root); also write `out` if given."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in sorted(bundle_dir.iterdir()):
+            if p.is_file():
+                tar.add(p, arcname=p.name, recursive=False)
+    data = buf.getvalue()
+    if out is not None:
+        out.write_bytes(data)
+    return data
+
+
+def extract_archive(
+    src: BinaryIO,
+    dest: Path,
+    *,
+    max_files: int = DEFAULT_MAX_FILES,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> None:
+    """Unpack a bundle .tar.gz from `src` into the empty directory `dest`.
+
+    Raises BundleError naming the offending member; `dest` may then hold partial output,
+    which the caller discards.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    written = 0
+    count = 0
+    try:
+        with tarfile.open(fileobj=src, mode="r:gz") as tar:
+            for member in tar:
+                count += 1
+                if count > max_files:
+                    raise BundleError(f"archive has more than {max_files} files")
+                name = member.name
+                if name.startswith("./"):
+                    name = name[2:]
+                if member.isdir() and name in ("", "."):
+                    continue
+                if name.startswith("/") or Path(name).is_absolute():
+                    raise BundleError(f"archive member {member.name!r} has an absolute path")
+                if ".." in Path(name).parts:
+                    raise BundleError(
+                        f"archive member {member.name!r} escapes the bundle with '..'"
+                    )
+                if member.issym() or member.islnk():
+                    raise BundleError(f"archive member {member.name!r} is a link")
+                if not member.isfile():
+                    raise BundleError(f"archive member {member.name!r} is not a regular file")
+                if "/" in name or not name:
+                    raise BundleError(
+                        f"archive member {member.name!r} is in a subdirectory; a bundle is flat"
+                    )
+                if member.size > max_bytes - written:
+                    raise BundleError(f"archive unpacks to more than {max_bytes} bytes")
+                f = tar.extractfile(member)
+                if f is None:
+                    raise BundleError(f"archive member {member.name!r} cannot be read")
+                target = dest / name
+                if target.exists():
+                    raise BundleError(f"archive holds {name!r} twice")
+                with target.open("wb") as out:
+                    remaining = member.size
+                    while remaining > 0:
+                        chunk = f.read(min(remaining, 1 << 20))
+                        if not chunk:
+                            raise BundleError(f"archive member {member.name!r} is truncated")
+                        out.write(chunk)
+                        remaining -= len(chunk)
+                written += member.size
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if isinstance(e, BundleError):
+            raise
+        raise BundleError(f"not a valid .tar.gz archive: {e}") from e
+    if count == 0:
+        raise BundleError("archive is empty")

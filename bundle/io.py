@@ -1,0 +1,255 @@
+"""Write and read bundle directories, checking every file against the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import ValidationError
+
+from bundle.errors import BundleError
+from bundle.items import encode_items
+from bundle.manifest import FileInfo, Golden, ItemEncoding, Manifest
+
+MODEL_FILE = "model.onnx"
+ITEMS_FILE = "items.npy"
+SCALES_FILE = "item_scales.npy"
+VOCAB_FILE = "vocab.json"
+POPULARITY_FILE = "popularity.npy"
+MANIFEST_FILE = "manifest.json"
+PAD_ID = ""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle, loaded into memory (the encoder stays a file for onnxruntime)."""
+
+    path: Path
+    manifest: Manifest
+    items: npt.NDArray[np.generic]  # (n_items + 1, dim), int8 / fp16 / fp32
+    item_scales: npt.NDArray[np.float32] | None  # (n_items + 1,) when items is int8
+    vocab: list[str]  # index -> external ID; vocab[0] == ""
+    popularity: npt.NDArray[np.int64]  # (n_items + 1,)
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def version(self) -> str:
+        return self.manifest.model_version
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_bundle(
+    out_dir: Path,
+    *,
+    model_version: str,
+    onnx_model: bytes,
+    item_matrix: npt.NDArray[np.floating],
+    vocab: Sequence[str],
+    popularity: npt.NDArray[np.integer],
+    max_len: int,
+    golden_inputs: npt.NDArray[np.int64],
+    golden_outputs: npt.NDArray[np.float32],
+    item_encoding: ItemEncoding = "int8",
+    golden_atol: float = 1e-3,
+    architecture: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    dataset: dict[str, Any] | None = None,
+) -> Manifest:
+    """Write a complete bundle into `out_dir` (created; must not hold another bundle).
+
+    `item_matrix` is float (n_items + 1, dim) with row 0 the padding row; `vocab[0]` must be "".
+    `golden_outputs` must come from running `onnx_model` on `golden_inputs`.
+    """
+    vocab = list(vocab)
+    n_rows, dim = item_matrix.shape
+    if vocab[0] != PAD_ID:
+        raise BundleError("vocab[0] must be the padding entry ''")
+    if len(vocab) != n_rows or len(popularity) != n_rows:
+        raise BundleError(
+            f"vocab ({len(vocab)}), popularity ({len(popularity)}) and item matrix ({n_rows}) "
+            "must have the same number of rows"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / MANIFEST_FILE).exists():
+        raise BundleError(f"{out_dir} already holds a bundle")
+
+    (out_dir / MODEL_FILE).write_bytes(onnx_model)
+    stored, scales = encode_items(item_matrix, item_encoding)
+    np.save(out_dir / ITEMS_FILE, stored, allow_pickle=False)
+    if scales is not None:
+        np.save(out_dir / SCALES_FILE, scales, allow_pickle=False)
+    (out_dir / VOCAB_FILE).write_text(json.dumps(vocab), encoding="utf-8")
+    np.save(out_dir / POPULARITY_FILE, np.asarray(popularity, dtype=np.int64), allow_pickle=False)
+
+    files = {
+        p.name: FileInfo(bytes=p.stat().st_size, sha256=sha256_file(p))
+        for p in sorted(out_dir.iterdir())
+        if p.name != MANIFEST_FILE
+    }
+    manifest = Manifest(
+        model_version=model_version,
+        created_at=datetime.now(UTC),
+        dim=dim,
+        max_len=max_len,
+        n_items=n_rows - 1,
+        item_encoding=item_encoding,
+        architecture=architecture or {},
+        recipe=recipe or {},
+        metrics=metrics or {},
+        dataset=dataset or {},
+        files=files,
+        golden=[
+            Golden(input=[int(x) for x in i], output=[float(x) for x in o])
+            for i, o in zip(golden_inputs, golden_outputs, strict=True)
+        ],
+        golden_atol=golden_atol,
+    )
+    (out_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    return manifest
+
+
+def read_manifest(path: Path) -> Manifest:
+    file = path / MANIFEST_FILE
+    if not file.is_file():
+        raise BundleError(f"{MANIFEST_FILE} is missing")
+    try:
+        return Manifest.model_validate_json(file.read_bytes())
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise BundleError(f"{MANIFEST_FILE} is invalid at {where}: {first['msg']}") from e
+
+
+def _load_npy(path: Path) -> npt.NDArray[Any]:
+    try:
+        array: npt.NDArray[Any] = np.load(path, allow_pickle=False)  # never unpickle
+        return array
+    except (ValueError, OSError) as e:
+        raise BundleError(f"{path.name} is not a plain .npy array: {e}") from e
+
+
+def read_bundle(path: Path) -> Bundle:
+    """Load a bundle directory, verifying sizes, sha256 sums, shapes and values.
+
+    Raises BundleError naming the first problem found. Does not run the encoder: see
+    `verify_golden`.
+    """
+    manifest = read_manifest(path)
+    required = {MODEL_FILE, ITEMS_FILE, VOCAB_FILE, POPULARITY_FILE}
+    if manifest.item_encoding == "int8":
+        required.add(SCALES_FILE)
+    missing = required - manifest.files.keys()
+    if missing:
+        raise BundleError(f"manifest does not list {', '.join(sorted(missing))}")
+    present = {p.name for p in path.iterdir()} - {MANIFEST_FILE}
+    unexpected = present - manifest.files.keys()
+    if unexpected:
+        raise BundleError(f"files not listed in the manifest: {', '.join(sorted(unexpected))}")
+    for name, info in manifest.files.items():
+        file = path / name
+        if not file.is_file() or file.is_symlink():
+            raise BundleError(f"{name} is missing or not a regular file")
+        if file.stat().st_size != info.bytes:
+            raise BundleError(f"{name} has {file.stat().st_size} bytes, manifest says {info.bytes}")
+        if sha256_file(file) != info.sha256:
+            raise BundleError(f"{name} does not match its sha256 in the manifest")
+
+    rows = manifest.n_items + 1
+    items = _load_npy(path / ITEMS_FILE)
+    expected_dtype = {"int8": np.int8, "fp16": np.float16, "fp32": np.float32}[
+        manifest.item_encoding
+    ]
+    if items.dtype != expected_dtype or items.shape != (rows, manifest.dim):
+        raise BundleError(
+            f"{ITEMS_FILE} is {items.dtype} {items.shape}, manifest says "
+            f"{manifest.item_encoding} ({rows}, {manifest.dim})"
+        )
+    if items.dtype != np.int8 and not np.isfinite(items).all():
+        raise BundleError(f"{ITEMS_FILE} contains NaN or Inf")
+    scales = None
+    if manifest.item_encoding == "int8":
+        scales = _load_npy(path / SCALES_FILE)
+        if scales.dtype != np.float32 or scales.shape != (rows,):
+            raise BundleError(
+                f"{SCALES_FILE} must be float32 ({rows},), got {scales.dtype} {scales.shape}"
+            )
+        if not np.isfinite(scales).all():
+            raise BundleError(f"{SCALES_FILE} contains NaN or Inf")
+
+    try:
+        vocab = json.loads((path / VOCAB_FILE).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{VOCAB_FILE} is not valid JSON: {e}") from e
+    if not isinstance(vocab, list) or not all(isinstance(v, str) for v in vocab):
+        raise BundleError(f"{VOCAB_FILE} must be a list of strings")
+    if len(vocab) != rows:
+        raise BundleError(f"{VOCAB_FILE} has {len(vocab)} entries, expected n_items + 1 = {rows}")
+    if vocab[0] != PAD_ID:
+        raise BundleError(f"{VOCAB_FILE} entry 0 must be the padding entry ''")
+    if len(set(vocab)) != rows:
+        raise BundleError(f"{VOCAB_FILE} has duplicate item IDs")
+
+    popularity = _load_npy(path / POPULARITY_FILE)
+    if popularity.dtype != np.int64 or popularity.shape != (rows,):
+        raise BundleError(
+            f"{POPULARITY_FILE} must be int64 ({rows},), got {popularity.dtype} {popularity.shape}"
+        )
+
+    if not manifest.golden:
+        raise BundleError("manifest has no golden input/output pairs")
+    for g in manifest.golden:
+        if len(g.input) != manifest.max_len or len(g.output) != manifest.dim:
+            raise BundleError("golden pair has the wrong input length or output size")
+        if min(g.input) < 0 or max(g.input) > manifest.n_items:
+            raise BundleError("golden input holds an item index outside the vocabulary")
+
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        items=items,
+        item_scales=scales,
+        vocab=vocab,
+        popularity=popularity,
+    )
+
+
+def verify_golden(
+    bundle: Bundle, encode: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float32]]
+) -> float:
+    """Run `encode` on the golden inputs; raise BundleError unless it reproduces the outputs.
+
+    Returns the largest absolute difference seen.
+    """
+    m = bundle.manifest
+    inputs = np.array([g.input for g in m.golden], dtype=np.int64)
+    expected = np.array([g.output for g in m.golden], dtype=np.float32)
+    got = np.asarray(encode(inputs), dtype=np.float32)
+    if got.shape != expected.shape:
+        raise BundleError(f"encoder output shape {got.shape}, golden outputs {expected.shape}")
+    if not np.isfinite(got).all():
+        raise BundleError("encoder produced NaN or Inf on the golden inputs")
+    diff = float(np.abs(got - expected).max())
+    if diff > m.golden_atol:
+        raise BundleError(
+            f"encoder does not reproduce the golden outputs: max abs diff {diff:.3g} "
+            f"> tolerance {m.golden_atol:.3g}"
+        )
+    return diff
