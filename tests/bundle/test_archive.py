@@ -1,0 +1,88 @@
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bundle import BundleError, extract_archive, pack_bundle
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    buf.seek(0)
+    return buf
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def test_pack_then_extract_restores_the_same_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha")
+    (src / "b.bin").write_bytes(bytes(range(256)))
+    out = tmp_path / "b.tar.gz"
+    data = pack_bundle(src, out)
+    assert out.read_bytes() == data
+    dest = tmp_path / "dest"
+    extract_archive(io.BytesIO(data), dest)
+    assert (dest / "a.txt").read_text() == "alpha"
+    assert (dest / "b.bin").read_bytes() == bytes(range(256))
+
+
+def test_extract_accepts_dot_slash_prefix(tmp_path: Path) -> None:
+    extract_archive(_tar([_file("./m.json", b"{}")]), tmp_path / "d")
+    assert (tmp_path / "d" / "m.json").read_bytes() == b"{}"
+
+
+def _link(name: str, target: str, kind: bytes) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, None
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ([_file("/etc/evil")], "absolute path"),
+        ([_file("../evil")], "escapes the bundle"),
+        ([_file("sub/file")], "subdirectory"),
+        ([_link("model.onnx", "/etc/passwd", tarfile.SYMTYPE)], "is a link"),
+        ([_link("model.onnx", "other", tarfile.LNKTYPE)], "is a link"),
+        ([_file(f"f{i}") for i in range(20)], "more than 16 files"),
+        ([_file("a"), _file("a")], "twice"),
+        ([], "empty"),
+    ],
+)
+def test_extract_rejects_unsafe_archives(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], reason: str
+) -> None:
+    with pytest.raises(BundleError, match=reason):
+        extract_archive(_tar(members), tmp_path / "d")
+    assert not (tmp_path / "evil").exists()
+
+
+def test_extract_rejects_fifo(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("pipe")
+    info.type = tarfile.FIFOTYPE
+    with pytest.raises(BundleError, match="not a regular file"):
+        extract_archive(_tar([(info, None)]), tmp_path / "d")
+
+
+def test_extract_stops_a_decompression_bomb_at_the_limit(tmp_path: Path) -> None:
+    bomb = _tar([_file("zeros", bytes(10 << 20))])
+    assert len(bomb.getvalue()) < 100_000  # tiny on the wire, 10 MiB unpacked
+    with pytest.raises(BundleError, match="more than 1048576 bytes"):
+        extract_archive(bomb, tmp_path / "d", max_bytes=1 << 20)
+
+
+def test_extract_rejects_data_that_is_not_gzip(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match=r"not a valid \.tar\.gz"):
+        extract_archive(io.BytesIO(b"PK\x03\x04 a zip, not a tarball"), tmp_path / "d")

@@ -1,0 +1,166 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bundle import BundleError, read_bundle, verify_golden, write_bundle
+from bundle.io import ITEMS_FILE, MANIFEST_FILE, POPULARITY_FILE, VOCAB_FILE
+
+N_ITEMS, DIM, MAX_LEN = 20, 8, 5
+
+
+def _encode(seqs: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """A stand-in encoder for the contract: mean of the non-padding item rows."""
+    mask = (seqs > 0)[..., None]
+    return ((table[seqs] * mask).sum(1) / np.maximum(mask.sum(1), 1)).astype(np.float32)
+
+
+def _write(tmp_path: Path, **overrides: object) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(1)
+    table = rng.normal(size=(N_ITEMS + 1, DIM)).astype(np.float32)
+    table[0] = 0
+    golden_in = np.array([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]], dtype=np.int64)
+    kwargs: dict[str, object] = dict(
+        model_version="v1",
+        onnx_model=b"not really onnx; the reader does not parse it",
+        item_matrix=table,
+        vocab=["", *(f"sku-{i}" for i in range(1, N_ITEMS + 1))],
+        popularity=np.arange(N_ITEMS + 1),
+        max_len=MAX_LEN,
+        golden_inputs=golden_in,
+        golden_outputs=_encode(golden_in, table),
+        metrics={"ndcg@10": 0.5},
+    )
+    kwargs.update(overrides)
+    out = tmp_path / "b"
+    write_bundle(out, **kwargs)  # type: ignore[arg-type]
+    return out, table
+
+
+def test_round_trip_keeps_everything_the_service_needs(tmp_path: Path) -> None:
+    path, table = _write(tmp_path)
+    b = read_bundle(path)
+    assert b.version == "v1"
+    assert b.manifest.n_items == N_ITEMS and b.manifest.dim == DIM
+    assert b.items.dtype == np.int8 and b.item_scales is not None
+    assert b.vocab[0] == "" and b.vocab[3] == "sku-3"
+    assert b.popularity.tolist() == list(range(N_ITEMS + 1))
+    assert b.manifest.metrics == {"ndcg@10": 0.5}
+    assert set(b.manifest.files) == {
+        "model.onnx",
+        "items.npy",
+        "item_scales.npy",
+        "vocab.json",
+        "popularity.npy",
+    }
+    assert verify_golden(b, lambda s: _encode(s, table)) == 0.0
+
+
+@pytest.mark.parametrize("encoding", ["fp16", "fp32"])
+def test_float_encodings_round_trip_without_scales(tmp_path: Path, encoding: str) -> None:
+    path, _ = _write(tmp_path, item_encoding=encoding)
+    b = read_bundle(path)
+    assert b.item_scales is None
+    assert not (path / "item_scales.npy").exists()
+
+
+def test_writer_refuses_mismatched_vocab(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="same number of rows"):
+        _write(tmp_path, vocab=["", "a"])
+
+
+def test_writer_refuses_vocab_without_padding_entry(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="padding"):
+        _write(tmp_path, vocab=[f"x{i}" for i in range(N_ITEMS + 1)])
+
+
+def test_read_rejects_changed_file(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    (path / "model.onnx").write_bytes(b"not really onnx; the reader does not parse iT")
+    with pytest.raises(BundleError, match=r"model\.onnx does not match its sha256"):
+        read_bundle(path)
+
+
+def test_read_rejects_missing_file(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    (path / POPULARITY_FILE).unlink()
+    with pytest.raises(BundleError, match=r"popularity\.npy is missing"):
+        read_bundle(path)
+
+
+def test_read_rejects_unlisted_file(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    (path / "evil.py").write_text("print('hi')")
+    with pytest.raises(BundleError, match=r"not listed in the manifest: evil\.py"):
+        read_bundle(path)
+
+
+def test_read_rejects_missing_or_invalid_manifest(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["model_version"] = "../escape"
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="invalid at model_version"):
+        read_bundle(path)
+    (path / MANIFEST_FILE).unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json is missing"):
+        read_bundle(path)
+
+
+def _rewrite_listed_file(path: Path, name: str, data: bytes) -> None:
+    """Replace a file and fix its manifest entry, so only the deeper checks can catch it."""
+    from bundle.io import sha256_file
+
+    (path / name).write_bytes(data)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["files"][name] = {"bytes": len(data), "sha256": sha256_file(path / name)}
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_read_rejects_vocab_with_duplicates_even_with_valid_checksum(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    vocab = ["", *(["dup"] * N_ITEMS)]
+    _rewrite_listed_file(path, VOCAB_FILE, json.dumps(vocab).encode())
+    with pytest.raises(BundleError, match="duplicate"):
+        read_bundle(path)
+
+
+def test_read_rejects_item_matrix_of_wrong_shape(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    other = tmp_path / "other.npy"
+    np.save(other, np.zeros((N_ITEMS, DIM), dtype=np.int8))
+    _rewrite_listed_file(path, ITEMS_FILE, other.read_bytes())
+    with pytest.raises(BundleError, match=r"items\.npy is int8 \(20, 8\)"):
+        read_bundle(path)
+
+
+def test_read_rejects_nan_in_float_items(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path, item_encoding="fp32")
+    bad = np.zeros((N_ITEMS + 1, DIM), dtype=np.float32)
+    bad[3, 1] = np.nan
+    other = tmp_path / "nan.npy"
+    np.save(other, bad)
+    _rewrite_listed_file(path, ITEMS_FILE, other.read_bytes())
+    with pytest.raises(BundleError, match="NaN or Inf"):
+        read_bundle(path)
+
+
+def test_read_refuses_pickled_arrays(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    other = tmp_path / "obj.npy"
+    np.save(other, np.array([object()] * (N_ITEMS + 1), dtype=object), allow_pickle=True)
+    _rewrite_listed_file(path, POPULARITY_FILE, other.read_bytes())
+    with pytest.raises(BundleError, match=r"not a plain \.npy array"):
+        read_bundle(path)
+
+
+def test_verify_golden_rejects_an_encoder_that_computes_something_else(tmp_path: Path) -> None:
+    path, table = _write(tmp_path)
+    b = read_bundle(path)
+    with pytest.raises(BundleError, match="does not reproduce the golden outputs"):
+        verify_golden(b, lambda s: _encode(s, table) + 0.01)
+    with pytest.raises(BundleError, match="NaN or Inf"):
+        verify_golden(b, lambda s: _encode(s, table) * np.nan)
+    with pytest.raises(BundleError, match="output shape"):
+        verify_golden(b, lambda s: _encode(s, table)[:, :2])
