@@ -1,0 +1,73 @@
+"""FastAPI dependencies as `Annotated` aliases; route signatures read like the API.
+
+The settings, the registry and the metrics live on `app.state` (set by `create_app` and its
+lifespan), so several apps with different settings can coexist, as they do in tests.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import NoModelLoaded
+from service.metrics import Metrics
+from service.registry import Registry
+from service.runner import LoadedModel
+from service.settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def get_current_model(registry: RegistryDep) -> LoadedModel:
+    """The serving model, read once: the whole request runs on this reference."""
+    model = registry.current
+    if model is None:
+        raise NoModelLoaded()
+    return model
+
+
+ModelDep = Annotated[LoadedModel, Depends(get_current_model)]
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_admin(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Guards the whole admin router (attached once, at include_router)."""
+    if settings.admin_token is None:  # the router is not mounted then; defence in depth
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "admin API needs an 'Authorization: Bearer <token>' header",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    expected = settings.admin_token.get_secret_value().encode()
+    if not secrets.compare_digest(credentials.credentials.encode(), expected):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin token is not valid")
+
+
+AdminDep = Depends(require_admin)

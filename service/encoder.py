@@ -1,0 +1,104 @@
+"""The user encoder: an onnxruntime session over a bundle's `model.onnx`, checked against
+the manifest before anything is served with it.
+
+The check covers what the request path relies on: exactly the input and output names of the
+manifest, int64 in and float32 out, rank 2 on both, a dynamic batch axis (micro-batches of any
+size), and a sequence / vector length that is either dynamic or equal to max_len / dim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from bundle import BundleError, Manifest
+
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+
+
+class Encoder(Protocol):
+    def __call__(self, seqs: I64) -> F32:
+        """(B, max_len) left-padded item indices -> (B, dim) user vectors."""
+        ...
+
+
+def _is_dynamic(dim: Any) -> bool:
+    return dim is None or isinstance(dim, str)
+
+
+class OnnxEncoder:
+    def __init__(self, model_path: Path, *, manifest: Manifest, intra_op_threads: int = 1) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only; warnings go to stderr otherwise
+        try:
+            self._session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            raise BundleError(f"model.onnx cannot be loaded by onnxruntime: {e}") from e
+        self._input = manifest.onnx_input
+        self._output = manifest.onnx_output
+        self._check_signature(manifest)
+
+    def _check_signature(self, m: Manifest) -> None:
+        inputs = self._session.get_inputs()
+        if [i.name for i in inputs] != [m.onnx_input]:
+            raise BundleError(
+                f"model.onnx inputs are {[i.name for i in inputs]}, manifest says [{m.onnx_input!r}]"
+            )
+        inp = inputs[0]
+        if inp.type != "tensor(int64)":
+            raise BundleError(
+                f"model.onnx input {inp.name!r} is {inp.type}, expected tensor(int64)"
+            )
+        if len(inp.shape) != 2:
+            raise BundleError(
+                f"model.onnx input {inp.name!r} has rank {len(inp.shape)}, expected 2"
+            )
+        if not _is_dynamic(inp.shape[0]):
+            raise BundleError(
+                f"model.onnx input {inp.name!r} has a fixed batch size {inp.shape[0]}; "
+                "the batch axis must be dynamic"
+            )
+        if not _is_dynamic(inp.shape[1]) and inp.shape[1] != m.max_len:
+            raise BundleError(
+                f"model.onnx input {inp.name!r} has length {inp.shape[1]}, manifest max_len {m.max_len}"
+            )
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        out = outputs.get(m.onnx_output)
+        if out is None:
+            raise BundleError(
+                f"model.onnx has no output {m.onnx_output!r} (outputs: {sorted(outputs)})"
+            )
+        if out.type != "tensor(float)":
+            raise BundleError(
+                f"model.onnx output {out.name!r} is {out.type}, expected tensor(float)"
+            )
+        if len(out.shape) != 2:
+            raise BundleError(
+                f"model.onnx output {out.name!r} has rank {len(out.shape)}, expected 2"
+            )
+        if not _is_dynamic(out.shape[0]):
+            raise BundleError(
+                f"model.onnx output {out.name!r} has a fixed batch size {out.shape[0]}; "
+                "the batch axis must be dynamic"
+            )
+        if not _is_dynamic(out.shape[1]) and out.shape[1] != m.dim:
+            raise BundleError(
+                f"model.onnx output {out.name!r} has size {out.shape[1]}, manifest dim {m.dim}"
+            )
+
+    def __call__(self, seqs: I64) -> F32:
+        try:
+            (vecs,) = self._session.run([self._output], {self._input: seqs})
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            raise BundleError(f"model.onnx failed on a batch of shape {seqs.shape}: {e}") from e
+        return np.asarray(vecs, dtype=np.float32)

@@ -1,0 +1,77 @@
+"""Composes the app: settings, lifespan, middleware, routers. Nothing heavy at import.
+
+python -m service                                 # HOST/PORT/MODEL_DIR/... from the env
+uvicorn --factory service.main:create_app         # the same app under uvicorn's CLI
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from service.deps import AdminDep
+from service.exception_handlers import install_exception_handlers
+from service.limits import BodySizeLimitMiddleware
+from service.metrics import Metrics, MetricsMiddleware
+from service.registry import Registry
+from service.responses import OrjsonResponse
+from service.routes import admin, health, recommend
+from service.routes import metrics as metrics_routes
+from service.settings import Settings, get_settings
+from service.store import open_store
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the store, start the registry (active version or bootstrap bundle), then serve."""
+    settings: Settings = app.state.settings
+    store = open_store(
+        redis_url=str(settings.redis_url) if settings.redis_url else None,
+        state_dir=settings.model_dir,
+        prefix=settings.redis_key_prefix,
+        timeout_s=settings.redis_timeout_s,
+    )
+    registry = Registry(
+        model_dir=settings.model_dir,
+        store=store,
+        intra_op_threads=settings.onnx_intra_op_threads,
+        max_unpacked_bytes=settings.max_unpacked_bytes,
+        on_activate=app.state.metrics.on_activate,
+    )
+    try:
+        await run_in_threadpool(registry.start, bootstrap=settings.bootstrap_bundle)
+        app.state.registry = registry
+        yield
+    finally:
+        store.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="recsys-serve",
+        summary="Sequential recommendations from compressed ONNX bundles, with hot swap.",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+
+    def body_limit(path: str) -> int:
+        if path.startswith("/admin/bundles"):
+            return settings.max_upload_bytes
+        return settings.max_body_bytes
+
+    app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees 413s
+    install_exception_handlers(app)
+
+    app.include_router(recommend.router)
+    app.include_router(health.router)
+    app.include_router(metrics_routes.router)
+    if settings.admin_enabled:
+        app.include_router(admin.router, dependencies=[AdminDep])
+    return app

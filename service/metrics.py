@@ -1,0 +1,103 @@
+"""Prometheus metrics, one `CollectorRegistry` per app (several apps can live in one test
+process), and the ASGI middleware that times every request by route template and status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "recsys_http_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "recsys_http_request_duration_seconds",
+            "HTTP request latency in seconds, by route template, method and status code.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "recsys_inference_duration_seconds",
+            "Encoder (onnxruntime) time per batch, seconds.",
+            buckets=_FAST_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue = Histogram(
+            "recsys_queue_duration_seconds",
+            "Time a request waited for its inference batch, seconds.",
+            buckets=_FAST_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "recsys_model_info",
+            "The serving model version (value 1 on the active version's series).",
+            ["version"],
+            registry=self.registry,
+        )
+        self.swaps = Counter(
+            "recsys_model_swaps",
+            "Model activations that replaced a serving model.",
+            registry=self.registry,
+        )
+        self.recommendations = Counter(
+            "recsys_recommendations",
+            "Answered recommendation requests by strategy.",
+            ["strategy"],
+            registry=self.registry,
+        )
+
+    def on_activate(self, previous: str | None, version: str) -> None:
+        if previous is not None:
+            self.model_info.remove(previous)
+            self.swaps.inc()
+        self.model_info.labels(version=version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts and times HTTP requests; the route label is the matched path template
+    (`/admin/bundles/{version}/activate`), so label cardinality stays bounded."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route: Any = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            labels = (path, scope.get("method", ""), str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

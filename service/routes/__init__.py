@@ -1,0 +1,1 @@
+"""HTTP routes, one module per group: recommend, admin, health, metrics."""

@@ -1,0 +1,43 @@
+"""Liveness and readiness.
+
+/healthz: the process answers. /readyz: 200 when a model is loaded ("degraded" when the
+store cannot be reached: answers still come from memory), 503 when no model is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+from service.deps import RegistryDep
+from service.responses import OrjsonResponse
+from service.schemas import HealthOut, ReadyOut, StoreState
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> HealthOut:
+    return HealthOut()
+
+
+@router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
+async def readyz(registry: RegistryDep) -> OrjsonResponse:
+    model = registry.current
+    store_ok = await run_in_threadpool(registry.store.ping)
+    cached = await run_in_threadpool(registry.items_cached) if store_ok else None
+    status: Literal["ready", "degraded", "not_ready"]
+    if model is None:
+        status = "not_ready"
+    elif not store_ok:
+        status = "degraded"
+    else:
+        status = "ready"
+    body = ReadyOut(
+        status=status,
+        model_version=model.version if model else None,
+        store=StoreState(backend=registry.store.backend, ok=store_ok, items_cached=cached),
+    )
+    return OrjsonResponse(body.model_dump(), status_code=200 if model is not None else 503)

@@ -1,0 +1,253 @@
+"""Inference: turn a history of external item IDs into scored recommendations.
+
+A `LoadedModel` is immutable once built and holds everything the request path needs in
+memory: the encoder, the compact item matrix (int8 + per-row scales, or fp16/fp32), the
+vocabulary and the popularity order. Swapping models is therefore one reference assignment
+(see `service.registry`), and a request keeps the model it started with.
+
+Scoring is matrix products over the catalog (`users @ items.T * scales`, in row chunks so the
+upcast copy of an int8 block stays small) and a partial top-k with `np.argpartition`; Python
+only loops over the request's own IDs, never over the catalog.
+
+`recommend_batch` takes many requests and runs the encoder once for all of them: the entry
+point for dynamic micro-batching.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from bundle import Manifest
+from service.encoder import Encoder
+
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+
+Strategy = Literal["model", "popular"]
+# Rows of the item matrix upcast to float32 at a time while scoring the full catalog.
+SCORE_CHUNK_ROWS = 16384
+
+
+@dataclass(frozen=True)
+class RecRequest:
+    history: Sequence[str]  # external IDs, most recent last
+    k: int
+    candidates: Sequence[str] | None = None  # rerank only these
+    exclude: Sequence[str] = ()
+    exclude_seen: bool = True
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_ids: list[str]
+    scores: list[float]
+    model_version: str
+    strategy: Strategy
+    unknown_history: int
+    unknown_candidates: int
+    inference_s: float = 0.0  # encoder time of the batch this request rode in
+    queue_s: float = 0.0  # time spent waiting for a batch (0 on the direct path)
+
+
+@dataclass
+class _Prepared:
+    request: RecRequest
+    known: I64  # known history indices, in order
+    unknown_history: int
+    candidates: I64 | None  # deduplicated known candidate indices
+    unknown_candidates: int
+    banned: I64  # indices that must not be returned
+    user_row: int = -1  # row in the encoded batch, -1 for the popularity fallback
+
+
+class LoadedModel:
+    def __init__(
+        self,
+        *,
+        manifest: Manifest,
+        encoder: Encoder,
+        items: npt.NDArray[Any],
+        scales: F32 | None,
+        vocab: Sequence[str],
+        popularity: I64,
+    ) -> None:
+        rows = manifest.n_items + 1
+        if items.shape != (rows, manifest.dim) or len(vocab) != rows or popularity.shape != (rows,):
+            raise ValueError(
+                f"item matrix {items.shape}, vocab {len(vocab)} and popularity {popularity.shape} "
+                f"do not match n_items + 1 = {rows}, dim = {manifest.dim}"
+            )
+        if scales is not None and scales.shape != (rows,):
+            raise ValueError(f"item scales {scales.shape} do not match {rows} rows")
+        self.manifest = manifest
+        self.version = manifest.model_version
+        self.max_len = manifest.max_len
+        self._encoder = encoder
+        self._items = items
+        self._scales = scales
+        self._vocab = list(vocab)
+        self._index = {item_id: i for i, item_id in enumerate(self._vocab) if i > 0}
+        self._popularity = popularity
+        # Most popular first; index 0 (padding) never appears. Stable: ties keep vocab order.
+        order = np.argsort(-popularity[1:], kind="stable") + 1
+        self._popular_order: I64 = order.astype(np.int64)
+
+    @property
+    def n_items(self) -> int:
+        return self.manifest.n_items
+
+    @property
+    def items(self) -> npt.NDArray[Any]:
+        return self._items
+
+    @property
+    def scales(self) -> F32 | None:
+        return self._scales
+
+    # --- request path -------------------------------------------------------------------
+
+    def recommend(self, request: RecRequest) -> Recommendation:
+        return self.recommend_batch([request])[0]
+
+    def recommend_batch(self, requests: Sequence[RecRequest]) -> list[Recommendation]:
+        prepared = [self._prepare(r) for r in requests]
+        to_encode = [p for p in prepared if len(p.known) > 0]
+        inference_s = 0.0
+        users: F32 = np.empty((0, self.manifest.dim), dtype=np.float32)
+        if to_encode:
+            seqs = np.zeros((len(to_encode), self.max_len), dtype=np.int64)  # (B, T)
+            for row, p in enumerate(to_encode):
+                recent = p.known[-self.max_len :]  # keep the most recent, left-pad with 0
+                seqs[row, self.max_len - len(recent) :] = recent
+                p.user_row = row
+            t0 = time.perf_counter()
+            users = self.encode(seqs)  # (B, dim)
+            inference_s = time.perf_counter() - t0
+
+        full = [p for p in prepared if p.user_row >= 0 and p.candidates is None]
+        full_scores = self._score_all(users[[p.user_row for p in full]]) if full else None
+
+        out: list[Recommendation] = []
+        full_row = 0
+        for p in prepared:
+            if p.user_row < 0:
+                ids, scores = self._popular(p)
+                strategy: Strategy = "popular"
+            elif p.candidates is None:
+                assert full_scores is not None
+                ids, scores = self._top_k_full(full_scores[full_row], p)
+                full_row += 1
+                strategy = "model"
+            else:
+                ids, scores = self._top_k_candidates(users[p.user_row], p)
+                strategy = "model"
+            out.append(
+                Recommendation(
+                    item_ids=[self._vocab[i] for i in ids.tolist()],
+                    scores=scores.tolist(),
+                    model_version=self.version,
+                    strategy=strategy,
+                    unknown_history=p.unknown_history,
+                    unknown_candidates=p.unknown_candidates,
+                    inference_s=inference_s,
+                )
+            )
+        return out
+
+    def encode(self, seqs: I64) -> F32:
+        return self._encoder(seqs)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _lookup(self, ids: Sequence[str]) -> tuple[I64, int]:
+        """Known indices in order, and how many IDs were unknown (dropped)."""
+        idx = [self._index.get(i, 0) for i in ids]
+        known = np.fromiter((i for i in idx if i > 0), dtype=np.int64)
+        return known, len(idx) - len(known)
+
+    def _prepare(self, r: RecRequest) -> _Prepared:
+        known, unknown = self._lookup(r.history)
+        candidates: I64 | None = None
+        unknown_candidates = 0
+        if r.candidates is not None:
+            cand, unknown_candidates = self._lookup(r.candidates)
+            _, first = np.unique(cand, return_index=True)
+            candidates = cand[np.sort(first)]  # dedupe, keep the caller's order
+        excluded, _ = self._lookup(r.exclude)
+        banned = np.concatenate([excluded, known]) if r.exclude_seen else excluded
+        return _Prepared(
+            request=r,
+            known=known,
+            unknown_history=unknown,
+            candidates=candidates,
+            unknown_candidates=unknown_candidates,
+            banned=np.unique(banned),
+        )
+
+    def _score_all(self, users: F32) -> F32:
+        """(B, dim) -> (B, n_items + 1) scores against the whole catalog."""
+        rows = self._items.shape[0]
+        out = np.empty((users.shape[0], rows), dtype=np.float32)
+        for start in range(0, rows, SCORE_CHUNK_ROWS):
+            stop = min(start + SCORE_CHUNK_ROWS, rows)
+            block = self._items[start:stop].astype(np.float32, copy=False)  # (R, dim)
+            np.matmul(users, block.T, out=out[:, start:stop])
+        if self._scales is not None:
+            out *= self._scales  # per-row int8 scale, broadcast over the batch
+        return out
+
+    def _top_k_full(self, scores: F32, p: _Prepared) -> tuple[I64, F32]:
+        scores = scores.copy()
+        scores[0] = -np.inf  # padding
+        scores[p.banned] = -np.inf
+        return _top_k(scores, np.arange(len(scores), dtype=np.int64), p.request.k)
+
+    def _top_k_candidates(self, user: F32, p: _Prepared) -> tuple[I64, F32]:
+        assert p.candidates is not None
+        cand = p.candidates[~np.isin(p.candidates, p.banned)]
+        block = self._items[cand].astype(np.float32, copy=False)  # (C, dim): only candidates
+        scores = block @ user
+        if self._scales is not None:
+            scores = scores * self._scales[cand]
+        return _top_k(scores.astype(np.float32, copy=False), cand, p.request.k)
+
+    def _popular(self, p: _Prepared) -> tuple[I64, F32]:
+        k = p.request.k
+        if p.candidates is not None:
+            cand = p.candidates[~np.isin(p.candidates, p.banned)]
+            ranked = cand[np.argsort(-self._popularity[cand], kind="stable")][:k]
+        else:
+            head = self._popular_order[: k + len(p.banned)]
+            ranked = head[~np.isin(head, p.banned)][:k]
+        return ranked, self._popularity[ranked].astype(np.float32)
+
+    def warm_up(self) -> None:
+        """Run the whole request path once so the first real request pays no setup cost."""
+        some = self._vocab[1 : 1 + min(3, self.n_items)]
+        self.recommend_batch(
+            [
+                RecRequest(history=some, k=min(10, self.n_items)),
+                RecRequest(history=some, k=1, candidates=some),
+                RecRequest(history=[], k=1),
+            ]
+        )
+
+
+def _top_k(scores: F32, index: I64, k: int) -> tuple[I64, F32]:
+    """The k best finite scores, best first, as (item indices, scores)."""
+    finite = np.isfinite(scores)
+    if not finite.all():
+        scores, index = scores[finite], index[finite]
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    # Partial selection of the k best (no full sort of the catalog), then order those k.
+    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    best = part[np.argsort(-scores[part], kind="stable")]
+    return index[best], scores[best]

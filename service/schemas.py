@@ -1,0 +1,78 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[ItemId] = Field(
+        default_factory=list,
+        description="External item IDs the user interacted with, most recent last.",
+    )
+    k: int = Field(default=10, ge=1, le=1000, description="How many items to return.")
+    candidates: list[ItemId] | None = Field(
+        default=None, description="Rerank only these items (e.g. what a search page retrieved)."
+    )
+    exclude: list[ItemId] = Field(default_factory=list, description="Never return these items.")
+    exclude_seen: bool = Field(default=True, description="Never return items from the history.")
+    user_id: str | None = Field(default=None, max_length=256, description="Logged, not used.")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    items: list[ScoredItem]
+    model_version: str
+    strategy: Literal["model", "popular"]
+    unknown_history: int = Field(description="History IDs not in the model's vocabulary (dropped).")
+    unknown_candidates: int = Field(description="Candidate IDs not in the vocabulary (ignored).")
+
+
+class VersionOut(BaseModel):
+    version: str
+    active: bool
+    created_at: datetime | None = None
+    manifest: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class BundlesOut(BaseModel):
+    active: str | None
+    versions: list[VersionOut]
+
+
+class ActiveOut(BaseModel):
+    version: str | None
+    manifest: dict[str, Any] | None = None
+
+
+class InstalledOut(BaseModel):
+    version: str
+    manifest: dict[str, Any]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class StoreState(BaseModel):
+    backend: str
+    ok: bool
+    items_cached: bool | None = Field(description="Active version's items are in the store.")
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "degraded", "not_ready"]
+    model_version: str | None
+    store: StoreState

@@ -1,0 +1,95 @@
+"""Service configuration: one typed settings class read from the environment.
+
+Every field maps to an upper-case environment variable of the same name (`MODEL_DIR`,
+`REDIS_URL`, `ADMIN_TOKEN`, `MAX_HISTORY`, ...). `get_settings()` is cached; tests build
+`Settings(...)` directly and hand it to `create_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, RedisDsn, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+# Tokens that show up in templates and tutorials; refused in production.
+WEAK_TOKENS = frozenset({"changethis", "changeme", "secret", "admin", "token", "password"})
+MIN_PRODUCTION_TOKEN_LENGTH = 24
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Literal["development", "production"] = "development"
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # Each installed version lives in <model_dir>/<version>/.
+    model_dir: Path = Path("var/models")
+    # A bundle directory or .tar.gz installed and activated at start when no version is active.
+    bootstrap_bundle: Path | None = None
+
+    # None: the embedded in-process store (single process, quick start).
+    redis_url: RedisDsn | None = None
+    redis_key_prefix: str = Field(default="recsys:v1", pattern=r"^[A-Za-z0-9:._-]+$")
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+
+    # None (or empty) disables the admin API: its routes answer 404.
+    admin_token: SecretStr | None = None
+
+    # Request limits.
+    max_history: int = Field(default=200, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_k: int = Field(default=1000, ge=1)
+    max_candidates: int = Field(default=1000, ge=1)
+    max_exclude: int = Field(default=1000, ge=0)
+    max_item_id_length: int = Field(default=256, ge=1)
+    # Admin uploads: compressed body, and bytes after decompression.
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    max_unpacked_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+
+    # onnxruntime threads per session; one keeps latency predictable under many workers.
+    onnx_intra_op_threads: int = Field(default=1, ge=1)
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_disables_admin(cls, v: object) -> object:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        return v
+
+    @field_validator("bootstrap_bundle", "redis_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _enforce_strong_admin_token(self) -> Self:
+        if self.admin_token is None:
+            return self
+        token = self.admin_token.get_secret_value()
+        weak = token.lower() in WEAK_TOKENS or len(token) < MIN_PRODUCTION_TOKEN_LENGTH
+        if weak and self.environment == "production":
+            raise ValueError(
+                "ADMIN_TOKEN is too weak for ENVIRONMENT=production: use at least "
+                f"{MIN_PRODUCTION_TOKEN_LENGTH} random characters (e.g. `openssl rand -hex 32`), "
+                "or unset it to disable the admin API"
+            )
+        if weak:
+            log.warning("ADMIN_TOKEN is weak; acceptable only in development")
+        return self
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self.admin_token is not None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,242 @@
+"""Shared fixtures: a private real Redis, test bundles, settings and app clients.
+
+No torch here: tests/service must run where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+from tests.factories import BundleSpec, make_bundle_archive, make_bundle_dir
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+V1 = BundleSpec(version="v1", seed=0)
+V2 = BundleSpec(version="v2", seed=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server process in a temp dir (no persistence)."""
+
+    workdir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail(
+                "redis-server is not installed: tests use a real Redis "
+                "(apt-get install redis-server, or set REDIS_URL)"
+            )
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    pytest.fail(f"redis-server did not start on port {self.port}")
+                time.sleep(0.05)
+            finally:
+                client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis for the session: REDIS_URL when set, else a private redis-server."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, which the test may stop (degraded-mode tests)."""
+    server = RedisServer(tmp_path / "redis-private")
+    server.workdir.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """Keys of one test never meet another's, even on a shared REDIS_URL."""
+    return f"test:{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def bundle_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bundles")
+
+
+@pytest.fixture(scope="session")
+def v1_dir(bundle_work: Path) -> Path:
+    return make_bundle_dir(bundle_work / "v1", V1)
+
+
+@pytest.fixture(scope="session")
+def v1_archive(bundle_work: Path) -> bytes:
+    return make_bundle_archive(bundle_work, V1)
+
+
+@pytest.fixture(scope="session")
+def v2_archive(bundle_work: Path) -> bytes:
+    return make_bundle_archive(bundle_work, V2)
+
+
+@pytest.fixture
+def bad_bundle_dir(tmp_path: Path) -> Callable[[BundleSpec], Path]:
+    """A fresh, valid bundle directory for a test to corrupt."""
+
+    def make(spec: BundleSpec) -> Path:
+        return make_bundle_dir(tmp_path / f"bad-{spec.version}-{uuid.uuid4().hex[:6]}", spec)
+
+    return make
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def make_settings(model_dir: Path) -> Callable[..., Settings]:
+    """Settings isolated from the environment and any .env file."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "environment": "development",
+            "model_dir": model_dir,
+            "bootstrap_bundle": None,
+            "redis_url": None,
+            "admin_token": ADMIN_TOKEN,
+            "log_level": "warning",
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def store_settings(
+    store_kind: str, request: pytest.FixtureRequest, redis_prefix: str
+) -> dict[str, Any]:
+    """Settings overrides selecting the store under test."""
+    if store_kind == "embedded":
+        return {"redis_url": None}
+    url: str = request.getfixturevalue("redis_url")
+    return {"redis_url": url, "redis_key_prefix": redis_prefix}
+
+
+@pytest.fixture
+def client_for() -> Iterator[Callable[[Settings], TestClient]]:
+    """Start an app (lifespan included) for the given settings; all stopped at teardown."""
+    started: list[TestClient] = []
+
+    def start(settings: Settings) -> TestClient:
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        started.append(client)
+        return client
+
+    yield start
+    for client in reversed(started):
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(
+    client_for: Callable[[Settings], TestClient],
+    make_settings: Callable[..., Settings],
+    v1_dir: Path,
+    store_settings: dict[str, Any],
+) -> TestClient:
+    """The service on each store, serving bundle v1 (bootstrapped), admin enabled."""
+    return client_for(make_settings(bootstrap_bundle=v1_dir, **store_settings))
+
+
+@pytest.fixture
+def embedded_client(
+    client_for: Callable[[Settings], TestClient],
+    make_settings: Callable[..., Settings],
+    v1_dir: Path,
+) -> TestClient:
+    """The service on the embedded store only, serving v1, admin enabled."""
+    return client_for(make_settings(bootstrap_bundle=v1_dir))
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -1,0 +1,273 @@
+"""Test data made in one place: small but real bundles, built without torch.
+
+The encoder is a genuine ONNX graph made with `onnx.helper`:
+
+    item_seq int64 (B, T) -> Gather(E) (B, T, D) -> masked mean over real items (B, D)
+                          -> MatMul W + b -> Tanh -> user_vec float32 (B, D)
+
+with dynamic batch and sequence axes; E doubles as the (tied) item scoring matrix. The golden
+outputs are computed with onnxruntime, exactly as the offline pipeline does. Corruption
+helpers produce each kind of bad bundle the service must refuse.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from bundle import pack_bundle, write_bundle
+from bundle.io import sha256_file
+
+OPSET = 17
+IR_VERSION = 9
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    version: str = "v1"
+    n_items: int = 60
+    dim: int = 8
+    max_len: int = 12
+    item_encoding: str = "int8"
+    seed: int = 0
+    n_golden: int = 4
+
+
+def item_ids(n_items: int) -> list[str]:
+    return [f"i{i}" for i in range(1, n_items + 1)]
+
+
+def make_encoder_onnx(
+    embeddings: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    *,
+    input_name: str = "item_seq",
+    output_name: str = "user_vec",
+    input_type: int = TensorProto.INT64,
+    batch_dim: str | int = "batch",
+) -> bytes:
+    """Serialized ONNX model of the masked-mean encoder described above."""
+    seq_input = input_name if input_type == TensorProto.INT64 else f"{input_name}_cast"
+    nodes = []
+    if input_type != TensorProto.INT64:
+        nodes.append(helper.make_node("Cast", [input_name], [seq_input], to=TensorProto.INT64))
+    nodes += [
+        helper.make_node("Gather", ["E", seq_input], ["emb"]),  # (B, T, D)
+        helper.make_node("Greater", [seq_input, "zero_i"], ["is_item"]),  # (B, T)
+        helper.make_node("Cast", ["is_item"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask", "axis2"], ["mask3"]),  # (B, T, 1)
+        helper.make_node("Mul", ["emb", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], keepdims=0),  # (B, D)
+        helper.make_node("ReduceSum", ["mask", "axis1"], ["count"], keepdims=1),  # (B, 1)
+        helper.make_node("Max", ["count", "one_f"], ["count1"]),
+        helper.make_node("Div", ["summed", "count1"], ["mean"]),
+        helper.make_node("MatMul", ["mean", "W"], ["lin"]),
+        helper.make_node("Add", ["lin", "b"], ["pre"]),
+        helper.make_node("Tanh", ["pre"], [output_name]),
+    ]
+    inits = [
+        numpy_helper.from_array(embeddings.astype(np.float32), "E"),
+        numpy_helper.from_array(weight.astype(np.float32), "W"),
+        numpy_helper.from_array(bias.astype(np.float32), "b"),
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "zero_i"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_f"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+    ]
+    dim = embeddings.shape[1]
+    graph = helper.make_graph(
+        nodes,
+        "masked_mean_encoder",
+        [helper.make_tensor_value_info(input_name, input_type, [batch_dim, "seq"])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch_dim, dim])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def run_onnx(model: bytes, seqs: np.ndarray, *, output: str = "user_vec") -> np.ndarray:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    (out,) = session.run([output], {name: seqs})
+    return np.asarray(out, dtype=np.float32)
+
+
+def golden_inputs(rng: np.random.Generator, *, n: int, n_items: int, max_len: int) -> np.ndarray:
+    """Left-padded sequences of varied length, including an all-padding one."""
+    seqs = np.zeros((n, max_len), dtype=np.int64)
+    for row in range(1, n):
+        length = int(rng.integers(1, max_len + 1))
+        seqs[row, max_len - length :] = rng.integers(1, n_items + 1, size=length)
+    return seqs
+
+
+def make_parameters(spec: BundleSpec) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(spec.seed)
+    embeddings = rng.normal(0, 1, size=(spec.n_items + 1, spec.dim)).astype(np.float32)
+    embeddings[0] = 0.0  # padding row
+    weight = rng.normal(0, 1 / np.sqrt(spec.dim), size=(spec.dim, spec.dim)).astype(np.float32)
+    bias = rng.normal(0, 0.1, size=spec.dim).astype(np.float32)
+    # Popularity: a steep, distinct ranking (item i1 most popular) so tests can predict it.
+    popularity = np.concatenate([[0], np.arange(spec.n_items, 0, -1) * 10]).astype(np.int64)
+    return {"E": embeddings, "W": weight, "b": bias, "popularity": popularity}
+
+
+def make_bundle_dir(out_dir: Path, spec: BundleSpec | None = None, **overrides: Any) -> Path:
+    """Write a complete, valid bundle for `spec` into `out_dir` and return it."""
+    spec = spec or BundleSpec()
+    if overrides:
+        spec = BundleSpec(**{**spec.__dict__, **overrides})
+    p = make_parameters(spec)
+    model = make_encoder_onnx(p["E"], p["W"], p["b"])
+    rng = np.random.default_rng(spec.seed + 1)
+    inputs = golden_inputs(rng, n=spec.n_golden, n_items=spec.n_items, max_len=spec.max_len)
+    write_bundle(
+        out_dir,
+        model_version=spec.version,
+        onnx_model=model,
+        item_matrix=p["E"],
+        vocab=["", *item_ids(spec.n_items)],
+        popularity=p["popularity"],
+        max_len=spec.max_len,
+        golden_inputs=inputs,
+        golden_outputs=run_onnx(model, inputs),
+        item_encoding=spec.item_encoding,  # type: ignore[arg-type]
+        architecture={"kind": "masked-mean-test-encoder", "dim": spec.dim},
+        recipe={"made_by": "tests/factories.py", "seed": spec.seed},
+        metrics={"ndcg@10": 0.0},
+    )
+    return out_dir
+
+
+def make_bundle_archive(work_dir: Path, spec: BundleSpec | None = None, **overrides: Any) -> bytes:
+    """A valid bundle as .tar.gz bytes (built in a fresh subdirectory of `work_dir`)."""
+    spec = spec or BundleSpec()
+    if overrides:
+        spec = BundleSpec(**{**spec.__dict__, **overrides})
+    bundle_dir = work_dir / f"src-{spec.version}-{spec.seed}"
+    if not bundle_dir.exists():
+        make_bundle_dir(bundle_dir, spec)
+    return pack_bundle(bundle_dir)
+
+
+def reference_user_vector(spec: BundleSpec, history_idx: list[int]) -> np.ndarray:
+    """What the encoder computes for item indices `history_idx` (numpy twin of the graph)."""
+    p = make_parameters(spec)
+    seq = [i for i in history_idx if i > 0][-spec.max_len :]
+    mean = p["E"][seq].mean(axis=0) if seq else np.zeros(spec.dim, dtype=np.float32)
+    return np.tanh(mean @ p["W"] + p["b"]).astype(np.float32)
+
+
+# --- corruption helpers ---------------------------------------------------------------------
+
+
+def _manifest(bundle_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((bundle_dir / "manifest.json").read_text())
+    return data
+
+
+def _write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> None:
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def replace_file(bundle_dir: Path, name: str, data: bytes) -> None:
+    """Replace a bundle file AND its manifest entry: the bundle stays self-consistent, so the
+    check that must catch the problem is the one beyond checksums."""
+    (bundle_dir / name).write_bytes(data)
+    manifest = _manifest(bundle_dir)
+    manifest["files"][name] = {
+        "bytes": (bundle_dir / name).stat().st_size,
+        "sha256": sha256_file(bundle_dir / name),
+    }
+    _write_manifest(bundle_dir, manifest)
+
+
+def corrupt_checksum(bundle_dir: Path) -> None:
+    """Flip one byte of the item matrix without updating the manifest."""
+    path = bundle_dir / "items.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def corrupt_vocab_size(bundle_dir: Path) -> None:
+    """One vocabulary entry too many (checksums updated)."""
+    vocab = json.loads((bundle_dir / "vocab.json").read_text())
+    replace_file(bundle_dir, "vocab.json", json.dumps([*vocab, "extra-item"]).encode())
+
+
+def corrupt_golden(bundle_dir: Path) -> None:
+    """Golden outputs the encoder does not reproduce."""
+    manifest = _manifest(bundle_dir)
+    manifest["golden"][0]["output"] = [x + 0.5 for x in manifest["golden"][0]["output"]]
+    _write_manifest(bundle_dir, manifest)
+
+
+def corrupt_onnx_signature(bundle_dir: Path, spec: BundleSpec, *, kind: str = "name") -> None:
+    """Swap in an encoder whose signature does not match the manifest:
+    kind = "name" (input renamed), "dtype" (float input) or "batch" (fixed batch of 4)."""
+    p = make_parameters(spec)
+    kwargs: dict[str, Any] = {
+        "name": {"input_name": "seq"},
+        "dtype": {"input_type": TensorProto.FLOAT},
+        "batch": {"batch_dim": spec.n_golden},
+    }[kind]
+    replace_file(bundle_dir, "model.onnx", make_encoder_onnx(p["E"], p["W"], p["b"], **kwargs))
+
+
+def corrupt_nan_encoder(bundle_dir: Path, spec: BundleSpec) -> None:
+    """An encoder with a NaN weight: every user vector comes out NaN."""
+    p = make_parameters(spec)
+    weight = p["W"].copy()
+    weight[0, 0] = np.nan
+    replace_file(bundle_dir, "model.onnx", make_encoder_onnx(p["E"], weight, p["b"]))
+
+
+def corrupt_onnx_bytes(bundle_dir: Path) -> None:
+    """model.onnx that is not an ONNX model at all."""
+    replace_file(bundle_dir, "model.onnx", b"this is not a protobuf" * 10)
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def traversal_archive() -> bytes:
+    info = tarfile.TarInfo("../escaped.txt")
+    info.size = 4
+    return _tar([(info, b"evil")])
+
+
+def symlink_archive() -> bytes:
+    info = tarfile.TarInfo("model.onnx")
+    info.type = tarfile.SYMTYPE
+    info.linkname = "/etc/passwd"
+    return _tar([(info, None)])
+
+
+def bomb_archive(unpacked_bytes: int) -> bytes:
+    """A tiny .tar.gz that unpacks to `unpacked_bytes` of zeros."""
+    info = tarfile.TarInfo("items.npy")
+    info.size = unpacked_bytes
+    return _tar([(info, bytes(unpacked_bytes))])
+
+
+def repack(bundle_dir: Path) -> bytes:
+    return pack_bundle(bundle_dir)

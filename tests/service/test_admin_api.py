@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from tests import factories as f
+from tests.conftest import V2
+
+GZIP = {"Content-Type": "application/gzip"}
+
+ADMIN_CALLS = [
+    ("get", "/admin/bundles"),
+    ("post", "/admin/bundles"),
+    ("post", "/admin/bundles/v1/activate"),
+    ("post", "/admin/rollback"),
+    ("get", "/admin/active"),
+]
+
+
+def recommended_version(client: TestClient) -> str:
+    r = client.post("/recommend", json={"history": ["i1", "i2"], "k": 5})
+    assert r.status_code == 200, r.text
+    version: str = r.json()["model_version"]
+    return version
+
+
+def upload(client: TestClient, archive: bytes, headers: dict[str, str]):
+    return client.post("/admin/bundles", content=archive, headers={**headers, **GZIP})
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_CALLS)
+def test_admin_is_404_when_no_token_is_configured(client_for, make_settings, v1_dir, method, path):
+    client = client_for(make_settings(bootstrap_bundle=v1_dir, admin_token=None))
+    r = client.request(method, path, headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 404
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_CALLS)
+def test_admin_without_a_token_is_401(embedded_client: TestClient, method, path):
+    r = embedded_client.request(method, path)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_CALLS)
+def test_admin_with_a_wrong_token_is_403(embedded_client: TestClient, method, path):
+    r = embedded_client.request(method, path, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 403
+    assert r.json()["detail"] == "admin token is not valid"
+
+
+def test_admin_with_a_non_bearer_scheme_is_401(embedded_client: TestClient):
+    r = embedded_client.get("/admin/active", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert r.status_code == 401
+
+
+def test_upload_activate_and_rollback_switch_the_answering_version(
+    client: TestClient, admin_headers, v2_archive
+):
+    assert recommended_version(client) == "v1"
+    r = upload(client, v2_archive, admin_headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["version"] == "v2"
+    assert r.json()["manifest"]["n_items"] == V2.n_items
+    assert recommended_version(client) == "v1"  # installed, not yet active
+
+    r = client.post("/admin/bundles/v2/activate", headers=admin_headers)
+    assert r.status_code == 200
+    assert r.json()["version"] == "v2"
+    assert recommended_version(client) == "v2"
+    assert client.get("/admin/active", headers=admin_headers).json()["version"] == "v2"
+
+    r = client.post("/admin/rollback", headers=admin_headers)
+    assert r.status_code == 200 and r.json()["version"] == "v1"
+    assert recommended_version(client) == "v1"
+
+
+def test_list_bundles_shows_versions_manifests_and_the_active_flag(
+    embedded_client: TestClient, admin_headers, v2_archive
+):
+    upload(embedded_client, v2_archive, admin_headers)
+    r = embedded_client.get("/admin/bundles", headers=admin_headers)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["active"] == "v1"
+    by_version = {v["version"]: v for v in body["versions"]}
+    assert set(by_version) == {"v1", "v2"}
+    assert by_version["v1"]["active"] and not by_version["v2"]["active"]
+    assert by_version["v2"]["manifest"]["model_version"] == "v2"
+    assert by_version["v2"]["created_at"] is not None
+
+
+def test_upload_as_multipart_form_is_accepted(
+    embedded_client: TestClient, admin_headers, v2_archive
+):
+    r = embedded_client.post(
+        "/admin/bundles",
+        files={"file": ("v2.tar.gz", v2_archive, "application/gzip")},
+        headers=admin_headers,
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["version"] == "v2"
+
+
+def test_multipart_without_a_file_field_is_422(embedded_client: TestClient, admin_headers):
+    r = embedded_client.post(
+        "/admin/bundles", data={"note": "x"}, files={"other": ("a", b"b")}, headers=admin_headers
+    )
+    assert r.status_code == 422
+    assert "file field named 'file'" in r.json()["detail"]
+
+
+def test_upload_of_an_existing_version_is_409(
+    embedded_client: TestClient, admin_headers, v1_archive
+):
+    r = upload(embedded_client, v1_archive, admin_headers)
+    assert r.status_code == 409
+    assert r.json()["detail"] == "model version 'v1' is already installed"
+
+
+def test_empty_upload_is_422(embedded_client: TestClient, admin_headers):
+    r = upload(embedded_client, b"", admin_headers)
+    assert r.status_code == 422
+    assert "upload is empty" in r.json()["detail"]
+
+
+BAD = {
+    "bad_checksum": (lambda d: f.corrupt_checksum(d), "sha256"),
+    "wrong_vocab_size": (lambda d: f.corrupt_vocab_size(d), "vocab.json has"),
+    "wrong_golden": (lambda d: f.corrupt_golden(d), "golden outputs"),
+    "wrong_onnx_signature": (lambda d: f.corrupt_onnx_signature(d, V2), "inputs are"),
+    "nan_encoder": (lambda d: f.corrupt_nan_encoder(d, V2), "NaN"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_bad_bundle_is_refused_with_its_reason_and_v1_keeps_serving(
+    client: TestClient, admin_headers, bad_bundle_dir, kind
+):
+    corrupt, reason = BAD[kind]
+    d = bad_bundle_dir(V2)
+    corrupt(d)
+    r = upload(client, f.repack(d), admin_headers)
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("bundle rejected: ")
+    assert reason in r.json()["detail"]
+    assert recommended_version(client) == "v1"
+    versions = client.get("/admin/bundles", headers=admin_headers).json()["versions"]
+    assert [v["version"] for v in versions] == ["v1"]
+    assert client.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "archive",
+    [f.traversal_archive(), f.symlink_archive(), b"not a tarball"],
+    ids=["path_traversal", "symlink", "garbage"],
+)
+def test_unsafe_archive_is_refused_with_422(embedded_client: TestClient, admin_headers, archive):
+    r = upload(embedded_client, archive, admin_headers)
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("bundle rejected: ")
+    assert recommended_version(embedded_client) == "v1"
+
+
+def test_upload_over_the_size_limit_is_413(
+    client_for, make_settings, v1_dir, admin_headers, v2_archive
+):
+    client = client_for(make_settings(bootstrap_bundle=v1_dir, max_upload_bytes=2048))
+    assert len(v2_archive) > 2048
+    r = upload(client, v2_archive, admin_headers)
+    assert r.status_code == 413
+    assert "2048 bytes" in r.json()["detail"]
+
+    def chunks():
+        for start in range(0, len(v2_archive), 1000):
+            yield v2_archive[start : start + 1000]
+
+    r = client.post("/admin/bundles", content=chunks(), headers={**admin_headers, **GZIP})
+    assert r.status_code == 413
+    assert recommended_version(client) == "v1"
+
+
+def test_upload_limit_is_separate_from_the_recommend_body_limit(
+    embedded_client: TestClient, admin_headers, v2_archive
+):
+    assert len(v2_archive) < 512 * 1024 * 1024
+    assert upload(embedded_client, v2_archive, admin_headers).status_code == 201
+
+
+def test_activate_unknown_version_is_404(embedded_client: TestClient, admin_headers):
+    r = embedded_client.post("/admin/bundles/v9/activate", headers=admin_headers)
+    assert r.status_code == 404
+    assert r.json()["detail"] == "model version 'v9' is not installed"
+
+
+def test_rollback_without_a_previous_version_is_409(embedded_client: TestClient, admin_headers):
+    r = embedded_client.post("/admin/rollback", headers=admin_headers)
+    assert r.status_code == 409
+    assert "no previously active version" in r.json()["detail"]
+
+
+def test_active_reports_none_before_any_model_is_loaded(client_for, make_settings, admin_headers):
+    client = client_for(make_settings())
+    assert client.get("/admin/active", headers=admin_headers).json() == {
+        "version": None,
+        "manifest": None,
+    }
+
+
+def test_concurrent_requests_during_swaps_all_succeed_and_name_one_version(
+    client: TestClient, admin_headers, v2_archive
+):
+    assert upload(client, v2_archive, admin_headers).status_code == 201
+    stop = threading.Event()
+
+    def hammer() -> list[tuple[int, str]]:
+        seen = []
+        while not stop.is_set():
+            r = client.post("/recommend", json={"history": ["i3", "i4"], "k": 5})
+            seen.append((r.status_code, r.json().get("model_version", r.text)))
+        return seen
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [pool.submit(hammer) for _ in range(6)]
+        for _ in range(3):
+            assert (
+                client.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
+            )
+            assert client.post("/admin/rollback", headers=admin_headers).status_code == 200
+        assert client.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
+        stop.set()
+        results = [item for fut in futures for item in fut.result()]
+
+    assert len(results) > 6
+    assert {status for status, _ in results} == {200}
+    assert {version for _, version in results} <= {"v1", "v2"}
+    assert recommended_version(client) == "v2"
+
+
+def test_a_restarted_app_comes_back_on_the_activated_version(
+    client_for, make_settings, v1_dir, store_settings, admin_headers, v2_archive
+):
+    settings = make_settings(bootstrap_bundle=v1_dir, **store_settings)
+    with TestClient(create_app(settings)) as first:
+        assert upload(first, v2_archive, admin_headers).status_code == 201
+        assert first.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
+    second = client_for(settings)
+    assert recommended_version(second) == "v2"  # not the bootstrap bundle

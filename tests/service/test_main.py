@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.main import create_app
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_service_imports_and_builds_an_app_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+        "import service.main, service.__main__\n"
+        "from service.settings import Settings\n"
+        "app = service.main.create_app(Settings(_env_file=None))\n"
+        "assert not any(m == 'models' or m.startswith('models.') for m in sys.modules)\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+def test_creating_the_app_loads_nothing_until_the_lifespan_starts(make_settings, model_dir, v1_dir):
+    app = create_app(make_settings(bootstrap_bundle=v1_dir))
+    assert not hasattr(app.state, "registry")
+    assert not model_dir.exists()
+
+
+def test_lifespan_loads_the_model_and_shutdown_closes_the_store(make_settings, v1_dir):
+    from fastapi.testclient import TestClient
+
+    app = create_app(make_settings(bootstrap_bundle=v1_dir))
+    with TestClient(app):
+        assert app.state.registry.current.version == "v1"
+        store = app.state.registry.store
+        store.put_items("probe", app.state.registry.store.get_items("v1"))
+    assert not store.has_items("probe")  # the embedded store was closed (cleared)
+
+
+@pytest.mark.timeout(60)
+def test_python_m_service_serves_on_port_with_the_bootstrap_bundle(tmp_path, v1_archive):
+    archive = tmp_path / "demo.tar.gz"
+    archive.write_bytes(v1_archive)
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "ADMIN_TOKEN")},
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MODEL_DIR": str(tmp_path / "models"),
+        "BOOTSTRAP_BUNDLE": str(archive),
+        "LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/recommend", content=b'{"history": ["i12", "i7", "i99"], "k": 10}')
+        assert r.status_code == 200
+        assert r.json()["model_version"] == "v1" and len(r.json()["items"]) == 10
+        assert httpx.get(f"{url}/admin/active").status_code == 404  # no ADMIN_TOKEN
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()

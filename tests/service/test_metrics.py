@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample, labels matched exactly (in any order)."""
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if not m:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if got == labels:
+            return float(m.group(2))
+    raise AssertionError(f"no sample {name}{labels} in metrics")
+
+
+def test_metrics_count_requests_by_route_template_and_status(embedded_client: TestClient):
+    embedded_client.post("/recommend", json={"history": ["i1"]})
+    embedded_client.post("/recommend", json={"history": ["i1"], "k": 0})
+    embedded_client.get("/nope")
+    text = embedded_client.get("/metrics").text
+    ok = {"route": "/recommend", "method": "POST", "status": "200"}
+    assert sample(text, "recsys_http_requests_total", **ok) == 1
+    assert sample(text, "recsys_http_requests_total", **{**ok, "status": "422"}) == 1
+    assert (
+        sample(text, "recsys_http_requests_total", route="unmatched", method="GET", status="404")
+        == 1
+    )
+    assert sample(text, "recsys_http_request_duration_seconds_count", **ok) == 1
+    assert sample(text, "recsys_http_request_duration_seconds_bucket", **ok, le="+Inf") == 1
+
+
+def test_metrics_use_path_templates_not_raw_paths(embedded_client: TestClient, admin_headers):
+    embedded_client.post("/admin/bundles/v1/activate", headers=admin_headers)
+    text = embedded_client.get("/metrics").text
+    assert 'route="/admin/bundles/{version}/activate"' in text
+    assert 'route="/admin/bundles/v1/activate"' not in text
+
+
+def test_metrics_count_413_from_the_body_limit(embedded_client: TestClient):
+    embedded_client.post("/recommend", content=b"x" * 70_000)
+    text = embedded_client.get("/metrics").text
+    assert 'status="413"' in text
+
+
+def test_metrics_report_model_version_inference_and_queue_time(embedded_client: TestClient):
+    embedded_client.post("/recommend", json={"history": ["i1", "i2"]})
+    embedded_client.post("/recommend", json={"history": []})  # popular: no inference
+    text = embedded_client.get("/metrics").text
+    assert sample(text, "recsys_model_info", version="v1") == 1
+    assert sample(text, "recsys_inference_duration_seconds_count") == 1
+    assert sample(text, "recsys_queue_duration_seconds_count") == 1
+    assert sample(text, "recsys_recommendations_total", strategy="model") == 1
+    assert sample(text, "recsys_recommendations_total", strategy="popular") == 1
+    assert sample(text, "recsys_model_swaps_total") == 0
+
+
+def test_metrics_count_swaps_and_move_the_version_gauge(
+    embedded_client: TestClient, admin_headers, v2_archive
+):
+    embedded_client.post(
+        "/admin/bundles",
+        content=v2_archive,
+        headers={**admin_headers, "Content-Type": "application/gzip"},
+    )
+    embedded_client.post("/admin/bundles/v2/activate", headers=admin_headers)
+    text = embedded_client.get("/metrics").text
+    assert sample(text, "recsys_model_swaps_total") == 1
+    assert sample(text, "recsys_model_info", version="v2") == 1
+    assert 'recsys_model_info{version="v1"}' not in text
+
+
+def test_metrics_endpoint_speaks_the_prometheus_text_format(embedded_client: TestClient):
+    r = embedded_client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    assert "# TYPE recsys_http_request_duration_seconds histogram" in r.text

@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from service.errors import (
+    InvalidBundle,
+    NothingToRollBack,
+    StoreUnavailable,
+    VersionExists,
+    VersionNotFound,
+)
+from service.registry import Registry
+from service.store import EmbeddedStore, RedisStore
+from tests import factories as f
+from tests.conftest import V1, V2, free_port
+
+# kind -> (corruption, words the rejection reason must contain)
+BAD_BUNDLES: dict[str, tuple[Callable[[Path, f.BundleSpec], None], str]] = {
+    "bad_checksum": (lambda d, s: f.corrupt_checksum(d), "sha256"),
+    "wrong_vocab_size": (lambda d, s: f.corrupt_vocab_size(d), "vocab.json has"),
+    "wrong_golden": (lambda d, s: f.corrupt_golden(d), "golden outputs"),
+    "renamed_onnx_input": (lambda d, s: f.corrupt_onnx_signature(d, s, kind="name"), "inputs are"),
+    "float_onnx_input": (
+        lambda d, s: f.corrupt_onnx_signature(d, s, kind="dtype"),
+        "tensor(int64)",
+    ),
+    "fixed_batch_axis": (
+        lambda d, s: f.corrupt_onnx_signature(d, s, kind="batch"),
+        "batch axis must be dynamic",
+    ),
+    "nan_encoder": (lambda d, s: f.corrupt_nan_encoder(d, s), "NaN"),
+    "not_onnx": (lambda d, s: f.corrupt_onnx_bytes(d), "cannot be loaded"),
+}
+
+
+@pytest.fixture
+def calls() -> list[tuple[str | None, str]]:
+    return []
+
+
+@pytest.fixture
+def registry(model_dir: Path, calls: list[tuple[str | None, str]]) -> Registry:
+    reg = Registry(
+        model_dir=model_dir,
+        store=EmbeddedStore(model_dir),
+        max_unpacked_bytes=1 << 20,
+        on_activate=lambda prev, new: calls.append((prev, new)),
+    )
+    reg.start()
+    return reg
+
+
+def leftovers(model_dir: Path) -> list[str]:
+    return sorted(p.name for p in model_dir.iterdir() if p.name.startswith("."))
+
+
+def test_install_archive_validates_and_installs_without_activating(registry, model_dir, v1_archive):
+    manifest = registry.install_archive(io.BytesIO(v1_archive))
+    assert manifest.model_version == "v1"
+    assert (model_dir / "v1" / "model.onnx").is_file()
+    assert registry.current is None
+    assert leftovers(model_dir) == []
+
+
+def test_install_rejects_an_existing_version(registry, v1_archive):
+    registry.install_archive(io.BytesIO(v1_archive))
+    with pytest.raises(VersionExists, match="'v1' is already installed"):
+        registry.install_archive(io.BytesIO(v1_archive))
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_BUNDLES))
+def test_install_rejects_bad_bundle_and_removes_partial_files(
+    registry, model_dir, bad_bundle_dir, kind
+):
+    spec = f.BundleSpec(version="bad")
+    corrupt, reason = BAD_BUNDLES[kind]
+    d = bad_bundle_dir(spec)
+    corrupt(d, spec)
+    with pytest.raises(InvalidBundle, match="bundle rejected") as err:
+        registry.install_archive(io.BytesIO(f.repack(d)))
+    assert reason in err.value.reason
+    assert not (model_dir / "bad").exists()
+    assert leftovers(model_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("archive", "reason"),
+    [
+        (f.traversal_archive(), "'..'"),
+        (f.symlink_archive(), "is a link"),
+        (f.bomb_archive(2 << 20), "more than"),
+        (b"definitely not gzip", "not a valid .tar.gz"),
+    ],
+    ids=["path_traversal", "symlink", "gzip_bomb", "not_gzip"],
+)
+def test_install_rejects_unsafe_archives(registry, model_dir, archive, reason):
+    with pytest.raises(InvalidBundle) as err:
+        registry.install_archive(io.BytesIO(archive))
+    assert reason in err.value.reason
+    assert leftovers(model_dir) == []
+    assert not (model_dir.parent / "escaped.txt").exists()
+
+
+def test_activate_switches_the_serving_model_and_records_the_previous(
+    registry, v1_archive, v2_archive, calls
+):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    assert registry.activate("v1").version == "v1"
+    assert registry.activate("v2").version == "v2"
+    assert registry.current is not None and registry.current.version == "v2"
+    assert registry.store.get_state().previous == "v1"
+    assert calls == [(None, "v1"), ("v1", "v2")]
+
+
+def test_activating_the_active_version_is_a_no_op(registry, v1_archive, calls):
+    registry.install_archive(io.BytesIO(v1_archive))
+    first = registry.activate("v1")
+    assert registry.activate("v1") is first
+    assert calls == [(None, "v1")]
+
+
+@pytest.mark.parametrize("version", ["v9", "../etc", ".staging-x"])
+def test_activate_unknown_version_raises_not_found(registry, version):
+    with pytest.raises(VersionNotFound):
+        registry.activate(version)
+
+
+def test_activate_rejects_bundle_with_bad_checksum_and_keeps_serving(
+    registry, model_dir, v1_archive, v2_archive
+):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    registry.activate("v1")
+    f.corrupt_checksum(model_dir / "v2")  # damaged on disk after install
+    with pytest.raises(InvalidBundle, match="sha256"):
+        registry.activate("v2")
+    assert registry.current is not None and registry.current.version == "v1"
+    assert registry.store.get_state().active == "v1"
+
+
+def test_rollback_returns_to_the_previous_version_and_back(registry, v1_archive, v2_archive):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    registry.activate("v1")
+    registry.activate("v2")
+    assert registry.rollback().version == "v1"
+    assert registry.rollback().version == "v2"  # rolling back a rollback toggles
+
+
+def test_rollback_without_a_previous_version_is_refused(registry, v1_archive):
+    with pytest.raises(NothingToRollBack):
+        registry.rollback()
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.activate("v1")
+    with pytest.raises(NothingToRollBack):
+        registry.rollback()
+
+
+def test_versions_lists_installed_manifests_with_the_active_flag(registry, v1_archive, v2_archive):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    registry.activate("v2")
+    listed = {v.version: v for v in registry.versions()}
+    assert set(listed) == {"v1", "v2"}
+    assert listed["v2"].active and not listed["v1"].active
+    assert listed["v1"].manifest is not None and listed["v1"].manifest.n_items == V1.n_items
+
+
+def test_start_comes_back_on_the_active_version_after_a_restart(registry, model_dir, v2_archive):
+    registry.install_archive(io.BytesIO(v2_archive))
+    registry.activate("v2")
+    again = Registry(model_dir=model_dir, store=EmbeddedStore(model_dir))
+    again.start()
+    assert again.current is not None and again.current.version == "v2"
+
+
+def test_start_installs_and_activates_a_bootstrap_directory(model_dir, v1_dir):
+    reg = Registry(model_dir=model_dir, store=EmbeddedStore(model_dir))
+    reg.start(bootstrap=v1_dir)
+    assert reg.current is not None and reg.current.version == "v1"
+    # A second start finds v1 active and installed: no reinstall, no conflict.
+    again = Registry(model_dir=model_dir, store=EmbeddedStore(model_dir))
+    again.start(bootstrap=v1_dir)
+    assert again.current is not None and again.current.version == "v1"
+
+
+def test_start_installs_a_bootstrap_archive_even_if_already_installed(
+    tmp_path, model_dir, v2_archive
+):
+    archive = tmp_path / "v2.tar.gz"
+    archive.write_bytes(v2_archive)
+    reg = Registry(model_dir=model_dir, store=EmbeddedStore(model_dir))
+    reg.install_archive(io.BytesIO(v2_archive))
+    reg.start(bootstrap=archive)
+    assert reg.current is not None and reg.current.version == "v2"
+
+
+def test_start_refuses_a_bad_bootstrap_bundle(model_dir, bad_bundle_dir):
+    d = bad_bundle_dir(V2)
+    f.corrupt_golden(d)
+    reg = Registry(model_dir=model_dir, store=EmbeddedStore(model_dir))
+    with pytest.raises(InvalidBundle, match="golden"):
+        reg.start(bootstrap=d)
+    assert reg.current is None
+
+
+def test_start_removes_stale_staging_directories(model_dir):
+    (model_dir / ".staging-crashed").mkdir(parents=True)
+    Registry(model_dir=model_dir, store=EmbeddedStore(model_dir)).start()
+    assert leftovers(model_dir) == []
+
+
+def test_activation_publishes_items_to_the_redis_store(
+    model_dir, v1_archive, redis_url, redis_prefix
+):
+    store = RedisStore(redis_url, prefix=redis_prefix)
+    reg = Registry(model_dir=model_dir, store=store)
+    reg.start()
+    reg.install_archive(io.BytesIO(v1_archive))
+    model = reg.activate("v1")
+    cached = store.get_items("v1")
+    assert cached is not None and cached.scales is not None
+    assert (cached.items == model.items).all()
+    assert reg.items_cached() is True
+    store.close()
+
+
+def test_activate_is_refused_when_the_store_cannot_record_it(model_dir, v1_archive, v2_archive):
+    embedded = EmbeddedStore(model_dir)
+    reg = Registry(model_dir=model_dir, store=embedded)
+    reg.start()
+    reg.install_archive(io.BytesIO(v1_archive))
+    reg.install_archive(io.BytesIO(v2_archive))
+    reg.activate("v1")
+    down = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    reg._store = down  # the shared store goes away
+    with pytest.raises(StoreUnavailable):
+        reg.activate("v2")
+    assert reg.current is not None and reg.current.version == "v1"
+    down.close()
+
+
+def test_start_serves_the_bootstrap_bundle_locally_when_redis_is_down(model_dir, v1_dir):
+    down = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    reg = Registry(model_dir=model_dir, store=down)
+    reg.start(bootstrap=v1_dir)
+    assert reg.current is not None and reg.current.version == "v1"
+    assert reg.items_cached() is None
+    down.close()

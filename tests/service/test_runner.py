@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bundle import decode_items, read_bundle
+from service.registry import load_model
+from service.runner import LoadedModel, RecRequest
+from tests.factories import BundleSpec, make_bundle_dir, reference_user_vector
+
+SPEC = BundleSpec(version="r1", n_items=60, dim=8, max_len=12, seed=3)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle_dir(tmp_path_factory.mktemp("runner") / "b", SPEC)
+
+
+@pytest.fixture(scope="module")
+def model(bundle_dir: Path) -> LoadedModel:
+    return load_model(bundle_dir)
+
+
+def reference_scores(bundle_dir: Path, history_idx: list[int]) -> np.ndarray:
+    """Scores of every item row (numpy twin of encoder + dequantized matrix)."""
+    b = read_bundle(bundle_dir)
+    return decode_items(b.items, b.item_scales) @ reference_user_vector(SPEC, history_idx)
+
+
+def test_recommend_returns_k_items_best_first_matching_the_reference(model, bundle_dir):
+    rec = model.recommend(RecRequest(history=["i5", "i9", "i2"], k=10))
+    assert rec.strategy == "model" and rec.model_version == "r1"
+    assert len(rec.item_ids) == 10
+    assert rec.scores == sorted(rec.scores, reverse=True)
+    ref = reference_scores(bundle_dir, [5, 9, 2])
+    ref[[0, 5, 9, 2]] = -np.inf
+    expected = [f"i{i}" for i in np.argsort(-ref, kind="stable")[:10]]
+    assert rec.item_ids == expected
+    got = np.array(rec.scores)
+    np.testing.assert_allclose(got, np.sort(ref)[::-1][:10], rtol=1e-4, atol=1e-4)
+
+
+def test_seen_items_are_excluded_by_default_and_kept_on_request(model):
+    history = ["i1", "i2", "i3"]
+    everything = model.n_items
+    seen_out = model.recommend(RecRequest(history=history, k=everything))
+    assert not set(history) & set(seen_out.item_ids)
+    assert len(seen_out.item_ids) == everything - 3
+    seen_in = model.recommend(RecRequest(history=history, k=everything, exclude_seen=False))
+    assert set(history) <= set(seen_in.item_ids)
+    assert len(seen_in.item_ids) == everything
+
+
+def test_excluded_items_are_never_returned(model):
+    top = model.recommend(RecRequest(history=["i4"], k=3)).item_ids
+    rec = model.recommend(RecRequest(history=["i4"], k=3, exclude=[*top, "unknown"]))
+    assert not set(top) & set(rec.item_ids)
+    assert len(rec.item_ids) == 3
+
+
+def test_unknown_history_ids_are_dropped_and_counted(model):
+    with_unknown = model.recommend(RecRequest(history=["x1", "i4", "x2"], k=5))
+    plain = model.recommend(RecRequest(history=["i4"], k=5))
+    assert with_unknown.unknown_history == 2
+    assert with_unknown.item_ids == plain.item_ids
+
+
+@pytest.mark.parametrize("history", [[], ["nope", "never"]])
+def test_empty_or_all_unknown_history_falls_back_to_popularity(model, history):
+    rec = model.recommend(RecRequest(history=history, k=4, exclude=["i2"]))
+    assert rec.strategy == "popular"
+    assert rec.item_ids == ["i1", "i3", "i4", "i5"]  # factory popularity: i1 > i2 > i3 ...
+    assert rec.scores == sorted(rec.scores, reverse=True)
+    assert rec.unknown_history == len(history)
+
+
+def test_long_history_keeps_the_most_recent_max_len_items(model):
+    history = [f"i{i}" for i in range(1, 31)]  # 30 items, max_len 12
+    long = model.recommend(RecRequest(history=history, k=8, exclude_seen=False))
+    recent = model.recommend(RecRequest(history=history[-12:], k=8, exclude_seen=False))
+    assert long.item_ids == recent.item_ids
+
+
+def test_candidates_are_reranked_and_unknown_ones_reported(model, bundle_dir):
+    cands = ["i10", "i20", "zzz", "i30", "i10", "i40", "i4"]
+    rec = model.recommend(RecRequest(history=["i4", "i7"], k=10, candidates=cands))
+    assert rec.strategy == "model"
+    assert rec.unknown_candidates == 1
+    assert sorted(rec.item_ids) == ["i10", "i20", "i30", "i40"]  # deduped; seen i4 removed
+    ref = reference_scores(bundle_dir, [4, 7])
+    assert rec.item_ids == [f"i{i}" for i in sorted([10, 20, 30, 40], key=lambda i: -ref[i])]
+
+
+def test_candidate_scores_equal_full_catalog_scores(model):
+    full = model.recommend(RecRequest(history=["i3"], k=5))
+    reranked = model.recommend(RecRequest(history=["i3"], k=5, candidates=full.item_ids[::-1]))
+    assert reranked.item_ids == full.item_ids
+    np.testing.assert_allclose(reranked.scores, full.scores, rtol=1e-6)
+
+
+def test_candidate_rerank_never_scores_the_whole_catalog(model, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("full-catalog scoring on the candidate path")
+
+    monkeypatch.setattr(model, "_score_all", fail)
+    rec = model.recommend(RecRequest(history=["i3"], k=2, candidates=["i1", "i2", "i9"]))
+    assert len(rec.item_ids) == 2
+
+
+def test_popularity_fallback_ranks_candidates_by_popularity(model):
+    rec = model.recommend(RecRequest(history=[], k=5, candidates=["i9", "i2", "i5", "bad"]))
+    assert rec.strategy == "popular"
+    assert rec.item_ids == ["i2", "i5", "i9"]
+    assert rec.unknown_candidates == 1
+
+
+def test_k_larger_than_the_catalog_returns_every_allowed_item(model):
+    rec = model.recommend(RecRequest(history=["i1"], k=1000))
+    assert len(rec.item_ids) == model.n_items - 1
+    assert "" not in rec.item_ids  # padding never leaks
+
+
+def test_batched_requests_answer_like_single_requests(model):
+    requests = [
+        RecRequest(history=["i1", "i2"], k=5),
+        RecRequest(history=[], k=3),
+        RecRequest(history=["i8"], k=4, candidates=["i1", "i2", "i3", "i9", "i11"]),
+        RecRequest(history=["i50", "unknown"], k=6, exclude=["i1"]),
+    ]
+    batched = model.recommend_batch(requests)
+    single = [model.recommend(r) for r in requests]
+    for b, s in zip(batched, single, strict=True):
+        assert b.item_ids == s.item_ids
+        np.testing.assert_allclose(b.scores, s.scores, rtol=1e-5, atol=1e-6)
+        assert (b.strategy, b.unknown_history, b.unknown_candidates) == (
+            s.strategy,
+            s.unknown_history,
+            s.unknown_candidates,
+        )
+
+
+@pytest.mark.parametrize("encoding", ["fp16", "fp32"])
+def test_fp16_and_fp32_item_matrices_rank_like_the_reference(tmp_path, encoding):
+    spec = BundleSpec(version=f"e-{encoding}", item_encoding=encoding, seed=3)
+    d = make_bundle_dir(tmp_path / encoding, spec)
+    rec = load_model(d).recommend(RecRequest(history=["i5", "i9"], k=5))
+    b = read_bundle(d)
+    ref = decode_items(b.items, b.item_scales) @ reference_user_vector(spec, [5, 9])
+    ref[[0, 5, 9]] = -np.inf
+    assert rec.item_ids == [f"i{i}" for i in np.argsort(-ref, kind="stable")[:5]]

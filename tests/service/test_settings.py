@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings, get_settings
+
+ENV_VARS = [
+    "HOST",
+    "PORT",
+    "MODEL_DIR",
+    "BOOTSTRAP_BUNDLE",
+    "REDIS_URL",
+    "ADMIN_TOKEN",
+    "ENVIRONMENT",
+    "MAX_HISTORY",
+    "MAX_BODY_BYTES",
+    "LOG_LEVEL",
+    "ONNX_INTRA_OP_THREADS",
+]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_defaults_serve_on_port_8000_with_embedded_store_and_admin_disabled(clean_env):
+    s = Settings(_env_file=None)
+    assert (s.host, s.port) == ("0.0.0.0", 8000)
+    assert s.model_dir == Path("var/models")
+    assert s.redis_url is None
+    assert s.admin_token is None and not s.admin_enabled
+    assert s.max_history == 200
+    assert s.max_body_bytes == 64 * 1024
+    assert s.max_k == 1000 and s.max_candidates == 1000
+    assert s.onnx_intra_op_threads == 1
+    assert s.environment == "development"
+
+
+def test_settings_are_read_from_the_environment(clean_env, tmp_path):
+    clean_env.setenv("HOST", "127.0.0.1")
+    clean_env.setenv("PORT", "9123")
+    clean_env.setenv("MODEL_DIR", str(tmp_path))
+    clean_env.setenv("BOOTSTRAP_BUNDLE", str(tmp_path / "demo.tar.gz"))
+    clean_env.setenv("REDIS_URL", "redis://localhost:6379/2")
+    clean_env.setenv("ADMIN_TOKEN", "tok")
+    clean_env.setenv("MAX_HISTORY", "50")
+    s = Settings(_env_file=None)
+    assert (s.host, s.port, s.model_dir) == ("127.0.0.1", 9123, tmp_path)
+    assert s.bootstrap_bundle == tmp_path / "demo.tar.gz"
+    assert str(s.redis_url) == "redis://localhost:6379/2"
+    assert s.admin_token is not None and s.admin_token.get_secret_value() == "tok"
+    assert s.max_history == 50
+
+
+def test_empty_admin_token_disables_admin(clean_env):
+    clean_env.setenv("ADMIN_TOKEN", "  ")
+    assert not Settings(_env_file=None).admin_enabled
+
+
+def test_empty_redis_url_means_embedded_store(clean_env):
+    clean_env.setenv("REDIS_URL", "")
+    assert Settings(_env_file=None).redis_url is None
+
+
+def test_invalid_redis_url_is_rejected(clean_env):
+    clean_env.setenv("REDIS_URL", "http://not-redis")
+    with pytest.raises(ValidationError, match="redis_url"):
+        Settings(_env_file=None)
+
+
+def test_admin_token_is_hidden_in_repr(clean_env):
+    s = Settings(_env_file=None, admin_token="super-secret-value")
+    assert "super-secret-value" not in repr(s)
+
+
+@pytest.mark.parametrize("token", ["changethis", "short"])
+def test_production_refuses_a_weak_admin_token(clean_env, token):
+    with pytest.raises(ValidationError, match="ADMIN_TOKEN is too weak"):
+        Settings(_env_file=None, environment="production", admin_token=token)
+
+
+def test_production_accepts_a_strong_token_or_no_admin_at_all(clean_env):
+    strong = Settings(_env_file=None, environment="production", admin_token="x" * 40)
+    assert strong.admin_enabled
+    assert not Settings(_env_file=None, environment="production").admin_enabled
+
+
+def test_development_allows_a_weak_token(clean_env):
+    assert Settings(_env_file=None, admin_token="dev").admin_enabled
+
+
+def test_invalid_port_is_rejected(clean_env):
+    clean_env.setenv("PORT", "70000")
+    with pytest.raises(ValidationError, match="port"):
+        Settings(_env_file=None)
+
+
+def test_get_settings_is_cached(clean_env):
+    get_settings.cache_clear()
+    try:
+        assert get_settings() is get_settings()
+    finally:
+        get_settings.cache_clear()
