@@ -27,7 +27,7 @@ venv: $(VENV)/.installed
 
 # A demo bundle from the project's own synthetic data (about a minute on 2 cores).
 $(DEMO_BUNDLE): | $(VENV)/.installed
-	$(PY) -m models demo --out $(DEMO_DIR)
+	$(PY) -m models demo --out $(DEMO_DIR) --version demo
 
 demo: $(DEMO_BUNDLE)
 

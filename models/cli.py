@@ -1,0 +1,142 @@
+"""Command line: `python -m models {compress,synth,demo}` (also the `recsys-compress` script).
+
+    python -m models synth --out var/synthetic.txt --users 3000 --items 600
+    python -m models compress --data var/synthetic.txt --out bundles/ --prune-ratio 0.5
+    python -m models demo --out bundles/
+
+Every `CompressConfig` field is a `compress` flag (`--teacher-dim 64`, `--no-progress`, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.compress import ACCEPTANCE_RATIO, CompressConfig, CompressResult, run_compress
+from models.synthetic import SyntheticConfig, write_synthetic
+
+# The demo must build in about 2 minutes on 2 CPU cores.
+DEMO_OVERRIDES: dict[str, Any] = {"teacher_epochs": 8, "student_epochs": 8, "finetune_epochs": 3}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
+    hints = typing.get_type_hints(CompressConfig)
+    for f in dataclasses.fields(CompressConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        origin = typing.get_origin(hint)
+        default = f.default
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif origin is typing.Literal:
+            choices = typing.get_args(hint)
+            parser.add_argument(flag, choices=choices, default=default)
+        elif origin is tuple:
+            parser.add_argument(
+                flag, type=int, nargs="+", default=list(typing.cast(tuple[int, ...], default))
+            )
+        else:
+            parser.add_argument(flag, type=hint, default=default)
+
+
+def _config_from(args: argparse.Namespace, **overrides: Any) -> CompressConfig:
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(CompressConfig)
+        if hasattr(args, f.name)
+    }
+    if "ks" in values:
+        values["ks"] = tuple(values["ks"])
+    values.update(overrides)
+    return CompressConfig(**values)
+
+
+def _print_result(result: CompressResult) -> None:
+    r = result.report
+    print()
+    print(result.table)
+    print()
+    print("sizes: teacher/student/pruned = fp32 ONNX file; pruned+int8 = whole bundle directory")
+    print("latency: onnxruntime, 1 thread; µs per call at batch 1, µs per row at batch 32")
+    print(f"bundle:  {result.bundle_dir}")
+    print(f"archive: {result.archive} ({r['archive_bytes']:,} bytes)")
+    print(f"report:  {result.report_path}")
+
+
+def _print_acceptance(result: CompressResult) -> bool:
+    acc = result.report["acceptance"]
+    verdict = "PASS" if acc["passed"] else "FAIL"
+    print(
+        f"acceptance: pruned+int8 NDCG@10 is {acc['ndcg@10_vs_popularity']:.2f}x popularity "
+        f"(need >= {ACCEPTANCE_RATIO:g}x): {verdict}"
+    )
+    return bool(acc["passed"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compress", help="train, distill, prune, quantize, write a bundle")
+    p.add_argument("--data", required=True, help="interactions file (txt, csv, ratings.dat)")
+    p.add_argument("--out", default="bundles", help="directory for bundles and reports")
+    _add_config_flags(p, skip={"data", "out"})
+
+    s = sub.add_parser("synth", help="write synthetic interactions in the text format")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--users", type=int, default=SyntheticConfig.n_users)
+    s.add_argument("--items", type=int, default=SyntheticConfig.n_items)
+    s.add_argument("--seed", type=int, default=SyntheticConfig.seed)
+
+    d = sub.add_parser("demo", help="synthetic data -> demo bundle, with the acceptance check")
+    d.add_argument("--out", default="bundles", help="directory for the data, bundle and reports")
+    d.add_argument("--version", default="", help="bundle version (default: v<timestamp>)")
+    d.add_argument("--users", type=int, default=SyntheticConfig.n_users)
+    d.add_argument("--items", type=int, default=SyntheticConfig.n_items)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+    args = parser.parse_args(argv)
+    if args.command == "synth":
+        n = write_synthetic(
+            args.out, SyntheticConfig(n_users=args.users, n_items=args.items, seed=args.seed)
+        )
+        print(f"wrote {n} interactions to {args.out}")
+        return 0
+    if args.command == "compress":
+        result = run_compress(_config_from(args))
+        _print_result(result)
+        _print_acceptance(result)
+        return 0
+    # demo
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    data = out / "synthetic.txt"
+    write_synthetic(data, SyntheticConfig(n_users=args.users, n_items=args.items, seed=args.seed))
+    config = CompressConfig(
+        data=str(data),
+        out=str(out),
+        version=args.version,
+        seed=args.seed,
+        device=args.device,
+        progress=args.progress,
+        **DEMO_OVERRIDES,
+    )
+    result = run_compress(config)
+    _print_result(result)
+    passed = _print_acceptance(result)
+    print(f"demo built in {time.perf_counter() - t0:.1f} s")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

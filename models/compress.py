@@ -1,0 +1,526 @@
+"""The compression pipeline: data -> teacher -> distilled student -> pruned -> INT8 bundle.
+
+    python -m models compress --data interactions.txt --out bundles/
+    python -m models demo --out bundles/          # synthetic data, demo-sized settings
+
+or from Python (the demo builder and the end-to-end test do this):
+
+    from models.compress import CompressConfig, run_compress
+    result = run_compress(CompressConfig(data="var/synthetic.txt", out="bundles"))
+    result.bundle_dir, result.archive, result.report["stages"]
+
+Every stage is evaluated on the leave-one-out test split with `models.evaluate.evaluate`
+(full ranking, seen items removed); the last stage is the exact INT8 `model.onnx` run by
+onnxruntime against the bundle's decoded item matrix, so the bundle's metrics are those of
+the served artifact. Writes, under `out`:
+
+    <version>/              the bundle directory (see `bundle`)
+    <version>.tar.gz        the same, packed for upload
+    <version>-report.json   every stage's params, sizes, metrics, latency, and the recipe
+    <version>-report.md     the same table in markdown
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+import bundle
+from models.distill import DistillConfig, distill_student, kl_to_teacher
+from models.evaluate import (
+    Encoder,
+    evaluate,
+    measure_latency,
+    onnx_encoder,
+    popularity_stage,
+    torch_encoder,
+    torch_threads,
+)
+from models.export import check_parity, export_onnx
+from models.prune import PruneConfig, prune_and_finetune
+from models.quantize import QuantizeConfig, quantize_onnx
+from models.readers import read_interactions
+from models.sasrec import SASRec, SASRecConfig
+from models.split import EvalSet, Split, leave_one_out, pad_left
+from models.train import TrainConfig, train_teacher
+
+ACCEPTANCE_RATIO = 2.0  # served NDCG@10 must be at least this multiple of popularity's
+
+
+@dataclass
+class CompressConfig:
+    """Every knob of the pipeline; each field is also a `python -m models compress` flag."""
+
+    data: str = ""
+    format: Literal["auto", "txt", "csv", "movielens"] = "auto"
+    out: str = "bundles"
+    version: str = ""  # default: v<UTC timestamp>
+    min_interactions: int = 3
+    max_len: int = 50
+    # teacher
+    teacher_dim: int = 64
+    teacher_blocks: int = 2
+    teacher_heads: int = 2
+    teacher_head_dim: int = 32
+    teacher_ffn: int = 128
+    teacher_epochs: int = 20
+    # student
+    student_dim: int = 32
+    student_blocks: int = 2
+    student_heads: int = 4
+    student_head_dim: int = 8
+    student_ffn: int = 64
+    student_epochs: int = 20
+    dropout: float = 0.2
+    # optimisation (shared by every training phase)
+    lr: float = 2e-3
+    batch_size: int = 128
+    weight_decay: float = 0.01
+    patience: int = 3
+    loss: Literal["full", "sampled"] = "full"
+    n_negatives: int = 256
+    max_valid_users: int = 10_000  # early stopping looks at a seeded sample of this many users
+    # distillation
+    temperature: float = 2.0
+    alpha: float = 0.7
+    # pruning
+    prune_ratio: float = 0.5
+    prune_heads: bool = True
+    prune_ffn: bool = True
+    importance_batches: int = 8
+    finetune_epochs: int = 5
+    # quantization and bundle
+    quantize_per_channel: bool = True
+    quantize_reduce_range: bool = True
+    quantize_embeddings: bool = True
+    item_encoding: Literal["int8", "fp16", "fp32"] = "int8"
+    n_golden: int = 4
+    # evaluation
+    ks: tuple[int, ...] = (10, 20)
+    sampled_metrics: Literal["none", "uniform", "popularity"] = "none"
+    latency_budget_s: float = 0.3
+    # run
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+    def teacher_config(self, n_items: int) -> SASRecConfig:
+        return SASRecConfig(
+            n_items=n_items,
+            max_len=self.max_len,
+            dim=self.teacher_dim,
+            n_blocks=self.teacher_blocks,
+            head_dim=self.teacher_head_dim,
+            n_heads=[self.teacher_heads] * self.teacher_blocks,
+            ffn_hidden=[self.teacher_ffn] * self.teacher_blocks,
+            dropout=self.dropout,
+        )
+
+    def student_config(self, n_items: int) -> SASRecConfig:
+        return SASRecConfig(
+            n_items=n_items,
+            max_len=self.max_len,
+            dim=self.student_dim,
+            n_blocks=self.student_blocks,
+            head_dim=self.student_head_dim,
+            n_heads=[self.student_heads] * self.student_blocks,
+            ffn_hidden=[self.student_ffn] * self.student_blocks,
+            dropout=self.dropout,
+        )
+
+    def train_config(self, epochs: int) -> TrainConfig:
+        return TrainConfig(
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            patience=self.patience,
+            loss=self.loss,
+            n_negatives=self.n_negatives,
+            device=self.device,
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+
+@dataclass
+class StageResult:
+    stage: str
+    params: int
+    size_bytes: int
+    size_kind: str
+    metrics: dict[str, float]
+    latency: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CompressResult:
+    bundle_dir: Path
+    archive: Path
+    report: dict[str, Any]
+    report_path: Path
+    table: str
+
+
+def default_version() -> str:
+    return "v" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def _log(config: CompressConfig, msg: str) -> None:
+    if config.progress:
+        print(f"[compress] {msg}", file=sys.stderr, flush=True)
+
+
+def _items(model: SASRec) -> npt.NDArray[np.float32]:
+    return np.asarray(model.item_matrix().detach().float().cpu().numpy(), dtype=np.float32)
+
+
+def golden_tolerance(encode: Encoder, inputs: npt.NDArray[np.int64]) -> tuple[float, float]:
+    """(atol, measured spread) for the golden check of a dynamically quantized encoder.
+
+    Dynamic INT8 quantizes activations with one scale per tensor, so a row's output depends
+    slightly on what else is in the batch and on how much padding the service trims. The
+    spread is the largest deviation from the batched outputs over those legitimate ways of
+    running the same file (one row at a time, trimmed to its own length). The tolerance is
+    twice that, and at least 1% of the largest output magnitude, which also covers kernel
+    differences between CPUs (weights use reduce_range, so integer sums cannot saturate).
+    """
+    ref = encode(inputs)
+    spread = 0.0
+    for row in range(len(inputs)):
+        x = inputs[row : row + 1]
+        n = max(int((x > 0).sum()), 1)
+        for variant in (x, x[:, x.shape[1] - n :]):
+            spread = max(spread, float(np.abs(encode(variant)[0] - ref[row]).max()))
+    longest = max(int((inputs > 0).sum(1).max()), 1)
+    trimmed = inputs[:, inputs.shape[1] - longest :]
+    spread = max(spread, float(np.abs(encode(trimmed) - ref).max()))
+    scale = float(np.abs(ref).max())
+    return max(2.0 * spread, 1e-2 * scale, 1e-4), spread
+
+
+def _format_size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
+
+
+def format_table(
+    stages: list[StageResult], popularity: dict[str, float], *, markdown: bool = False
+) -> str:
+    header = ["stage", "params", "size", "size of", "HR@10", "NDCG@10", "MRR@10"]
+    header += ["µs b1", "µs/row b32"]
+    rows = [["popularity", "-", "-", "-"] + [f"{popularity[k]:.4f}" for k in _K10] + ["-", "-"]]
+    for s in stages:
+        rows.append(
+            [s.stage, f"{s.params:,}", _format_size(s.size_bytes), s.size_kind]
+            + [f"{s.metrics[k]:.4f}" for k in _K10]
+            + [
+                f"{s.latency.get('latency_us_b1', float('nan')):.0f}",
+                f"{s.latency.get('latency_us_per_row_b32', float('nan')):.1f}",
+            ]
+        )
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 4 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*r) for r in rows]
+    return "\n".join(lines)
+
+
+_K10 = ("hr@10", "ndcg@10", "mrr@10")
+
+
+def run_compress(config: CompressConfig) -> CompressResult:
+    """Run the whole pipeline and write the bundle, archive and reports under `config.out`."""
+    c = config
+    if not c.data:
+        raise ValueError("CompressConfig.data must name the interactions file")
+    if 10 not in c.ks:
+        c = dataclasses.replace(c, ks=(10, *c.ks))
+    version = c.version or default_version()
+    out = Path(c.out)
+    bundle_dir = out / version
+    if bundle_dir.exists():
+        raise FileExistsError(f"{bundle_dir} already exists; choose another --version")
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    def phase(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    data = read_interactions(Path(c.data), fmt=c.format, min_interactions=c.min_interactions)
+    split = leave_one_out(data.sequences)
+    # Early stopping needs a stable signal, not every user: validate on a seeded sample.
+    train_split = Split(
+        train=split.train,
+        valid=_sample(split.valid, c.max_valid_users, seed=c.seed),
+        test=split.test,
+    )
+    phase("read", t0)
+    _log(
+        c,
+        f"{data.n_users} users, {data.n_items} items, {data.n_interactions} interactions "
+        f"({data.n_dropped_users} users with < {c.min_interactions} dropped)",
+    )
+    if c.loss == "full" and data.n_items > 20_000:
+        _log(c, f"{data.n_items} items: consider --loss sampled (full softmax is slow on CPU)")
+    test_inputs = split.test.inputs(max_len=c.max_len)
+    ks = tuple(c.ks)
+    sampled = None if c.sampled_metrics == "none" else c.sampled_metrics
+
+    # Popularity of everything before the test targets: the baseline sees no test item.
+    pop_eval = np.zeros(data.n_items + 1, dtype=np.int64)
+    for h in split.test.histories:
+        np.add.at(pop_eval, h, 1)
+
+    def measure(encode: Encoder, items: npt.NDArray[np.float32]) -> dict[str, float]:
+        return evaluate(
+            encode, items, split.test, max_len=c.max_len, ks=ks, sampled=sampled,
+            popularity=pop_eval, seed=c.seed,
+        )  # fmt: skip
+
+    pop_enc, pop_items = popularity_stage(pop_eval)
+    popularity_metrics = measure(pop_enc, pop_items)
+
+    t0 = time.perf_counter()
+    _log(c, "training teacher")
+    teacher, teacher_fit = train_teacher(
+        c.teacher_config(data.n_items), train_split, c.train_config(c.teacher_epochs)
+    )
+    phase("teacher", t0)
+
+    t0 = time.perf_counter()
+    _log(c, "distilling student")
+    distill_cfg = DistillConfig(temperature=c.temperature, alpha=c.alpha)
+    student, student_fit = distill_student(
+        teacher, c.student_config(data.n_items), train_split, c.train_config(c.student_epochs),
+        distill_cfg,
+    )  # fmt: skip
+    phase("student", t0)
+
+    t0 = time.perf_counter()
+    _log(c, f"pruning {c.prune_ratio:.0%} of heads/FFN units and fine-tuning")
+    pruned, prune_info, finetune_fit = prune_and_finetune(
+        student,
+        teacher,
+        train_split,
+        prune_config=PruneConfig(
+            ratio=c.prune_ratio,
+            importance_batches=c.importance_batches,
+            prune_heads=c.prune_heads,
+            prune_ffn=c.prune_ffn,
+        ),
+        train_config=c.train_config(c.finetune_epochs),
+        distill_config=distill_cfg,
+    )
+    phase("prune_finetune", t0)
+
+    t0 = time.perf_counter()
+    _log(c, "exporting, quantizing and evaluating every stage")
+    latency_inputs = test_inputs[:32]
+    stages: list[StageResult] = []
+    parity: dict[str, float] = {}
+    fp32_onnx: dict[str, bytes] = {}
+    for name, model in (("teacher", teacher), ("student", student), ("pruned", pruned)):
+        model.cpu().eval()
+        onnx_bytes = export_onnx(model)
+        parity[name] = check_parity(onnx_bytes, model, test_inputs[:512])
+        fp32_onnx[name] = onnx_bytes
+        latency = measure_latency(
+            onnx_encoder(onnx_bytes, threads=1), latency_inputs, budget_s=c.latency_budget_s
+        )
+        with torch_threads(1):
+            torch_lat = measure_latency(
+                torch_encoder(model), latency_inputs, budget_s=c.latency_budget_s
+            )
+        latency.update({f"torch_{k}": v for k, v in torch_lat.items()})
+        stages.append(
+            StageResult(
+                stage=name,
+                params=model.num_params(),
+                size_bytes=len(onnx_bytes),
+                size_kind="fp32 ONNX",
+                metrics=measure(torch_encoder(model), _items(model)),
+                latency=latency,
+            )
+        )
+    int8_onnx = quantize_onnx(
+        fp32_onnx["pruned"],
+        QuantizeConfig(
+            per_channel=c.quantize_per_channel,
+            reduce_range=c.quantize_reduce_range,
+            embeddings=c.quantize_embeddings,
+        ),
+    )
+    phase("export_quantize", t0)
+
+    # The served artifact: INT8 ONNX + the item matrix exactly as the bundle stores it.
+    t0 = time.perf_counter()
+    stored, scales = bundle.encode_items(_items(pruned), c.item_encoding)
+    served_items = bundle.decode_items(stored, scales)
+    served = onnx_encoder(int8_onnx)
+    served_metrics = measure(served, served_items)
+    golden_inputs = pad_left(split.valid.histories[: c.n_golden], c.max_len)
+    golden_outputs = served(golden_inputs)
+    golden_atol, golden_spread = golden_tolerance(served, golden_inputs)
+    kl = {
+        name: kl_to_teacher(teacher, m, test_inputs[:1024])
+        for name, m in (("student", student), ("pruned", pruned))
+    }
+
+    arch = {
+        "type": "SASRec",
+        "config": pruned.config.to_dict(),
+        "params": pruned.num_params(),
+        "teacher": teacher.config.to_dict(),
+        "student": student.config.to_dict(),
+    }
+    recipe: dict[str, Any] = {
+        "config": _jsonable(asdict(c)),
+        "teacher": {"best_epoch": teacher_fit.best_epoch, "val_ndcg@10": teacher_fit.best_ndcg},
+        "distillation": {
+            "temperature": c.temperature,
+            "alpha": c.alpha,
+            "best_epoch": student_fit.best_epoch,
+            "val_ndcg@10": student_fit.best_ndcg,
+            "kl_to_teacher": kl["student"],
+        },
+        "pruning": {
+            **asdict(prune_info),
+            "ratio": c.prune_ratio,
+            "importance": "first-order Taylor |sum w*dL/dw| per head / FFN unit",
+            "finetune_best_epoch": finetune_fit.best_epoch,
+            "finetune_val_ndcg@10": finetune_fit.best_ndcg,
+            "kl_to_teacher": kl["pruned"],
+        },
+        "quantization": {
+            "method": "onnxruntime.quantization.quantize_dynamic",
+            "weight_type": "QInt8",
+            "per_channel": c.quantize_per_channel,
+            "reduce_range": c.quantize_reduce_range,
+            "embeddings": c.quantize_embeddings,
+            "item_encoding": c.item_encoding,
+        },
+        "onnx_parity_max_abs_diff": parity,
+        "golden_spread": golden_spread,
+    }
+    bundle_metrics = {f"test_{k}": v for k, v in served_metrics.items()}
+    bundle_metrics.update({f"popularity_test_{k}": v for k, v in popularity_metrics.items()})
+    bundle.write_bundle(
+        bundle_dir,
+        model_version=version,
+        onnx_model=int8_onnx,
+        item_matrix=_items(pruned),
+        vocab=data.vocab,
+        popularity=data.popularity(),
+        max_len=c.max_len,
+        golden_inputs=golden_inputs,
+        golden_outputs=golden_outputs,
+        item_encoding=c.item_encoding,
+        golden_atol=golden_atol,
+        architecture=arch,
+        recipe=recipe,
+        metrics=bundle_metrics,
+        dataset=dict(data.counts()),
+    )
+    archive = out / f"{version}.tar.gz"
+    bundle.pack_bundle(bundle_dir, archive)
+    bundle_bytes = sum(p.stat().st_size for p in bundle_dir.iterdir() if p.is_file())
+    served_latency = measure_latency(
+        onnx_encoder(int8_onnx, threads=1), latency_inputs, budget_s=c.latency_budget_s
+    )
+    stages.append(
+        StageResult(
+            stage="pruned+int8",
+            params=pruned.num_params(),
+            size_bytes=bundle_bytes,
+            size_kind="bundle dir",
+            metrics=served_metrics,
+            latency=served_latency,
+        )
+    )
+    phase("evaluate_bundle", t0)
+    timings["total"] = round(time.perf_counter() - t_start, 2)
+
+    ratio = served_metrics["ndcg@10"] / max(popularity_metrics["ndcg@10"], 1e-12)
+    table = format_table(stages, popularity_metrics)
+    report: dict[str, Any] = {
+        "version": version,
+        "bundle_dir": str(bundle_dir),
+        "archive": str(archive),
+        "archive_bytes": archive.stat().st_size,
+        "int8_onnx_bytes": len(int8_onnx),
+        "dataset": data.counts(),
+        "evaluation": "leave-one-out test split, full ranking, seen items removed",
+        "popularity": popularity_metrics,
+        "stages": [asdict(s) for s in stages],
+        "acceptance": {
+            "ndcg@10_vs_popularity": ratio,
+            "required": ACCEPTANCE_RATIO,
+            "passed": ratio >= ACCEPTANCE_RATIO,
+        },
+        "golden_atol": golden_atol,
+        "recipe": recipe,
+        "architecture": arch,
+        "timings_s": timings,
+        "torch": torch.__version__,
+    }
+    report_path = out / f"{version}-report.json"
+    report_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / f"{version}-report.md").write_text(_markdown(report, stages, popularity_metrics))
+    return CompressResult(
+        bundle_dir=bundle_dir, archive=archive, report=report, report_path=report_path, table=table
+    )
+
+
+def _sample(eval_set: EvalSet, n: int, *, seed: int) -> EvalSet:
+    if n <= 0 or len(eval_set) <= n:
+        return eval_set
+    idx = np.sort(np.random.default_rng(seed).choice(len(eval_set), size=n, replace=False))
+    return EvalSet([eval_set.histories[i] for i in idx], eval_set.targets[idx])
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _markdown(
+    report: dict[str, Any], stages: list[StageResult], popularity: dict[str, float]
+) -> str:
+    acc = report["acceptance"]
+    ds = report["dataset"]
+    return "\n".join(
+        [
+            f"# Compression report: {report['version']}",
+            "",
+            f"Data: `{ds['source']}` ({ds['format']}): {ds['users']} users, {ds['items']} items, "
+            f"{ds['interactions']} interactions; {ds['dropped_users']} users dropped.",
+            "",
+            "Test split, full ranking over all items with seen items removed. Sizes: fp32 "
+            "ONNX file for teacher/student/pruned, whole bundle directory for pruned+int8. "
+            "Latency: onnxruntime, 1 thread.",
+            "",
+            format_table(stages, popularity, markdown=True),
+            "",
+            f"Served NDCG@10 / popularity NDCG@10 = {acc['ndcg@10_vs_popularity']:.2f} "
+            f"(required ≥ {acc['required']}: {'PASS' if acc['passed'] else 'FAIL'}).",
+            "",
+            f"ONNX parity (max abs diff vs PyTorch): {report['recipe']['onnx_parity_max_abs_diff']}",
+            f"Golden tolerance: {report['golden_atol']:.3g}",
+            f"Timings (s): {report['timings_s']}",
+            "",
+        ]
+    )

@@ -1,0 +1,204 @@
+"""Train SASRec with full-softmax cross-entropy at every position ("SASRec+").
+
+Klenitskiy & Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than SASRec?"
+(RecSys 2023, https://arxiv.org/abs/2309.07602): SASRec trained with cross-entropy over the
+whole catalog instead of one sampled negative beats BERT4Rec. For catalogs too large for a
+(B·T, N) logit matrix, `loss="sampled"` uses sampled softmax with shared uniform negatives.
+
+The training loop (`fit`) is shared by teacher training, distillation (`models.distill`) and
+post-pruning fine-tuning (`models.prune`): each passes its own loss function. Early stopping
+keeps the weights with the best validation NDCG@10.
+
+    from models.train import TrainConfig, train_teacher
+    model, result = train_teacher(SASRecConfig(n_items=..., max_len=50), split, TrainConfig())
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from models.evaluate import evaluate, torch_encoder
+from models.sasrec import SASRec, SASRecConfig
+from models.split import EvalSet, Split, pad_left
+
+LossFn = Callable[[SASRec, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    patience: int = 5  # epochs without validation NDCG@10 improvement before stopping
+    loss: Literal["full", "sampled"] = "full"
+    n_negatives: int = 256  # sampled softmax only
+    max_grad_norm: float = 1.0
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_ndcg: float
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def training_arrays(
+    train: Sequence[npt.NDArray[np.int64]], max_len: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Next-item pairs at every position: inputs/targets (n, max_len), 0 = padding / ignore."""
+    usable = [s[-(max_len + 1) :] for s in train if len(s) >= 2]
+    inputs = pad_left([s[:-1] for s in usable], max_len)
+    targets = pad_left([s[1:] for s in usable], max_len)
+    return inputs, targets
+
+
+def _positions(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    h = model.hidden_states(inputs)  # (B, T, C)
+    return h[targets > 0]  # (M, C): only positions with a next item
+
+
+def full_logits(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Logits over real items 1..n at every target position: (M, n_items)."""
+    return _positions(model, inputs, targets) @ model.item_matrix()[1:].T
+
+
+def full_softmax_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = full_logits(model, inputs, targets)  # (M, n)
+    return F.cross_entropy(logits, targets[targets > 0] - 1)
+
+
+def sampled_softmax_loss(n_negatives: int) -> LossFn:
+    """Softmax over the positive and `n_negatives` uniform negatives shared by the batch."""
+
+    def loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        h = _positions(model, inputs, targets)  # (M, C)
+        t = targets[targets > 0]  # (M,)
+        w = model.item_matrix()
+        neg = torch.randint(1, w.shape[0], (n_negatives,), device=inputs.device)  # (S,)
+        pos_logit = (h * w[t]).sum(-1, keepdim=True)  # (M, 1)
+        neg_logit = h @ w[neg].T  # (M, S)
+        neg_logit = neg_logit.masked_fill(neg[None, :] == t[:, None], float("-inf"))
+        logits = torch.cat([pos_logit, neg_logit], dim=1)  # (M, 1 + S)
+        return F.cross_entropy(logits, torch.zeros_like(t))
+
+    return loss
+
+
+def validation_ndcg(model: SASRec, valid: EvalSet) -> float:
+    return evaluate(torch_encoder(model), _item_numpy(model), valid, max_len=model.config.max_len)[
+        "ndcg@10"
+    ]
+
+
+def _item_numpy(model: SASRec) -> npt.NDArray[np.float32]:
+    return np.asarray(model.item_matrix().detach().float().cpu().numpy(), dtype=np.float32)
+
+
+def fit(
+    model: SASRec,
+    *,
+    train: Sequence[npt.NDArray[np.int64]],
+    valid: EvalSet,
+    config: TrainConfig,
+    loss_fn: LossFn,
+    desc: str = "train",
+) -> FitResult:
+    """AdamW over shuffled next-item batches; keeps the best-validation-NDCG@10 weights."""
+    device = resolve_device(config.device)
+    model.to(device)
+    seed_everything(config.seed)
+    inputs_np, targets_np = training_arrays(train, model.config.max_len)
+    inputs = torch.from_numpy(inputs_np)
+    targets = torch.from_numpy(targets_np)
+    gen = torch.Generator().manual_seed(config.seed)
+    # No weight decay on embeddings, biases and LayerNorms (common Transformer practice).
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+    best_state = copy.deepcopy(model.state_dict())
+    best = FitResult(best_epoch=0, best_ndcg=validation_ndcg(model, valid), epochs_run=0)
+    bad_epochs = 0
+    bar = tqdm(range(1, config.epochs + 1), desc=desc, disable=not config.progress, leave=False)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(inputs), generator=gen)
+        total = 0.0
+        n_batches = 0
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            x, y = inputs[idx], targets[idx]
+            keep = max(int((x > 0).sum(1).max()), 1)  # drop all-padding columns
+            x, y = x[:, -keep:].to(device), y[:, -keep:].to(device)
+            loss = loss_fn(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            opt.step()
+            total += float(loss.detach())
+            n_batches += 1
+        ndcg = validation_ndcg(model, valid)
+        best.history.append(
+            {"epoch": epoch, "loss": total / max(n_batches, 1), "val_ndcg@10": ndcg}
+        )
+        best.epochs_run = epoch
+        bar.set_postfix(loss=f"{total / max(n_batches, 1):.3f}", val_ndcg10=f"{ndcg:.4f}")
+        if ndcg > best.best_ndcg:
+            best.best_ndcg, best.best_epoch = ndcg, epoch
+            best_state = copy.deepcopy(model.state_dict())
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+            if bad_epochs >= config.patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return best
+
+
+def train_teacher(
+    model_config: SASRecConfig, split: Split, config: TrainConfig
+) -> tuple[SASRec, FitResult]:
+    """Build a fresh SASRec (seeded) and train it on `split.train`."""
+    seed_everything(config.seed)
+    model = SASRec(model_config)
+    loss_fn = (
+        full_softmax_loss if config.loss == "full" else sampled_softmax_loss(config.n_negatives)
+    )
+    result = fit(
+        model, train=split.train, valid=split.valid, config=config, loss_fn=loss_fn, desc="teacher"
+    )
+    return model, result

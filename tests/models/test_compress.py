@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bundle
+from models.cli import main
+from models.compress import CompressConfig, CompressResult, run_compress
+from models.evaluate import evaluate, onnx_encoder
+from models.split import leave_one_out
+from tests.models.conftest import Dataset
+
+TINY = {
+    "max_len": 20,
+    "teacher_dim": 32, "teacher_heads": 2, "teacher_head_dim": 16, "teacher_ffn": 64,
+    "teacher_epochs": 4,
+    "student_dim": 16, "student_heads": 4, "student_head_dim": 4, "student_ffn": 32,
+    "student_epochs": 4,
+    "finetune_epochs": 1, "batch_size": 64, "lr": 5e-3, "importance_batches": 2,
+    "n_golden": 3, "latency_budget_s": 0.02, "progress": False,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def compressed(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> CompressResult:
+    out = tmp_path_factory.mktemp("bundles")
+    return run_compress(
+        CompressConfig(data=str(synthetic.path), out=str(out), version="tiny-1", **TINY)
+    )
+
+
+def test_bundle_is_accepted_by_the_reader_and_reproduces_golden_outputs(
+    compressed: CompressResult,
+) -> None:
+    b = bundle.read_bundle(compressed.bundle_dir)
+    assert b.version == "tiny-1"
+    assert b.items.dtype == np.int8 and b.item_scales is not None
+    assert b.vocab[0] == "" and len(b.vocab) == b.manifest.n_items + 1
+    assert len(b.manifest.golden) == 3
+    session = onnx_encoder(str(b.model_path), threads=1)
+    assert bundle.verify_golden(b, session) <= b.manifest.golden_atol
+    # Served the way the service may serve it: row by row, padding trimmed.
+    inputs = np.array([g.input for g in b.manifest.golden], dtype=np.int64)
+    expected = np.array([g.output for g in b.manifest.golden], dtype=np.float32)
+    for row in range(len(inputs)):
+        x = inputs[row : row + 1]
+        x = x[:, x.shape[1] - int((x > 0).sum()) :]
+        assert np.abs(session(x)[0] - expected[row]).max() <= b.manifest.golden_atol
+
+
+def test_archive_unpacks_to_the_same_bundle(compressed: CompressResult, tmp_path: Path) -> None:
+    with compressed.archive.open("rb") as f:
+        bundle.extract_archive(io.BytesIO(f.read()), tmp_path / "x")
+    assert (
+        bundle.read_bundle(tmp_path / "x").manifest
+        == bundle.read_bundle(compressed.bundle_dir).manifest
+    )
+
+
+def test_manifest_metrics_are_those_of_the_served_artifact(
+    compressed: CompressResult, synthetic: Dataset
+) -> None:
+    b = bundle.read_bundle(compressed.bundle_dir)
+    items = bundle.decode_items(b.items, b.item_scales)
+    split = leave_one_out(synthetic.data.sequences)
+    m = evaluate(onnx_encoder(str(b.model_path)), items, split.test, max_len=b.manifest.max_len)
+    assert b.manifest.metrics["test_ndcg@10"] == pytest.approx(m["ndcg@10"], abs=1e-3)
+    assert b.manifest.metrics["test_ndcg@10"] > 2 * b.manifest.metrics["popularity_test_ndcg@10"]
+    assert b.manifest.dataset["users"] == synthetic.data.n_users
+    assert b.manifest.recipe["pruning"]["ratio"] == 0.5
+    assert b.manifest.architecture["config"]["n_heads"] == [2, 2]
+
+
+def test_report_lists_every_stage(compressed: CompressResult) -> None:
+    report = json.loads(compressed.report_path.read_text())
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert list(stages) == ["teacher", "student", "pruned", "pruned+int8"]
+    assert stages["teacher"]["params"] > stages["student"]["params"] > stages["pruned"]["params"]
+    assert stages["pruned+int8"]["size_bytes"] < stages["teacher"]["size_bytes"]
+    assert all(s["latency"]["latency_us_b1"] > 0 for s in stages.values())
+    assert report["acceptance"]["passed"]
+    assert max(report["recipe"]["onnx_parity_max_abs_diff"].values()) < 1e-4
+    for stage in ("teacher", "pruned+int8"):
+        assert stage in compressed.table
+    assert (compressed.bundle_dir.parent / "tiny-1-report.md").is_file()
+
+
+def test_existing_version_is_refused(compressed: CompressResult, synthetic: Dataset) -> None:
+    config = CompressConfig(
+        data=str(synthetic.path), out=str(compressed.bundle_dir.parent), version="tiny-1", **TINY
+    )
+    with pytest.raises(FileExistsError):
+        run_compress(config)
+
+
+def test_cli_synth_then_compress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "s.txt"
+    assert main(["synth", "--out", str(data), "--users", "150", "--items", "100"]) == 0
+    flags = []
+    for key, value in TINY.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, str(value)]
+    argv = ["compress", "--data", str(data), "--out", str(tmp_path / "b"), "--version", "cli"]
+    argv += [*flags, "--teacher-epochs", "1", "--student-epochs", "1", "--ks", "5", "10"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "pruned+int8" in out and "acceptance:" in out
+    b = bundle.read_bundle(tmp_path / "b" / "cli")
+    assert b.manifest.recipe["config"]["ks"] == [5, 10]
+    assert "test_hr@5" in b.manifest.metrics

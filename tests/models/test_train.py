@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.evaluate import evaluate, popularity_stage, torch_encoder
+from models.sasrec import SASRec
+from models.train import (
+    TrainConfig,
+    full_softmax_loss,
+    sampled_softmax_loss,
+    train_teacher,
+    training_arrays,
+)
+from tests.models.conftest import MAX_LEN, Dataset, teacher_config
+
+
+def test_training_arrays_shift_by_one_and_keep_the_tail() -> None:
+    inputs, targets = training_arrays([np.array([1, 2, 3, 4, 5]), np.array([7])], max_len=3)
+    assert inputs.tolist() == [[2, 3, 4]]  # users with one item give no pair
+    assert targets.tolist() == [[3, 4, 5]]
+    inputs, targets = training_arrays([np.array([1, 2])], max_len=3)
+    assert inputs.tolist() == [[0, 0, 1]] and targets.tolist() == [[0, 0, 2]]
+
+
+def test_teacher_beats_popularity_by_a_wide_margin(synthetic: Dataset, teacher: SASRec) -> None:
+    test = synthetic.split.test
+    model = evaluate(
+        torch_encoder(teacher), teacher.item_matrix().detach().numpy(), test, max_len=MAX_LEN
+    )
+    pop = evaluate(*popularity_stage(synthetic.test_popularity()), test, max_len=MAX_LEN)
+    assert model["ndcg@10"] > 3 * pop["ndcg@10"]
+    assert model["hr@10"] > 2 * pop["hr@10"]
+
+
+def test_training_is_deterministic_on_cpu(synthetic: Dataset) -> None:
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False, seed=3)
+    a, ra = train_teacher(teacher_config(synthetic.n_items), synthetic.split, cfg)
+    b, rb = train_teacher(teacher_config(synthetic.n_items), synthetic.split, cfg)
+    assert ra.history == rb.history
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_sampled_softmax_loss_trains(synthetic: Dataset) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=5e-3, loss="sampled", n_negatives=32,
+                      progress=False, patience=10)  # fmt: skip
+    _model, result = train_teacher(teacher_config(synthetic.n_items), synthetic.split, cfg)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert result.best_ndcg > 0.1
+
+
+def test_full_softmax_loss_ignores_padding_targets(teacher: SASRec) -> None:
+    x = torch.tensor([[0, 0, 1, 2], [0, 3, 4, 5]])
+    y = torch.tensor([[0, 0, 2, 3], [0, 4, 5, 6]])
+    y_more_pad = y.clone()
+    y_more_pad[1, 1] = 0
+    loss = full_softmax_loss(teacher, x, y)
+    assert torch.isfinite(loss)
+    assert not torch.isclose(loss, full_softmax_loss(teacher, x, y_more_pad))
+    assert torch.isfinite(sampled_softmax_loss(8)(teacher, x, y))

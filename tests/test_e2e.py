@@ -1,0 +1,131 @@
+"""End to end, real at every step: synthetic data -> compress (tiny settings) -> the real
+service process on a real Redis -> recommend -> upload and activate a second bundle ->
+recommend answers with the new version -> roll back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.compress import CompressConfig, CompressResult, run_compress
+from models.synthetic import SyntheticConfig, write_synthetic
+from tests.conftest import ADMIN_TOKEN, free_port
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(
+    max_len=20,
+    teacher_dim=32,
+    teacher_heads=2,
+    teacher_head_dim=16,
+    teacher_ffn=64,
+    teacher_epochs=4,
+    student_dim=16,
+    student_heads=2,
+    student_head_dim=8,
+    student_ffn=32,
+    student_epochs=4,
+    finetune_epochs=1,
+    batch_size=64,
+    lr=5e-3,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[CompressResult, CompressResult]:
+    work = tmp_path_factory.mktemp("e2e")
+    data = work / "interactions.txt"
+    write_synthetic(data, SyntheticConfig(n_users=600, n_items=150, n_topics=6, seed=3))
+    first = run_compress(
+        CompressConfig(data=str(data), out=str(work / "out"), version="e2e-a", seed=0, **TINY)  # type: ignore[arg-type]
+    )
+    second = run_compress(
+        CompressConfig(data=str(data), out=str(work / "out"), version="e2e-b", seed=1, **TINY)  # type: ignore[arg-type]
+    )
+    return first, second
+
+
+@pytest.fixture
+def service(
+    bundles: tuple[CompressResult, CompressResult], redis_url: str, tmp_path: Path
+) -> Iterator[str]:
+    """`python -m service` as a real process, bootstrapped with the first bundle."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MODEL_DIR": str(tmp_path / "models"),
+        "BOOTSTRAP_BUNDLE": str(bundles[0].archive),
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": f"e2e:{port}",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"service did not become ready (exit code {proc.poll()})")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_compress_upload_activate_recommend_rollback(
+    bundles: tuple[CompressResult, CompressResult], service: str
+) -> None:
+    _, second = bundles
+    for result in bundles:
+        served = result.report["stages"][-1]
+        assert served["stage"] == "pruned+int8"
+        assert served["metrics"]["ndcg@10"] > 2 * result.report["popularity"]["ndcg@10"]
+
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=service, timeout=30) as http:
+        body = {"history": ["i12", "i7", "i99"], "k": 10}
+        r = http.post("/recommend", json=body)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["model_version"] == "e2e-a"
+        assert answer["strategy"] == "model"
+        assert len(answer["items"]) == 10
+        assert not {"i12", "i7", "i99"} & {it["item_id"] for it in answer["items"]}
+        scores = [it["score"] for it in answer["items"]]
+        assert scores == sorted(scores, reverse=True)
+
+        up = http.post(
+            "/admin/bundles",
+            content=second.archive.read_bytes(),
+            headers={**auth, "Content-Type": "application/gzip"},
+        )
+        assert up.status_code == 201, up.text
+        assert http.post("/recommend", json=body).json()["model_version"] == "e2e-a"
+
+        act = http.post("/admin/bundles/e2e-b/activate", headers=auth)
+        assert act.status_code == 200, act.text
+        assert http.post("/recommend", json=body).json()["model_version"] == "e2e-b"
+
+        listed = http.get("/admin/bundles", headers=auth).json()
+        assert {"e2e-a", "e2e-b"} <= {v["version"] for v in listed["versions"]}
+
+        back = http.post("/admin/rollback", headers=auth)
+        assert back.status_code == 200, back.text
+        assert http.post("/recommend", json=body).json()["model_version"] == "e2e-a"
