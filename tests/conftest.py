@@ -9,13 +9,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -34,6 +37,47 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# Settings a test's service process must not inherit from the developer's shell.
+SERVICE_ENV_VARS = ("REDIS_URL", "ADMIN_TOKEN", "BOOTSTRAP_BUNDLE", "MODEL_DIR", "HOST", "PORT")
+
+
+@contextmanager
+def service_process(env: dict[str, str], *, ready_timeout_s: float = 60) -> Iterator[str]:
+    """Run `python -m service` as a real process on a free port; yield its base URL once
+    /readyz answers 200; stop it afterwards. `env` adds to a cleaned copy of os.environ."""
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV_VARS}
+    full_env.update({"HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "warning", **env})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                output = proc.stdout.read().decode() if proc.stdout else ""
+                pytest.fail(f"service did not become ready (exit code {proc.poll()}):\n{output}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        if proc.stdout:
+            proc.stdout.close()
 
 
 @dataclass

@@ -4,10 +4,6 @@ recommend answers with the new version -> roll back."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +12,7 @@ import pytest
 
 from models.compress import CompressConfig, CompressResult, run_compress
 from models.synthetic import SyntheticConfig, write_synthetic
-from tests.conftest import ADMIN_TOKEN, free_port
+from tests.conftest import ADMIN_TOKEN, service_process
 
 pytestmark = pytest.mark.slow
 
@@ -57,36 +53,16 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[CompressResult, C
 def service(
     bundles: tuple[CompressResult, CompressResult], redis_url: str, tmp_path: Path
 ) -> Iterator[str]:
-    """`python -m service` as a real process, bootstrapped with the first bundle."""
-    port = free_port()
+    """`python -m service` as a real process on Redis, bootstrapped with the first bundle."""
     env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
         "MODEL_DIR": str(tmp_path / "models"),
         "BOOTSTRAP_BUNDLE": str(bundles[0].archive),
         "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": f"e2e:{port}",
+        "REDIS_KEY_PREFIX": f"e2e:{tmp_path.name}",
         "ADMIN_TOKEN": ADMIN_TOKEN,
-        "LOG_LEVEL": "warning",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"service did not become ready (exit code {proc.poll()})")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with service_process(env) as url:
+        yield url
 
 
 def test_compress_upload_activate_recommend_rollback(

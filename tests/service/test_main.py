@@ -1,18 +1,13 @@
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from service.main import create_app
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, service_process
 
 
 def test_service_imports_and_builds_an_app_without_torch():
@@ -52,40 +47,9 @@ def test_lifespan_loads_the_model_and_shutdown_closes_the_store(make_settings, v
 def test_python_m_service_serves_on_port_with_the_bootstrap_bundle(tmp_path, v1_archive):
     archive = tmp_path / "demo.tar.gz"
     archive.write_bytes(v1_archive)
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "ADMIN_TOKEN")},
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "MODEL_DIR": str(tmp_path / "models"),
-        "BOOTSTRAP_BUNDLE": str(archive),
-        "LOG_LEVEL": "warning",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "service did not become ready"
-            time.sleep(0.1)
+    env = {"MODEL_DIR": str(tmp_path / "models"), "BOOTSTRAP_BUNDLE": str(archive)}
+    with service_process(env) as url:
         r = httpx.post(f"{url}/recommend", content=b'{"history": ["i12", "i7", "i99"], "k": 10}')
         assert r.status_code == 200
         assert r.json()["model_version"] == "v1" and len(r.json()["items"]) == 10
         assert httpx.get(f"{url}/admin/active").status_code == 404  # no ADMIN_TOKEN
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
