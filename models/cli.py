@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from models.compress import ACCEPTANCE_RATIO, CompressConfig, CompressResult, run_compress
+from models.readers import DataFormatError
 from models.synthetic import SyntheticConfig, write_synthetic
 
 # The demo must build in about 2 minutes on 2 CPU cores.
@@ -113,7 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {n} interactions to {args.out}")
         return 0
     if args.command == "compress":
-        result = run_compress(_config_from(args))
+        try:
+            result = run_compress(_config_from(args))
+        except (DataFormatError, FileExistsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         _print_result(result)
         _print_acceptance(result)
         return 0

@@ -115,3 +115,15 @@ def test_cli_synth_then_compress(tmp_path: Path, capsys: pytest.CaptureFixture[s
     b = bundle.read_bundle(tmp_path / "b" / "cli")
     assert b.manifest.recipe["config"]["ks"] == [5, 10]
     assert "test_hr@5" in b.manifest.metrics
+
+
+def test_cli_reports_bad_data_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "bad.txt"
+    data.write_text("1 10\n1 11\nthis line is wrong\n")
+    argv = ["compress", "--data", str(data), "--out", str(tmp_path / "b"), "--format", "txt"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.txt:3" in err
+    assert not (tmp_path / "b").exists()
