@@ -22,9 +22,17 @@ import numpy.typing as npt
 import torch
 from torch.nn import functional as F
 
+from models.losses import softmax_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.split import Split
-from models.train import FitResult, LossFn, TrainConfig, fit, full_logits, seed_everything
+from models.train import (
+    FitResult,
+    LossFn,
+    TrainConfig,
+    fit,
+    seed_everything,
+    target_states,
+)
 
 
 @dataclass
@@ -40,18 +48,16 @@ def distillation_loss(teacher: SASRec, config: DistillConfig) -> LossFn:
 
     def loss(student: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            t_logits = full_logits(teacher, inputs, targets)  # (M, n)
-        s_logits = full_logits(student, inputs, targets)  # (M, n)
-        kl = F.kl_div(
-            F.log_softmax(s_logits / T, dim=-1),
-            F.log_softmax(t_logits / T, dim=-1),
-            log_target=True,
-            reduction="batchmean",
+            t_hidden = target_states(teacher, inputs, targets)  # (M, C_t)
+        return softmax_loss(
+            target_states(student, inputs, targets),  # (M, C)
+            student.item_matrix()[1:],
+            targets[targets > 0] - 1,
+            teacher_hidden=t_hidden,
+            teacher_items=teacher.item_matrix()[1:].detach(),
+            temperature=T,
+            alpha=alpha,
         )
-        total = alpha * (T * T) * kl
-        if alpha < 1.0:
-            total = total + (1.0 - alpha) * F.cross_entropy(s_logits, targets[targets > 0] - 1)
-        return total
 
     return loss
 

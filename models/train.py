@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from models.evaluate import evaluate, torch_encoder
+from models.losses import softmax_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.split import EvalSet, Split, pad_left
 
@@ -79,26 +80,23 @@ def training_arrays(
     return inputs, targets
 
 
-def _positions(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def target_states(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     h = model.hidden_states(inputs)  # (B, T, C)
     return h[targets > 0]  # (M, C): only positions with a next item
 
 
-def full_logits(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Logits over real items 1..n at every target position: (M, n_items)."""
-    return _positions(model, inputs, targets) @ model.item_matrix()[1:].T
-
-
 def full_softmax_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = full_logits(model, inputs, targets)  # (M, n)
-    return F.cross_entropy(logits, targets[targets > 0] - 1)
+    """Cross-entropy over the whole catalog at every target position (chunked, see
+    `models.losses`)."""
+    h = target_states(model, inputs, targets)  # (M, C)
+    return softmax_loss(h, model.item_matrix()[1:], targets[targets > 0] - 1)
 
 
 def sampled_softmax_loss(n_negatives: int) -> LossFn:
     """Softmax over the positive and `n_negatives` uniform negatives shared by the batch."""
 
     def loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        h = _positions(model, inputs, targets)  # (M, C)
+        h = target_states(model, inputs, targets)  # (M, C)
         t = targets[targets > 0]  # (M,)
         w = model.item_matrix()
         neg = torch.randint(1, w.shape[0], (n_negatives,), device=inputs.device)  # (S,)

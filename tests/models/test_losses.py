@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from models import losses
+from models.losses import reference_softmax_loss, softmax_loss
+
+M, N, C, C_T = 37, 211, 8, 12
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several chunks (and a ragged last one) even on these tiny shapes."""
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", N * 10)
+
+
+def _tensors() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(M, C, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(N, C, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, N, (M,), generator=g)
+    th = torch.randn(M, C_T, generator=g, dtype=torch.float64)
+    tw = torch.randn(N, C_T, generator=g, dtype=torch.float64)
+    return h, w, y, th, tw
+
+
+@pytest.mark.parametrize(
+    "teacher",
+    [
+        None,
+        {"temperature": 2.0, "alpha": 0.7},
+        {"temperature": 1.0, "alpha": 1.0},
+        {"temperature": 4.0, "alpha": 0.2},
+    ],
+)
+def test_chunked_loss_and_gradients_equal_plain_autograd(teacher: dict[str, float] | None) -> None:
+    h, w, y, th, tw = _tensors()
+    kw = {} if teacher is None else {"teacher_hidden": th, "teacher_items": tw, **teacher}
+    ours = softmax_loss(h, w, y, **kw)  # type: ignore[arg-type]
+    ref = reference_softmax_loss(h, w, y, **kw)  # type: ignore[arg-type]
+    g_ours = torch.autograd.grad(ours * 3.0, (h, w))  # a scaled upstream gradient too
+    g_ref = torch.autograd.grad(ref * 3.0, (h, w))
+    assert float(ours.detach()) == pytest.approx(float(ref.detach()), rel=1e-10)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_loss_through_a_view_of_the_item_matrix_reaches_the_full_parameter() -> None:
+    h, w, y, _, _ = _tensors()
+    full = torch.nn.Parameter(torch.cat([torch.zeros(1, C, dtype=w.dtype), w.detach()]))
+    softmax_loss(h, full[1:], y).backward()
+    assert full.grad is not None
+    assert float(full.grad[0].abs().sum()) == 0.0  # the padding row gets no gradient
+    assert float(full.grad[1:].abs().sum()) > 0.0
+
+
+def test_no_target_positions_give_zero_loss_and_gradient() -> None:
+    h = torch.zeros(0, C, requires_grad=True)
+    w = torch.randn(N, C, requires_grad=True)
+    loss = softmax_loss(h, w, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    assert w.grad is not None and float(w.grad.abs().sum()) == 0.0
+
+
+def test_teacher_needs_both_states_and_items() -> None:
+    h, w, y, th, _ = _tensors()
+    with pytest.raises(ValueError, match="both"):
+        softmax_loss(h, w, y, teacher_hidden=th)
