@@ -30,6 +30,7 @@ from models.train import (
     LossFn,
     TrainConfig,
     fit,
+    mm_dtype,
     seed_everything,
     target_states,
 )
@@ -41,7 +42,9 @@ class DistillConfig:
     alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha goes to hard-label CE
 
 
-def distillation_loss(teacher: SASRec, config: DistillConfig) -> LossFn:
+def distillation_loss(
+    teacher: SASRec, config: DistillConfig, *, mm_dtype: torch.dtype | None = None
+) -> LossFn:
     """A loss for `models.train.fit` that distills from the frozen `teacher`."""
     T, alpha = config.temperature, config.alpha
     teacher.eval()
@@ -57,6 +60,7 @@ def distillation_loss(teacher: SASRec, config: DistillConfig) -> LossFn:
             teacher_items=teacher.item_matrix()[1:].detach(),
             temperature=T,
             alpha=alpha,
+            mm_dtype=mm_dtype,
         )
 
     return loss
@@ -78,7 +82,7 @@ def distill_student(
         train=split.train,
         valid=split.valid,
         config=train_config,
-        loss_fn=distillation_loss(teacher, distill_config),
+        loss_fn=distillation_loss(teacher, distill_config, mm_dtype=mm_dtype(train_config)),
         desc="student",
     )
     return student, result

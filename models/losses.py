@@ -42,8 +42,12 @@ class _SoftmaxLoss(torch.autograd.Function):
         teacher_logits_fn: Any,  # callable(start, stop) -> (m, n) teacher logits, or None
         temperature: float,
         alpha: float,
+        mm_dtype: torch.dtype,
     ) -> torch.Tensor:
         M, n = hidden.shape[0], items.shape[0]
+        # Matrix products in mm_dtype (bfloat16 uses AMX/AVX-512-BF16 where the CPU has it);
+        # softmax, loss and accumulation stay in the parameters' dtype.
+        items_mm = items.to(mm_dtype)
         chunk = max(1, CHUNK_ELEMENTS // max(n, 1))
         grad_hidden = torch.empty_like(hidden)
         grad_items = torch.zeros_like(items)
@@ -55,7 +59,8 @@ class _SoftmaxLoss(torch.autograd.Function):
             h = hidden[start:stop]  # (m, C)
             y = targets[start:stop]  # (m,)
             r = rows[: stop - start]
-            logits = h @ items.T  # (m, n)
+            h_mm = h.to(mm_dtype)
+            logits = (h_mm @ items_mm.T).to(hidden.dtype)  # (m, n)
             grad: torch.Tensor | None = None  # (m, n) d loss / d logits
             if w_hard > 0:
                 log_p = torch.log_softmax(logits, dim=1)
@@ -75,8 +80,10 @@ class _SoftmaxLoss(torch.autograd.Function):
                 del log_q, log_pt, pt, soft
             assert grad is not None
             del logits
-            grad_hidden[start:stop] = grad @ items  # (m, C)
-            grad_items.addmm_(grad.T, h)  # (n, C)
+            grad_mm = grad.to(mm_dtype)
+            grad_hidden[start:stop] = grad_mm @ items_mm  # (m, C)
+            grad_items += grad_mm.T @ h_mm  # (n, C)
+            del grad, grad_mm
         ctx.save_for_backward(grad_hidden, grad_items)
         return total / M
 
@@ -85,7 +92,7 @@ class _SoftmaxLoss(torch.autograd.Function):
         grad_hidden, grad_items = ctx.saved_tensors
         M = grad_hidden.shape[0]
         scale = grad_out / M
-        return grad_hidden * scale, grad_items * scale, None, None, None, None
+        return grad_hidden * scale, grad_items * scale, None, None, None, None, None
 
 
 def softmax_loss(
@@ -97,26 +104,30 @@ def softmax_loss(
     teacher_items: torch.Tensor | None = None,
     temperature: float = 1.0,
     alpha: float = 0.0,
+    mm_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Mean full-softmax loss over tokens.
 
     hidden (M, C) and items (n, C) give the student's logits hidden @ items.T; targets (M,)
     index into 0..n-1. With teacher_hidden (M, C_t) and teacher_items (n, C_t), the loss is
     alpha · T² · KL(teacher || student at temperature T) + (1 - alpha) · CE.
+    `mm_dtype=torch.bfloat16` runs the three large matrix products in bfloat16 (about 3x
+    faster on CPUs with AMX or AVX-512-BF16); the default keeps the parameters' dtype.
     """
+    dtype = mm_dtype or hidden.dtype
     if (teacher_hidden is None) != (teacher_items is None):
         raise ValueError("give both teacher_hidden and teacher_items, or neither")
     teacher_fn = None
     if teacher_hidden is not None and teacher_items is not None:
-        th, tw = teacher_hidden.detach(), teacher_items.detach()
+        th, tw = teacher_hidden.detach().to(dtype), teacher_items.detach().to(dtype)
 
         def teacher_fn(start: int, stop: int) -> torch.Tensor:
-            return th[start:stop] @ tw.T
+            return (th[start:stop] @ tw.T).to(hidden.dtype)
 
     if hidden.shape[0] == 0:
         return (hidden.sum() + items.sum()) * 0.0  # keeps both in the graph
     loss: torch.Tensor = _SoftmaxLoss.apply(
-        hidden, items, targets, teacher_fn, float(temperature), float(alpha)
+        hidden, items, targets, teacher_fn, float(temperature), float(alpha), dtype
     )
     return loss
 

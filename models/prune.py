@@ -31,7 +31,7 @@ from torch import nn
 from models.distill import DistillConfig, distillation_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.split import Split
-from models.train import FitResult, LossFn, TrainConfig, fit, training_arrays
+from models.train import FitResult, LossFn, TrainConfig, fit, mm_dtype, training_arrays
 
 
 @dataclass
@@ -185,7 +185,7 @@ def prune_and_finetune(
     distill_config: DistillConfig,
 ) -> tuple[SASRec, PruneInfo, FitResult]:
     """Taylor-rank, physically prune, then fine-tune with distillation from `teacher`."""
-    loss_fn = distillation_loss(teacher, distill_config)
+    loss_fn = distillation_loss(teacher, distill_config, mm_dtype=mm_dtype(train_config))
     work = copy.deepcopy(model)
     importance = taylor_importance(
         work,

@@ -16,6 +16,7 @@ keeps the weights with the best validation NDCG@10.
 from __future__ import annotations
 
 import copy
+import functools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class TrainConfig:
     loss: Literal["full", "sampled"] = "full"
     n_negatives: int = 256  # sampled softmax only
     max_grad_norm: float = 1.0
+    # Run the catalog-wide matrix products of the softmax losses in bfloat16 (about 3x faster
+    # on CPUs with AMX / AVX-512-BF16 and on GPUs); softmax and optimizer stay float32.
+    bf16: bool = False
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
@@ -56,6 +60,10 @@ class FitResult:
     best_ndcg: float
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def mm_dtype(config: TrainConfig) -> torch.dtype | None:
+    return torch.bfloat16 if config.bf16 else None
 
 
 def seed_everything(seed: int) -> None:
@@ -85,11 +93,17 @@ def target_states(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) ->
     return h[targets > 0]  # (M, C): only positions with a next item
 
 
-def full_softmax_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def full_softmax_loss(
+    model: SASRec,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    mm_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Cross-entropy over the whole catalog at every target position (chunked, see
     `models.losses`)."""
     h = target_states(model, inputs, targets)  # (M, C)
-    return softmax_loss(h, model.item_matrix()[1:], targets[targets > 0] - 1)
+    return softmax_loss(h, model.item_matrix()[1:], targets[targets > 0] - 1, mm_dtype=mm_dtype)
 
 
 def sampled_softmax_loss(n_negatives: int) -> LossFn:
@@ -194,7 +208,9 @@ def train_teacher(
     seed_everything(config.seed)
     model = SASRec(model_config)
     loss_fn = (
-        full_softmax_loss if config.loss == "full" else sampled_softmax_loss(config.n_negatives)
+        functools.partial(full_softmax_loss, mm_dtype=mm_dtype(config))
+        if config.loss == "full"
+        else sampled_softmax_loss(config.n_negatives)
     )
     result = fit(
         model, train=split.train, valid=split.valid, config=config, loss_fn=loss_fn, desc="teacher"

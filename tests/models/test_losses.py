@@ -66,3 +66,20 @@ def test_teacher_needs_both_states_and_items() -> None:
     h, w, y, th, _ = _tensors()
     with pytest.raises(ValueError, match="both"):
         softmax_loss(h, w, y, teacher_hidden=th)
+
+
+def test_bfloat16_products_stay_close_to_float32() -> None:
+    h64, w64, y, th64, tw64 = _tensors()
+    h, w, th, tw = (t.detach().float() for t in (h64, w64, th64, tw64))
+    h.requires_grad_(True)
+    w.requires_grad_(True)
+    kw = {"teacher_hidden": th, "teacher_items": tw, "temperature": 2.0, "alpha": 0.7}
+    exact = softmax_loss(h, w, y, **kw)  # type: ignore[arg-type]
+    g_exact = torch.autograd.grad(exact, (h, w))
+    fast = softmax_loss(h, w, y, mm_dtype=torch.bfloat16, **kw)  # type: ignore[arg-type]
+    g_fast = torch.autograd.grad(fast, (h, w))
+    assert g_fast[0].dtype == torch.float32
+    assert float(fast.detach()) == pytest.approx(float(exact.detach()), rel=0.02)
+    for a, b in zip(g_fast, g_exact, strict=True):
+        cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+        assert float(cos) > 0.99
