@@ -10,17 +10,18 @@ DEMO_BUNDLE := $(DEMO_DIR)/demo.tar.gz
 
 export HOST PORT
 
-.PHONY: help venv demo serve test lint format clean
+.PHONY: help venv demo serve test lint format clean bench-compress
 
 help:
 	@echo "make serve   build the demo bundle if needed and serve on $$HOST:$$PORT (default 0.0.0.0:8000)"
 	@echo "make test    set up and run lint, type checks and the whole test suite"
+	@echo "make bench-compress DATA=../shared/data/amazon-beauty.txt   compression benchmark (long)"
 
-# The environment: serving deps + the offline pipeline (CPU torch, pinned) + dev tools.
+# The environment: serving deps + the offline pipeline (CPU torch, pinned) + dev and bench tools.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[pipeline,dev]'
+	$(PY) -m pip install -q -e '.[pipeline,dev,bench]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -48,3 +49,12 @@ format: venv
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+
+# The compression benchmark on real data (issue 3), never part of `make test`:
+#   make bench-compress DATA=../shared/data/amazon-beauty.txt [BENCH_ARGS='--sampled uniform']
+# writes benchmarks/results/compress-<dataset>.{json,md,png}; the bundle goes to benchmarks/work/.
+DATA ?= ../shared/data/amazon-beauty.txt
+BENCH_ARGS ?=
+
+bench-compress: venv
+	$(PY) -m benchmarks.compress --data $(DATA) $(BENCH_ARGS)

@@ -5,6 +5,8 @@ This package imports neither torch nor FastAPI, so both halves can use it.
 A bundle is a flat directory (or the same files in a .tar.gz for upload):
 
     model.onnx        user encoder: int64 [batch, max_len] (left-padded with 0) -> float32 [batch, dim]
+                      (its item embedding may read items.npy / item_scales.npy as ONNX external
+                      data, so the tied item matrix is stored once: see `npy_data_offset`)
     items.npy         item scoring matrix, row i = item index i (row 0 = padding), int8/fp16/fp32
     item_scales.npy   float32 per-row scales when items.npy is int8 (score = (u . q_i) * scale_i)
     vocab.json        external item IDs in index order; entry 0 is "" (padding)
@@ -14,12 +16,24 @@ A bundle is a flat directory (or the same files in a .tar.gz for upload):
 
 from bundle.archive import extract_archive, pack_bundle
 from bundle.errors import BundleError
-from bundle.io import Bundle, read_bundle, verify_golden, write_bundle
+from bundle.io import (
+    ITEMS_FILE,
+    MODEL_FILE,
+    SCALES_FILE,
+    Bundle,
+    npy_data_offset,
+    read_bundle,
+    verify_golden,
+    write_bundle,
+)
 from bundle.items import decode_items, encode_items
 from bundle.manifest import FORMAT_VERSION, FileInfo, Golden, Manifest
 
 __all__ = [
     "FORMAT_VERSION",
+    "ITEMS_FILE",
+    "MODEL_FILE",
+    "SCALES_FILE",
     "Bundle",
     "BundleError",
     "FileInfo",
@@ -28,6 +42,7 @@ __all__ = [
     "decode_items",
     "encode_items",
     "extract_archive",
+    "npy_data_offset",
     "pack_bundle",
     "read_bundle",
     "verify_golden",

@@ -55,6 +55,42 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+class _ByteCounter:
+    """A write-only file object that only counts: how long `np.save` output would be."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, data: bytes) -> int:
+        self.n += len(data)
+        return len(data)
+
+
+def npy_data_offset(array: npt.NDArray[Any]) -> int:
+    """Where the raw data of `array` starts in the .npy file `np.save` writes for it.
+
+    `np.save` writes a header, then the array's bytes in C order. An ONNX initializer stored
+    as external data at (offset = this, length = array.nbytes) therefore reads the file's array
+    unchanged: that is how `model.onnx` shares the item matrix with `items.npy` (see
+    `models.quantize.link_item_table`).
+    """
+    a = np.asarray(array)
+    if not a.flags.c_contiguous:
+        raise ValueError("only C-contiguous arrays are stored contiguously by np.save")
+    counter = _ByteCounter()
+    np.lib.format.write_array(counter, a, allow_pickle=False)
+    return counter.n - a.nbytes
+
+
+def _save_npy(path: Path, array: npt.NDArray[Any]) -> None:
+    array = np.ascontiguousarray(array)  # a Fortran-ordered array would be saved transposed
+    np.save(path, array, allow_pickle=False)
+    # The promise `npy_data_offset` makes to the ONNX side: header, then the raw data.
+    expected = npy_data_offset(array) + array.nbytes
+    if path.stat().st_size != expected:
+        raise BundleError(f"{path.name} is {path.stat().st_size} bytes, expected {expected}")
+
+
 def write_bundle(
     out_dir: Path,
     *,
@@ -77,6 +113,11 @@ def write_bundle(
 
     `item_matrix` is float (n_items + 1, dim) with row 0 the padding row; `vocab[0]` must be "".
     `golden_outputs` must come from running `onnx_model` on `golden_inputs`.
+
+    `onnx_model` may read the item matrix from this bundle's own `items.npy` (and
+    `item_scales.npy`) as ONNX external data, at offset `npy_data_offset(stored)`, where
+    `stored, scales = encode_items(item_matrix, item_encoding)`: the files written here hold
+    exactly those arrays, so the encoder's item embedding and the scoring matrix are one copy.
     """
     vocab = list(vocab)
     n_rows, dim = item_matrix.shape
@@ -93,9 +134,9 @@ def write_bundle(
 
     (out_dir / MODEL_FILE).write_bytes(onnx_model)
     stored, scales = encode_items(item_matrix, item_encoding)
-    np.save(out_dir / ITEMS_FILE, stored, allow_pickle=False)
+    _save_npy(out_dir / ITEMS_FILE, stored)
     if scales is not None:
-        np.save(out_dir / SCALES_FILE, scales, allow_pickle=False)
+        _save_npy(out_dir / SCALES_FILE, scales)
     (out_dir / VOCAB_FILE).write_text(json.dumps(vocab), encoding="utf-8")
     np.save(out_dir / POPULARITY_FILE, np.asarray(popularity, dtype=np.int64), allow_pickle=False)
 
@@ -151,11 +192,22 @@ def read_bundle(path: Path) -> Bundle:
 
     Raises BundleError naming the first problem found. Does not run the encoder: see
     `verify_golden`.
+
+    `model.onnx` may read external data (the shared item matrix). This reader does not parse
+    ONNX; what makes that safe is that the directory then holds only the listed, regular,
+    sha256-verified files, and onnxruntime (>= 1.17, checked with 1.32), given the model's
+    *path*, refuses external data outside the model's directory (absolute paths, `..`,
+    symlinks leading out), in missing files, or beyond a file's end. Create the session
+    from `Bundle.model_path`, never from the bytes: from bytes, onnxruntime resolves
+    locations against the working directory.
     """
     manifest = read_manifest(path)
     required = {MODEL_FILE, ITEMS_FILE, VOCAB_FILE, POPULARITY_FILE}
     if manifest.item_encoding == "int8":
         required.add(SCALES_FILE)
+    for name in manifest.files:
+        if name in ("", ".", "..", MANIFEST_FILE) or "/" in name or "\\" in name:
+            raise BundleError(f"manifest lists {name!r}; bundle files are plain file names")
     missing = required - manifest.files.keys()
     if missing:
         raise BundleError(f"manifest does not list {', '.join(sorted(missing))}")

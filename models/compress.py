@@ -48,7 +48,13 @@ from models.evaluate import (
 )
 from models.export import check_parity, export_onnx
 from models.prune import PruneConfig, prune_and_finetune
-from models.quantize import QuantizeConfig, quantize_onnx
+from models.quantize import (
+    QuantizeConfig,
+    check_linked_bundle,
+    link_item_table,
+    quantize_onnx,
+    share_item_table,
+)
 from models.readers import read_interactions
 from models.sasrec import SASRec, SASRecConfig
 from models.split import EvalSet, Split, leave_one_out, pad_left
@@ -88,6 +94,7 @@ class CompressConfig:
     weight_decay: float = 0.01
     patience: int = 3
     loss: Literal["full", "sampled"] = "full"
+    bf16: bool = False  # catalog-wide products of the training losses in bfloat16
     n_negatives: int = 256
     max_valid_users: int = 10_000  # early stopping looks at a seeded sample of this many users
     # distillation
@@ -102,7 +109,7 @@ class CompressConfig:
     # quantization and bundle
     quantize_per_channel: bool = True
     quantize_reduce_range: bool = True
-    quantize_embeddings: bool = True
+    quantize_embeddings: bool = True  # the encoder's item embedding reads items.npy (shared)
     item_encoding: Literal["int8", "fp16", "fp32"] = "int8"
     n_golden: int = 4
     # evaluation
@@ -147,6 +154,7 @@ class CompressConfig:
             patience=self.patience,
             loss=self.loss,
             n_negatives=self.n_negatives,
+            bf16=self.bf16,
             device=self.device,
             seed=self.seed,
             progress=self.progress,
@@ -365,6 +373,12 @@ def run_compress(config: CompressConfig) -> CompressResult:
             embeddings=c.quantize_embeddings,
         ),
     )
+    # Tied embedding: the encoder looks items up in the bundle's own item matrix, which the
+    # shipped model.onnx reads from items.npy (stored once). Off: the fp32 table stays inside.
+    shipped_onnx = int8_onnx
+    if c.quantize_embeddings:
+        int8_onnx = share_item_table(int8_onnx, _items(pruned), c.item_encoding)
+        shipped_onnx = link_item_table(int8_onnx)
     phase("export_quantize", t0)
 
     # The served artifact: INT8 ONNX + the item matrix exactly as the bundle stores it.
@@ -413,6 +427,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
             "reduce_range": c.quantize_reduce_range,
             "embeddings": c.quantize_embeddings,
             "item_encoding": c.item_encoding,
+            "item_embedding": "shared with items.npy" if c.quantize_embeddings else "fp32",
         },
         "onnx_parity_max_abs_diff": parity,
         "golden_spread": golden_spread,
@@ -422,7 +437,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
     bundle.write_bundle(
         bundle_dir,
         model_version=version,
-        onnx_model=int8_onnx,
+        onnx_model=shipped_onnx,
         item_matrix=_items(pruned),
         vocab=data.vocab,
         popularity=data.popularity(),
@@ -435,6 +450,12 @@ def run_compress(config: CompressConfig) -> CompressResult:
         recipe=recipe,
         metrics=bundle_metrics,
         dataset=dict(data.counts()),
+    )
+    if c.quantize_embeddings:
+        check_linked_bundle(bundle_dir, int8_onnx)
+    # The shipped file, as the service opens it (by path, external data resolved in the bundle).
+    bundle.verify_golden(
+        bundle.read_bundle(bundle_dir), onnx_encoder(str(bundle_dir / bundle.MODEL_FILE))
     )
     archive = out / f"{version}.tar.gz"
     bundle.pack_bundle(bundle_dir, archive)
@@ -462,7 +483,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
         "bundle_dir": str(bundle_dir),
         "archive": str(archive),
         "archive_bytes": archive.stat().st_size,
-        "int8_onnx_bytes": len(int8_onnx),
+        "int8_onnx_bytes": len(shipped_onnx),
         "dataset": data.counts(),
         "evaluation": "leave-one-out test split, full ranking, seen items removed",
         "popularity": popularity_metrics,

@@ -4,6 +4,10 @@ the manifest before anything is served with it.
 The check covers what the request path relies on: exactly the input and output names of the
 manifest, int64 in and float32 out, rank 2 on both, a dynamic batch axis (micro-batches of any
 size), and a sequence / vector length that is either dynamic or equal to max_len / dim.
+
+The session is created from the file path, so external data in `model.onnx` (the item matrix
+it shares with `items.npy`) resolves inside the bundle directory, and onnxruntime refuses any
+location outside it (see `bundle.read_bundle`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ class OnnxEncoder:
                 str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # onnxruntime raises its own pybind exception types
+            if "external" in str(e).lower():
+                raise BundleError(
+                    "model.onnx reads external data that is not inside one of the bundle's "
+                    f"files (a plain file name, offset and length within the file): {e}"
+                ) from e
             raise BundleError(f"model.onnx cannot be loaded by onnxruntime: {e}") from e
         self._input = manifest.onnx_input
         self._output = manifest.onnx_output

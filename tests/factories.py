@@ -5,9 +5,11 @@ The encoder is a genuine ONNX graph made with `onnx.helper`:
     item_seq int64 (B, T) -> Gather(E) (B, T, D) -> masked mean over real items (B, D)
                           -> MatMul W + b -> Tanh -> user_vec float32 (B, D)
 
-with dynamic batch and sequence axes; E doubles as the (tied) item scoring matrix. The golden
-outputs are computed with onnxruntime, exactly as the offline pipeline does. Corruption
-helpers produce each kind of bad bundle the service must refuse.
+with dynamic batch and sequence axes; E doubles as the (tied) item scoring matrix. With
+`shared_items`, the encoder looks items up in the bundle's own items.npy / item_scales.npy
+(ONNX external data, `models.quantize.share_item_table` + `link_item_table`, as the pipeline
+ships it). The golden outputs are computed with onnxruntime, exactly as the offline pipeline
+does. Corruption helpers produce each kind of bad bundle the service must refuse.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class BundleSpec:
     item_encoding: str = "int8"
     seed: int = 0
     n_golden: int = 4
+    shared_items: bool = False  # model.onnx reads the item table from items.npy
 
 
 def item_ids(n_items: int) -> list[str]:
@@ -132,12 +135,18 @@ def make_bundle_dir(out_dir: Path, spec: BundleSpec | None = None, **overrides: 
         spec = BundleSpec(**{**spec.__dict__, **overrides})
     p = make_parameters(spec)
     model = make_encoder_onnx(p["E"], p["W"], p["b"])
+    shipped = model
+    if spec.shared_items:
+        from models.quantize import link_item_table, share_item_table  # no torch in there
+
+        model = share_item_table(model, p["E"], spec.item_encoding)  # type: ignore[arg-type]
+        shipped = link_item_table(model)
     rng = np.random.default_rng(spec.seed + 1)
     inputs = golden_inputs(rng, n=spec.n_golden, n_items=spec.n_items, max_len=spec.max_len)
     write_bundle(
         out_dir,
         model_version=spec.version,
-        onnx_model=model,
+        onnx_model=shipped,
         item_matrix=p["E"],
         vocab=["", *item_ids(spec.n_items)],
         popularity=p["popularity"],
@@ -226,6 +235,17 @@ def corrupt_onnx_signature(bundle_dir: Path, spec: BundleSpec, *, kind: str = "n
         "batch": {"batch_dim": spec.n_golden},
     }[kind]
     replace_file(bundle_dir, "model.onnx", make_encoder_onnx(p["E"], p["W"], p["b"], **kwargs))
+
+
+def relink_external_data(bundle_dir: Path, initializer: str, **entries: str | int) -> None:
+    """Point the external data of `initializer` in model.onnx elsewhere (location, offset,
+    length), keeping the manifest consistent."""
+    model = onnx.load(str(bundle_dir / "model.onnx"), load_external_data=False)
+    (tensor,) = [t for t in model.graph.initializer if t.name == initializer]
+    for e in tensor.external_data:
+        if e.key in entries:
+            e.value = str(entries[e.key])
+    replace_file(bundle_dir, "model.onnx", model.SerializeToString())
 
 
 def corrupt_nan_encoder(bundle_dir: Path, spec: BundleSpec) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -7,8 +9,15 @@ import pytest
 import bundle
 from models.evaluate import evaluate, onnx_encoder
 from models.export import export_onnx
-from models.quantize import QuantizeConfig, quantize_onnx
-from models.sasrec import SASRec
+from models.quantize import (
+    QuantizeConfig,
+    ShareError,
+    check_linked_bundle,
+    link_item_table,
+    quantize_onnx,
+    share_item_table,
+)
+from models.sasrec import SASRec, SASRecConfig
 from tests.models.conftest import MAX_LEN, Dataset
 
 
@@ -52,12 +61,15 @@ def graph_items(fp32: bytes) -> int:
     return int(emb.dims[0])
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["quantize_dynamic", "shared_table"])
 def test_int8_encoder_and_item_matrix_keep_the_top10(
-    fp32_and_int8: tuple[bytes, bytes], teacher: SASRec, synthetic: Dataset
+    fp32_and_int8: tuple[bytes, bytes], teacher: SASRec, synthetic: Dataset, shared: bool
 ) -> None:
     fp32, int8 = fp32_and_int8
     inputs = synthetic.split.test.inputs(max_len=MAX_LEN)
     items = teacher.item_matrix().detach().numpy()
+    if shared:  # what the bundle ships: the encoder looks items up in the int8 table
+        int8 = share_item_table(int8, items, "int8")
     stored, scales = bundle.encode_items(items, "int8")
     q_items = bundle.decode_items(stored, scales)
     ref = top10(onnx_encoder(fp32)(inputs), items)
@@ -73,3 +85,108 @@ def test_options_change_what_is_quantized(fp32_and_int8: tuple[bytes, bytes]) ->
     fp32, int8 = fp32_and_int8
     no_emb = quantize_onnx(fp32, QuantizeConfig(embeddings=False))
     assert len(int8) < len(no_emb) < len(fp32)
+
+
+def write(out: Path, shipped: bytes, served: bytes, items: np.ndarray, encoding: str) -> Path:
+    """A bundle around `shipped` whose golden outputs come from the self-contained `served`."""
+    rng = np.random.default_rng(0)
+    golden = np.zeros((4, MAX_LEN), dtype=np.int64)
+    golden[1:, -5:] = rng.integers(1, len(items), size=(3, 5))
+    bundle.write_bundle(
+        out,
+        model_version="v1",
+        onnx_model=shipped,
+        item_matrix=items,
+        vocab=["", *(f"i{i}" for i in range(1, len(items)))],
+        popularity=np.ones(len(items), dtype=np.int64),
+        max_len=MAX_LEN,
+        golden_inputs=golden,
+        golden_outputs=onnx_encoder(served)(golden),
+        item_encoding=encoding,  # type: ignore[arg-type]
+    )
+    return out
+
+
+def test_the_bundle_stores_the_tied_item_table_once(tmp_path: Path) -> None:
+    # A catalog large enough that the table dominates, as on real data.
+    config = SASRecConfig(
+        n_items=20_000, max_len=MAX_LEN, dim=32, n_blocks=2, head_dim=8,
+        n_heads=[4, 4], ffn_hidden=[64, 64], dropout=0.0,
+    )  # fmt: skip
+    model = SASRec(config).eval()
+    items = model.item_matrix().detach().numpy()
+    int8 = quantize_onnx(export_onnx(model))
+    served = share_item_table(int8, items, "int8")
+    shipped = link_item_table(served)
+    path = write(tmp_path / "b", shipped, served, items, "int8")
+    check_linked_bundle(path, served)
+    sizes = {p.name: p.stat().st_size for p in path.iterdir()}
+    table = items.shape[0] * items.shape[1]  # int8 bytes
+    assert sizes["items.npy"] - table < 1024
+    # quantize_dynamic's encoder held its own copy of the table; the shipped one holds none.
+    assert len(int8) - sizes["model.onnx"] > 0.95 * table
+    assert sizes["model.onnx"] < 0.2 * table
+    # Opened by path, as the service does, it computes what the self-contained model does.
+    assert (
+        bundle.verify_golden(bundle.read_bundle(path), onnx_encoder(str(path / "model.onnx")))
+        == 0.0
+    )
+
+
+@pytest.mark.parametrize("encoding", ["int8", "fp16", "fp32"])
+@pytest.mark.parametrize("embeddings", [True, False], ids=["quantized_gather", "float_gather"])
+def test_shared_encoder_reads_the_bundle_items_exactly(
+    fp32_and_int8: tuple[bytes, bytes],
+    teacher: SASRec,
+    synthetic: Dataset,
+    tmp_path: Path,
+    encoding: str,
+    embeddings: bool,
+) -> None:
+    fp32, int8 = fp32_and_int8
+    if not embeddings:
+        int8 = quantize_onnx(fp32, QuantizeConfig(embeddings=False))
+    items = teacher.item_matrix().detach().numpy()
+    served = share_item_table(int8, items, encoding)  # type: ignore[arg-type]
+    graph = onnx.load_from_string(served).graph
+    tables = [i.name for i in graph.initializer if len(i.dims) == 2 and i.dims[0] == len(items)]
+    assert tables == ["items"]  # the displaced table is gone
+    assert not {"DequantizeLinear"} & {n.op_type for n in graph.node if "items" in n.input}
+    path = write(tmp_path / "b", link_item_table(served), served, items, encoding)
+    check_linked_bundle(path, served)
+    inputs = synthetic.split.test.inputs(max_len=MAX_LEN)[:64]
+    from_path = onnx_encoder(str(path / "model.onnx"))(inputs)
+    np.testing.assert_array_equal(from_path, onnx_encoder(served)(inputs))
+    # The lookup is exactly the decoded bundle matrix: float lookups match fp32 closely.
+    if encoding != "int8":
+        assert (
+            np.abs(
+                from_path
+                - onnx_encoder(quantize_onnx(fp32, QuantizeConfig(embeddings=False)))(inputs)
+            ).max()
+            < 0.05
+        )
+
+
+def test_a_bundle_written_from_another_matrix_is_caught(
+    fp32_and_int8: tuple[bytes, bytes], teacher: SASRec, tmp_path: Path
+) -> None:
+    _, int8 = fp32_and_int8
+    items = teacher.item_matrix().detach().numpy()
+    served = share_item_table(int8, items, "int8")
+    other = items.copy()
+    other[5] *= -1
+    path = write(tmp_path / "b", link_item_table(served), served, other, "int8")
+    with pytest.raises(ShareError, match="differs"):
+        check_linked_bundle(path, served)
+
+
+def test_sharing_refuses_a_table_of_another_shape(
+    fp32_and_int8: tuple[bytes, bytes], teacher: SASRec
+) -> None:
+    _, int8 = fp32_and_int8
+    items = teacher.item_matrix().detach().numpy()
+    with pytest.raises(ShareError, match="item table"):
+        share_item_table(int8, items[:-1], "int8")
+    with pytest.raises(ShareError, match="already"):
+        share_item_table(share_item_table(int8, items, "int8"), items, "int8")

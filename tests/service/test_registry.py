@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bundle import BundleError
 from service.errors import (
     InvalidBundle,
     NothingToRollBack,
@@ -13,7 +14,8 @@ from service.errors import (
     VersionExists,
     VersionNotFound,
 )
-from service.registry import Registry
+from service.registry import Registry, load_model
+from service.runner import RecRequest
 from service.store import EmbeddedStore, RedisStore
 from tests import factories as f
 from tests.conftest import V1, V2, free_port
@@ -252,3 +254,26 @@ def test_start_serves_the_bootstrap_bundle_locally_when_redis_is_down(model_dir,
     assert reg.current is not None and reg.current.version == "v1"
     assert reg.items_cached() is None
     down.close()
+
+
+def test_a_bundle_sharing_its_item_table_installs_serves_and_survives_a_restart(
+    tmp_path, model_dir
+):
+    """model.onnx reads items.npy as external data: the installed copy (staging, then renamed)
+    must resolve it inside its own directory."""
+    spec = f.BundleSpec(version="s1", shared_items=True)
+    src = f.make_bundle_dir(tmp_path / "src", spec)
+    assert "items.npy" in (src / "model.onnx").read_bytes().decode("latin-1")  # linked
+    reg = Registry(model_dir=model_dir, store=EmbeddedStore(model_dir))
+    reg.start()
+    reg.install_archive(io.BytesIO(f.repack(src)))
+    model = reg.activate("s1")
+    rec = model.recommend(RecRequest(history=["i3", "i7"], k=5))
+    assert rec.strategy == "model" and len(rec.item_ids) == 5
+    assert not {"i3", "i7"} & set(rec.item_ids)
+    again = Registry(model_dir=model_dir, store=EmbeddedStore(model_dir))
+    again.start()
+    assert again.current is not None and again.current.version == "s1"
+    f.corrupt_checksum(model_dir / "s1")  # the shared table changed on disk
+    with pytest.raises(BundleError, match=r"items\.npy does not match its sha256"):
+        load_model(model_dir / "s1")

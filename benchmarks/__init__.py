@@ -1,0 +1,1 @@
+"""Benchmarks: long-running measurements on real data (`make bench-compress`), not tests."""
