@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import importlib.util
 import itertools
 import json
@@ -46,6 +45,7 @@ from typing import Any
 
 import torch
 
+from bundle.io import sha256_file
 from models.cli import DEMO_OVERRIDES
 from models.compress import CompressConfig, run_compress
 from models.readers import DataFormatError
@@ -200,14 +200,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _python() -> str:

@@ -35,6 +35,21 @@ def _is_dynamic(dim: Any) -> bool:
     return dim is None or isinstance(dim, str)
 
 
+def _check_tensor(arg: Any, *, role: str, dtype: str, size: int, what: str) -> None:
+    """A (batch, size) tensor of `dtype` with a dynamic batch axis; `size` may be dynamic."""
+    where = f"model.onnx {role} {arg.name!r}"
+    if arg.type != dtype:
+        raise BundleError(f"{where} is {arg.type}, expected {dtype}")
+    if len(arg.shape) != 2:
+        raise BundleError(f"{where} has rank {len(arg.shape)}, expected 2")
+    if not _is_dynamic(arg.shape[0]):
+        raise BundleError(
+            f"{where} has a fixed batch size {arg.shape[0]}; the batch axis must be dynamic"
+        )
+    if not _is_dynamic(arg.shape[1]) and arg.shape[1] != size:
+        raise BundleError(f"{where} has size {arg.shape[1]}, manifest {what} is {size}")
+
+
 class OnnxEncoder:
     def __init__(self, model_path: Path, *, manifest: Manifest, intra_op_threads: int = 1) -> None:
         options = ort.SessionOptions()
@@ -63,47 +78,16 @@ class OnnxEncoder:
             raise BundleError(
                 f"model.onnx inputs are {[i.name for i in inputs]}, manifest says [{m.onnx_input!r}]"
             )
-        inp = inputs[0]
-        if inp.type != "tensor(int64)":
-            raise BundleError(
-                f"model.onnx input {inp.name!r} is {inp.type}, expected tensor(int64)"
-            )
-        if len(inp.shape) != 2:
-            raise BundleError(
-                f"model.onnx input {inp.name!r} has rank {len(inp.shape)}, expected 2"
-            )
-        if not _is_dynamic(inp.shape[0]):
-            raise BundleError(
-                f"model.onnx input {inp.name!r} has a fixed batch size {inp.shape[0]}; "
-                "the batch axis must be dynamic"
-            )
-        if not _is_dynamic(inp.shape[1]) and inp.shape[1] != m.max_len:
-            raise BundleError(
-                f"model.onnx input {inp.name!r} has length {inp.shape[1]}, manifest max_len {m.max_len}"
-            )
+        _check_tensor(
+            inputs[0], role="input", dtype="tensor(int64)", size=m.max_len, what="max_len"
+        )
         outputs = {o.name: o for o in self._session.get_outputs()}
         out = outputs.get(m.onnx_output)
         if out is None:
             raise BundleError(
                 f"model.onnx has no output {m.onnx_output!r} (outputs: {sorted(outputs)})"
             )
-        if out.type != "tensor(float)":
-            raise BundleError(
-                f"model.onnx output {out.name!r} is {out.type}, expected tensor(float)"
-            )
-        if len(out.shape) != 2:
-            raise BundleError(
-                f"model.onnx output {out.name!r} has rank {len(out.shape)}, expected 2"
-            )
-        if not _is_dynamic(out.shape[0]):
-            raise BundleError(
-                f"model.onnx output {out.name!r} has a fixed batch size {out.shape[0]}; "
-                "the batch axis must be dynamic"
-            )
-        if not _is_dynamic(out.shape[1]) and out.shape[1] != m.dim:
-            raise BundleError(
-                f"model.onnx output {out.name!r} has size {out.shape[1]}, manifest dim {m.dim}"
-            )
+        _check_tensor(out, role="output", dtype="tensor(float)", size=m.dim, what="dim")
 
     def __call__(self, seqs: I64) -> F32:
         try:
