@@ -92,7 +92,8 @@ def test_json_has_every_required_key_and_stage(bench: dict[str, Any]) -> None:
         assert "sampled_uniform_hr@10" in s
     teacher = r["stages"][0]
     assert teacher["torch_us_b1"] > 0 and teacher["torch_us_b32"] > 0
-    assert r["stages"][-1]["train_seconds"] == 0.0
+    # The INT8 stage trains nothing: its time is run_compress's quantization phase.
+    assert r["stages"][-1]["train_seconds"] == r["timings_s"]["quantize"] > 0
     for k in ("hr@10", "ndcg@10", "mrr@10"):
         assert 0.0 <= r["popularity"][k] <= 1.0
     refs = r["references"]
