@@ -10,7 +10,7 @@ A bundle is a flat directory (or the same files in a .tar.gz for upload):
     items.npy         item scoring matrix, row i = item index i (row 0 = padding), int8/fp16/fp32
     item_scales.npy   float32 per-row scales when items.npy is int8 (score = (u . q_i) * scale_i)
     vocab.json        external item IDs in index order; entry 0 is "" (padding)
-    popularity.npy    int64 interaction counts per index, for the cold-start fallback
+    popularity.npy    interaction counts per index (int32, or int64 if needed), cold-start fallback
     manifest.json     see `bundle.manifest.Manifest`
 """
 

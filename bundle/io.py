@@ -137,8 +137,17 @@ def write_bundle(
     _save_npy(out_dir / ITEMS_FILE, stored)
     if scales is not None:
         _save_npy(out_dir / SCALES_FILE, scales)
-    (out_dir / VOCAB_FILE).write_text(json.dumps(vocab), encoding="utf-8")
-    np.save(out_dir / POPULARITY_FILE, np.asarray(popularity, dtype=np.int64), allow_pickle=False)
+    # Compact JSON: on a 54k-item catalog the separators alone would be 100 KB.
+    (out_dir / VOCAB_FILE).write_text(
+        json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8"
+    )
+    counts = np.asarray(popularity, dtype=np.int64)
+    if counts.size and counts.min() < 0:
+        raise BundleError("popularity counts must not be negative")
+    # int32 holds any realistic count at half the bytes; int64 only when a count needs it.
+    if counts.size == 0 or counts.max() <= np.iinfo(np.int32).max:
+        counts = counts.astype(np.int32)
+    np.save(out_dir / POPULARITY_FILE, counts, allow_pickle=False)
 
     files = {
         p.name: FileInfo(bytes=p.stat().st_size, sha256=sha256_file(p))
@@ -260,10 +269,12 @@ def read_bundle(path: Path) -> Bundle:
         raise BundleError(f"{VOCAB_FILE} has duplicate item IDs")
 
     popularity = _load_npy(path / POPULARITY_FILE)
-    if popularity.dtype != np.int64 or popularity.shape != (rows,):
+    if popularity.dtype not in (np.int32, np.int64) or popularity.shape != (rows,):
         raise BundleError(
-            f"{POPULARITY_FILE} must be int64 ({rows},), got {popularity.dtype} {popularity.shape}"
+            f"{POPULARITY_FILE} must be int32 or int64 ({rows},), got {popularity.dtype} {popularity.shape}"
         )
+    if popularity.min() < 0:
+        raise BundleError(f"{POPULARITY_FILE} holds negative counts")
 
     if not manifest.golden:
         raise BundleError("manifest has no golden input/output pairs")
@@ -279,7 +290,7 @@ def read_bundle(path: Path) -> Bundle:
         items=items,
         item_scales=scales,
         vocab=vocab,
-        popularity=popularity,
+        popularity=popularity.astype(np.int64),
     )
 
 

@@ -164,3 +164,34 @@ def test_verify_golden_rejects_an_encoder_that_computes_something_else(tmp_path:
         verify_golden(b, lambda s: _encode(s, table) * np.nan)
     with pytest.raises(BundleError, match="output shape"):
         verify_golden(b, lambda s: _encode(s, table)[:, :2])
+
+
+def test_popularity_is_stored_as_int32_unless_a_count_needs_int64(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    assert np.load(path / POPULARITY_FILE).dtype == np.int32
+    assert read_bundle(path).popularity.dtype == np.int64  # one dtype for the service
+    big = np.arange(N_ITEMS + 1, dtype=np.int64)
+    big[5] = 2**40
+    path64, _ = _write(tmp_path / "big", popularity=big)
+    assert np.load(path64 / POPULARITY_FILE).dtype == np.int64
+    assert read_bundle(path64).popularity[5] == 2**40
+
+
+def test_writer_and_reader_refuse_negative_popularity(tmp_path: Path) -> None:
+    negative = np.arange(N_ITEMS + 1) - 3
+    with pytest.raises(BundleError, match="negative"):
+        _write(tmp_path, popularity=negative)
+    path, _ = _write(tmp_path / "ok")
+    other = tmp_path / "neg.npy"
+    np.save(other, negative.astype(np.int32))
+    _rewrite_listed_file(path, POPULARITY_FILE, other.read_bytes())
+    with pytest.raises(BundleError, match="negative counts"):
+        read_bundle(path)
+
+
+def test_vocab_is_written_as_compact_utf8_json(tmp_path: Path) -> None:
+    vocab = ["", "größe-1", *(f"sku-{i}" for i in range(2, N_ITEMS + 1))]
+    path, _ = _write(tmp_path, vocab=vocab)
+    text = (path / VOCAB_FILE).read_text(encoding="utf-8")
+    assert text.startswith('["","größe-1","sku-2"')
+    assert read_bundle(path).vocab == vocab
