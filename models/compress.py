@@ -104,6 +104,7 @@ class CompressConfig:
     prune_ratio: float = 0.5
     prune_heads: bool = True
     prune_ffn: bool = True
+    prune_hidden_ratio: float = 0.0  # fraction of the hidden channels (and item columns) removed
     importance_batches: int = 8
     finetune_epochs: int = 5
     # quantization and bundle
@@ -320,7 +321,11 @@ def run_compress(config: CompressConfig) -> CompressResult:
     phase("student", t0)
 
     t0 = time.perf_counter()
-    _log(c, f"pruning {c.prune_ratio:.0%} of heads/FFN units and fine-tuning")
+    _log(
+        c,
+        f"pruning {c.prune_ratio:.0%} of heads/FFN units, {c.prune_hidden_ratio:.0%} of hidden "
+        "channels, and fine-tuning",
+    )
     pruned, prune_info, finetune_fit = prune_and_finetune(
         student,
         teacher,
@@ -330,6 +335,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
             importance_batches=c.importance_batches,
             prune_heads=c.prune_heads,
             prune_ffn=c.prune_ffn,
+            hidden_ratio=c.prune_hidden_ratio,
         ),
         train_config=c.train_config(c.finetune_epochs),
         distill_config=distill_cfg,
@@ -420,7 +426,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
         "pruning": {
             **asdict(prune_info),
             "ratio": c.prune_ratio,
-            "importance": "first-order Taylor |sum w*dL/dw| per head / FFN unit",
+            "importance": "first-order Taylor |sum w*dL/dw| per head / FFN unit / hidden channel",
             "finetune_best_epoch": finetune_fit.best_epoch,
             "finetune_val_ndcg@10": finetune_fit.best_ndcg,
             "kl_to_teacher": kl["pruned"],

@@ -9,7 +9,8 @@ D = head dim, F = feed-forward hidden size, N = n_items + 1 (row 0 = padding).
 
 Pruning-friendly layout: every block owns explicit Q/K/V/O Linear layers whose width is
 `n_heads[b] * head_dim`, and an FFN whose hidden size is `ffn_hidden[b]`, so `models.prune`
-can rebuild them physically smaller block by block.
+can rebuild them physically smaller block by block. The hidden dimension C can be pruned
+too; such a model keeps the item-embedding factor it was trained with (`emb_scale`).
 
 Positions are counted from the END of the sequence (pos = max_len - T + arange(T)), so an
 input trimmed on the left to the batch's longest history yields the same user vector as the
@@ -47,6 +48,9 @@ class SASRecConfig:
     dropout: float = 0.2
     default_heads: int = 2
     ffn_mult: int = 2
+    # Factor on the item embeddings in the input; None means sqrt(dim). A model whose hidden
+    # dimension was pruned keeps the sqrt(original dim) it was trained with.
+    emb_scale: float | None = None
 
     def __post_init__(self) -> None:
         if not self.n_heads:
@@ -60,6 +64,11 @@ class SASRecConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def embedding_scale(self) -> float:
+        """The factor applied to the item embeddings: `emb_scale`, or sqrt(dim) when unset."""
+        return math.sqrt(self.dim) if self.emb_scale is None else float(self.emb_scale)
 
 
 class CausalSelfAttention(nn.Module):
@@ -159,7 +168,7 @@ class SASRec(nn.Module):
         keep = item_seq > 0  # (B, T) real items
         # Positions relative to the end: the last item always gets pos_emb[max_len - 1].
         pos = self.pos_emb[self.config.max_len - T :]  # (T, C)
-        x = self.item_emb(item_seq) * math.sqrt(self.config.dim) + pos  # (B, T, C)
+        x = self.item_emb(item_seq) * self.config.embedding_scale + pos  # (B, T, C)
         x = self.emb_drop(x) * keep.unsqueeze(-1)
         causal = self.causal[:T, :T]  # (T, T)
         # Query i may see key j <= i when j is a real item; padding queries see only themselves

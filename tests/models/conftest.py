@@ -17,6 +17,17 @@ from models.synthetic import SyntheticConfig, write_synthetic
 from models.train import TrainConfig, train_teacher
 
 MAX_LEN = 20
+# run_compress settings small enough for a test: seconds on 2 cores.
+TINY_COMPRESS = {
+    "max_len": 20,
+    "teacher_dim": 32, "teacher_heads": 2, "teacher_head_dim": 16, "teacher_ffn": 64,
+    "teacher_epochs": 4,
+    "student_dim": 16, "student_heads": 4, "student_head_dim": 4, "student_ffn": 32,
+    "student_epochs": 4,
+    "finetune_epochs": 1, "batch_size": 64, "lr": 5e-3, "importance_batches": 2,
+    "n_golden": 3, "latency_budget_s": 0.02, "progress": False,
+}  # fmt: skip
+
 TINY_SYNTH = SyntheticConfig(n_users=500, n_items=120, n_topics=6, min_len=5, max_len=20, seed=7)
 
 

@@ -12,24 +12,14 @@ from models.cli import main
 from models.compress import CompressConfig, CompressResult, run_compress
 from models.evaluate import evaluate, onnx_encoder
 from models.split import leave_one_out
-from tests.models.conftest import Dataset
-
-TINY = {
-    "max_len": 20,
-    "teacher_dim": 32, "teacher_heads": 2, "teacher_head_dim": 16, "teacher_ffn": 64,
-    "teacher_epochs": 4,
-    "student_dim": 16, "student_heads": 4, "student_head_dim": 4, "student_ffn": 32,
-    "student_epochs": 4,
-    "finetune_epochs": 1, "batch_size": 64, "lr": 5e-3, "importance_batches": 2,
-    "n_golden": 3, "latency_budget_s": 0.02, "progress": False,
-}  # fmt: skip
+from tests.models.conftest import TINY_COMPRESS, Dataset
 
 
 @pytest.fixture(scope="module")
 def compressed(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> CompressResult:
     out = tmp_path_factory.mktemp("bundles")
     return run_compress(
-        CompressConfig(data=str(synthetic.path), out=str(out), version="tiny-1", **TINY)
+        CompressConfig(data=str(synthetic.path), out=str(out), version="tiny-1", **TINY_COMPRESS)
     )
 
 
@@ -91,7 +81,10 @@ def test_report_lists_every_stage(compressed: CompressResult) -> None:
 
 def test_existing_version_is_refused(compressed: CompressResult, synthetic: Dataset) -> None:
     config = CompressConfig(
-        data=str(synthetic.path), out=str(compressed.bundle_dir.parent), version="tiny-1", **TINY
+        data=str(synthetic.path),
+        out=str(compressed.bundle_dir.parent),
+        version="tiny-1",
+        **TINY_COMPRESS,
     )
     with pytest.raises(FileExistsError):
         run_compress(config)
@@ -101,7 +94,7 @@ def test_cli_synth_then_compress(tmp_path: Path, capsys: pytest.CaptureFixture[s
     data = tmp_path / "s.txt"
     assert main(["synth", "--out", str(data), "--users", "150", "--items", "100"]) == 0
     flags = []
-    for key, value in TINY.items():
+    for key, value in TINY_COMPRESS.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + flag[2:])
