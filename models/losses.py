@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 # Logit entries per chunk (tokens × items): 16M floats = 64 MB of scratch.
 CHUNK_ELEMENTS = 1 << 24
@@ -130,28 +129,3 @@ def softmax_loss(
         hidden, items, targets, teacher_fn, float(temperature), float(alpha), dtype
     )
     return loss
-
-
-def reference_softmax_loss(
-    hidden: torch.Tensor,
-    items: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    teacher_hidden: torch.Tensor | None = None,
-    teacher_items: torch.Tensor | None = None,
-    temperature: float = 1.0,
-    alpha: float = 0.0,
-) -> torch.Tensor:
-    """The same loss with plain autograd (materialises everything): the tests' yardstick."""
-    logits = hidden @ items.T
-    if teacher_hidden is None or teacher_items is None:
-        return F.cross_entropy(logits, targets)
-    T = temperature
-    t_logits = (teacher_hidden @ teacher_items.T).detach()
-    kl = F.kl_div(
-        F.log_softmax(logits / T, dim=-1),
-        F.log_softmax(t_logits / T, dim=-1),
-        log_target=True,
-        reduction="batchmean",
-    )
-    return alpha * T * T * kl + (1 - alpha) * F.cross_entropy(logits, targets)

@@ -1,10 +1,36 @@
 import pytest
 import torch
+from torch.nn import functional as F
 
 from models import losses
-from models.losses import reference_softmax_loss, softmax_loss
+from models.losses import softmax_loss
 
 M, N, C, C_T = 37, 211, 8, 12
+
+
+def reference_softmax_loss(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_items: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    alpha: float = 0.0,
+) -> torch.Tensor:
+    """The same loss with plain autograd (materialises everything): the yardstick."""
+    logits = hidden @ items.T
+    if teacher_hidden is None or teacher_items is None:
+        return F.cross_entropy(logits, targets)
+    T = temperature
+    t_logits = (teacher_hidden @ teacher_items.T).detach()
+    kl = F.kl_div(
+        F.log_softmax(logits / T, dim=-1),
+        F.log_softmax(t_logits / T, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return alpha * T * T * kl + (1 - alpha) * F.cross_entropy(logits, targets)
 
 
 @pytest.fixture(autouse=True)
