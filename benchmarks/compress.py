@@ -54,6 +54,11 @@ from models.readers import DataFormatError
 # A recipe is a set of CompressConfig overrides on top of CompressConfig's defaults.
 RECIPES: dict[str, dict[str, Any]] = {
     # Amazon Beauty: 256-wide teacher, 64-wide student (the published SASRec+ width).
+    # Measured here (bf16 products, batch 256, lr 1e-3): one teacher epoch takes about 5.8 min
+    # on 2 cores, and validation NDCG@10 peaks at epoch 5 (0.0135, 0.0276, 0.0376, 0.0416,
+    # 0.0420, 0.0418, 0.0409), so 6 epochs with patience 1 keep the 90-minute budget.
+    # A quarter of the hidden channels go so the bundle stays under 1/15 of the teacher.
+    # Not yet run end to end: the starting point for tuning (issue 3).
     "beauty": {
         "max_len": 50,
         "teacher_dim": 256,
@@ -61,21 +66,23 @@ RECIPES: dict[str, dict[str, Any]] = {
         "teacher_heads": 2,
         "teacher_head_dim": 128,
         "teacher_ffn": 256,
-        "teacher_epochs": 30,
+        "teacher_epochs": 6,
         "student_dim": 64,
         "student_blocks": 2,
         "student_heads": 2,
         "student_head_dim": 32,
         "student_ffn": 128,
-        "student_epochs": 30,
+        "student_epochs": 6,
         "dropout": 0.25,
-        "finetune_epochs": 5,
+        "finetune_epochs": 2,
         "batch_size": 256,
         "lr": 1e-3,
-        "patience": 3,
+        "patience": 1,
+        "bf16": True,
         "temperature": 2.0,
         "alpha": 0.7,
         "prune_ratio": 0.25,
+        "prune_hidden_ratio": 0.25,
     },
     # The demo's tiny settings (`python -m models demo`): seconds on small data.
     "demo": dict(DEMO_OVERRIDES),
