@@ -284,3 +284,22 @@ def embedded_client(
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def stoppable_redis_client(
+    client_for: Callable[[Settings], TestClient],
+    make_settings: Callable[..., Settings],
+    v1_dir: Path,
+    private_redis: RedisServer,
+    redis_prefix: str,
+) -> TestClient:
+    """The service serving v1 on a Redis of this test's own (stop it with private_redis.stop)."""
+    return client_for(
+        make_settings(
+            bootstrap_bundle=v1_dir,
+            redis_url=private_redis.url,
+            redis_key_prefix=redis_prefix,
+            redis_timeout_s=0.3,
+        )
+    )

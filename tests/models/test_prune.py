@@ -19,6 +19,7 @@ from models.prune import (
     BlockImportance,
     Importance,
     PruneConfig,
+    PruneInfo,
     prune_and_finetune,
     prune_model,
     taylor_importance,
@@ -35,6 +36,18 @@ HIDDEN_RATIO = 0.25
 def importance(synthetic: Dataset, teacher: SASRec, student: SASRec) -> Importance:
     loss_fn = distillation_loss(teacher, DistillConfig())
     return taylor_importance(student, loss_fn, synthetic.split.train, n_batches=4, batch_size=64)
+
+
+def _zero_removed_heads_and_units(model: SASRec, info: PruneInfo) -> None:
+    """Zero the output weights of the heads and FFN units that pruning removed (in place)."""
+    for block, heads, units in zip(
+        model.block_list(), info.kept_heads, info.kept_units, strict=True
+    ):
+        d = block.attn.head_dim
+        for head in set(range(block.attn.n_heads)) - set(heads):
+            block.attn.o.weight[:, head * d : (head + 1) * d] = 0
+        for unit in set(range(block.ffn.fc1.out_features)) - set(units):
+            block.ffn.fc2.weight[:, unit] = 0
 
 
 def test_importance_has_one_score_per_head_and_unit(
@@ -79,14 +92,7 @@ def test_removing_heads_equals_zeroing_them_in_the_original(
     pruned, info = prune_model(student, importance=importance, config=PruneConfig(ratio=RATIO))
     masked = copy.deepcopy(student)
     with torch.no_grad():
-        for block, heads, units in zip(
-            masked.block_list(), info.kept_heads, info.kept_units, strict=True
-        ):
-            d = block.attn.head_dim
-            for head in set(range(block.attn.n_heads)) - set(heads):
-                block.attn.o.weight[:, head * d : (head + 1) * d] = 0
-            for unit in set(range(block.ffn.fc1.out_features)) - set(units):
-                block.ffn.fc2.weight[:, unit] = 0
+        _zero_removed_heads_and_units(masked, info)
     x = torch.randint(1, student.config.n_items + 1, (8, MAX_LEN))
     x[:4, :10] = 0
     with torch.no_grad():
@@ -197,14 +203,8 @@ def test_hidden_pruning_equals_dropping_the_channels_from_the_original(
     with torch.no_grad():
         ref.item_emb.weight[:, gone] = 0
         ref.pos_emb[:, gone] = 0
-        for block, heads, units in zip(
-            ref.block_list(), info.kept_heads, info.kept_units, strict=True
-        ):
-            d = block.attn.head_dim
-            for head in set(range(block.attn.n_heads)) - set(heads):
-                block.attn.o.weight[:, head * d : (head + 1) * d] = 0
-            for unit in set(range(block.ffn.fc1.out_features)) - set(units):
-                block.ffn.fc2.weight[:, unit] = 0
+        _zero_removed_heads_and_units(ref, info)
+        for block in ref.block_list():
             for lin in (block.attn.o, block.ffn.fc2):
                 lin.weight[gone] = 0
                 lin.bias[gone] = 0

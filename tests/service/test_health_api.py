@@ -31,16 +31,9 @@ def test_readyz_is_503_without_a_model(client_for, make_settings):
 
 
 def test_when_redis_goes_down_answers_continue_from_memory_and_readyz_says_degraded(
-    client_for, make_settings, v1_dir, private_redis, redis_prefix
+    stoppable_redis_client, private_redis
 ):
-    client = client_for(
-        make_settings(
-            bootstrap_bundle=v1_dir,
-            redis_url=private_redis.url,
-            redis_key_prefix=redis_prefix,
-            redis_timeout_s=0.3,
-        )
-    )
+    client = stoppable_redis_client
     assert client.get("/readyz").json()["status"] == "ready"
     private_redis.stop()
 
@@ -54,16 +47,9 @@ def test_when_redis_goes_down_answers_continue_from_memory_and_readyz_says_degra
 
 
 def test_admin_swap_is_refused_with_503_while_redis_is_down(
-    client_for, make_settings, v1_dir, private_redis, redis_prefix, admin_headers, v2_archive
+    stoppable_redis_client, private_redis, admin_headers, v2_archive
 ):
-    client = client_for(
-        make_settings(
-            bootstrap_bundle=v1_dir,
-            redis_url=private_redis.url,
-            redis_key_prefix=redis_prefix,
-            redis_timeout_s=0.3,
-        )
-    )
+    client = stoppable_redis_client
     r = client.post(
         "/admin/bundles",
         content=v2_archive,
