@@ -56,7 +56,7 @@ from models.quantize import (
     share_item_table,
 )
 from models.readers import read_interactions
-from models.sasrec import SASRec, SASRecConfig
+from models.sasrec import SASRec, SASRecConfig, build_model
 from models.split import EvalSet, Split, leave_one_out, pad_left
 from models.train import TrainConfig, train_teacher
 
@@ -251,6 +251,24 @@ def format_table(
 _K10 = ("hr@10", "ndcg@10", "mrr@10")
 
 
+def checkpoint_dir(out: Path, version: str) -> Path:
+    """Where run_compress keeps each stage's PyTorch weights (for benchmarks, not serving)."""
+    return out / f"{version}-checkpoints"
+
+
+def save_checkpoint(model: SASRec, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, path)
+
+
+def load_checkpoint(path: Path) -> SASRec:
+    """A stage saved by run_compress, in eval mode on the CPU."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
 def run_compress(config: CompressConfig) -> CompressResult:
     """Run the whole pipeline and write the bundle, archive and reports under `config.out`."""
     c = config
@@ -353,6 +371,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
         onnx_bytes = export_onnx(model)
         parity[name] = check_parity(onnx_bytes, model, test_inputs[:512])
         fp32_onnx[name] = onnx_bytes
+        save_checkpoint(model, checkpoint_dir(out, version) / f"{name}.pt")
         latency = measure_latency(
             onnx_encoder(onnx_bytes, threads=1), latency_inputs, budget_s=c.latency_budget_s
         )

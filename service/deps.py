@@ -1,7 +1,8 @@
 """FastAPI dependencies as `Annotated` aliases; route signatures read like the API.
 
-The settings, the registry and the metrics live on `app.state` (set by `create_app` and its
-lifespan), so several apps with different settings can coexist, as they do in tests.
+The settings, the registry, the metrics, the batcher and the answer cache live on `app.state`
+(set by `create_app` and its lifespan), so several apps with different settings can coexist,
+as they do in tests.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.answer_cache import AnswerCache
+from service.batcher import MicroBatcher
 from service.errors import NoModelLoaded
 from service.metrics import Metrics
 from service.registry import Registry
@@ -34,9 +37,22 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_batcher(request: Request) -> MicroBatcher:
+    batcher: MicroBatcher = request.app.state.batcher
+    return batcher
+
+
+def get_answer_cache(request: Request) -> AnswerCache | None:
+    """The answer cache, or None when it is off (ANSWER_CACHE_TTL_S=0)."""
+    cache: AnswerCache | None = request.app.state.answer_cache
+    return cache
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+AnswerCacheDep = Annotated[AnswerCache | None, Depends(get_answer_cache)]
 
 
 def get_current_model(registry: RegistryDep) -> LoadedModel:

@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from service.answer_cache import AnswerCache
+from service.batcher import MicroBatcher
 from service.deps import AdminDep
 from service.exception_handlers import install_exception_handlers
 from service.limits import BodySizeLimitMiddleware
@@ -20,16 +22,20 @@ from service.registry import Registry
 from service.responses import OrjsonResponse
 from service.routes import admin, health, recommend
 from service.routes import metrics as metrics_routes
+from service.runner import ModelOptions
 from service.settings import Settings, get_settings
 from service.store import open_store
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the store, start the registry (active version or bootstrap bundle), then serve."""
+    """Open the store, start the registry (active version or bootstrap bundle) and the
+    batcher, then serve; on shutdown answer what is queued and close the connections."""
     settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    redis_url = str(settings.redis_url) if settings.redis_url else None
     store = open_store(
-        redis_url=str(settings.redis_url) if settings.redis_url else None,
+        redis_url=redis_url,
         state_dir=settings.model_dir,
         prefix=settings.redis_key_prefix,
         timeout_s=settings.redis_timeout_s,
@@ -37,15 +43,37 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry = Registry(
         model_dir=settings.model_dir,
         store=store,
-        intra_op_threads=settings.onnx_intra_op_threads,
+        options=ModelOptions(
+            intra_op_threads=settings.onnx_intra_op_threads,
+            scoring_precision=settings.scoring_precision,
+        ),
         max_unpacked_bytes=settings.max_unpacked_bytes,
-        on_activate=app.state.metrics.on_activate,
+        on_activate=metrics.on_activate,
     )
+    batcher = MicroBatcher(
+        max_batch_size=settings.batch_max_size,
+        max_delay_s=settings.batch_max_delay_ms / 1000,
+        metrics=metrics,
+    )
+    answer_cache = None
+    if settings.answer_cache_ttl_s > 0 and redis_url is not None:  # settings enforce the URL
+        answer_cache = AnswerCache(
+            redis_url,
+            prefix=settings.redis_key_prefix,
+            ttl_s=settings.answer_cache_ttl_s,
+            timeout_s=settings.redis_timeout_s,
+            metrics=metrics,
+        )
     try:
         await run_in_threadpool(registry.start, bootstrap=settings.bootstrap_bundle)
         app.state.registry = registry
-        yield
+        app.state.answer_cache = answer_cache
+        async with batcher:
+            app.state.batcher = batcher
+            yield
     finally:
+        if answer_cache is not None:
+            await answer_cache.close()
         store.close()
 
 

@@ -14,6 +14,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
@@ -40,8 +41,20 @@ class Metrics:
         )
         self.queue = Histogram(
             "recsys_queue_duration_seconds",
-            "Time a request waited for its inference batch, seconds.",
+            "Time a request waited for its inference batch (submit to batch start), seconds.",
             buckets=_FAST_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "recsys_batch_size",
+            "Requests per encoder batch (one recommend_batch call of the micro-batcher).",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.answer_cache = Counter(
+            "recsys_answer_cache_requests",
+            "Answer cache lookups by result: hit, miss, or error (Redis unavailable).",
+            ["result"],
             registry=self.registry,
         )
         self.model_info = Gauge(
@@ -57,7 +70,7 @@ class Metrics:
         )
         self.recommendations = Counter(
             "recsys_recommendations",
-            "Answered recommendation requests by strategy.",
+            "Recommendations computed by a model (answer cache hits excluded), by strategy.",
             ["strategy"],
             registry=self.registry,
         )

@@ -40,7 +40,8 @@ from service.errors import (
     VersionExists,
     VersionNotFound,
 )
-from service.runner import LoadedModel
+from service.runner import LoadedModel, ModelOptions
+from service.scorer import Scorer
 from service.store import ActiveState, ItemMatrix, Store
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,12 @@ class VersionInfo:
     error: str | None = None  # why the manifest could not be read
 
 
-def load_model(path: Path, *, intra_op_threads: int = 1) -> LoadedModel:
+def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
     """Load and fully validate the bundle directory `path`; raise BundleError otherwise."""
+    options = options or ModelOptions()
     bundle = read_bundle(path)
     m = bundle.manifest
-    encoder = OnnxEncoder(bundle.model_path, manifest=m, intra_op_threads=intra_op_threads)
+    encoder = OnnxEncoder(bundle.model_path, manifest=m, intra_op_threads=options.intra_op_threads)
     verify_golden(bundle, encoder)
     # The golden pairs run as one batch; a batch of one proves the batch axis is really dynamic.
     single = encoder(np.asarray([m.golden[0].input], dtype=np.int64))
@@ -81,6 +83,12 @@ def load_model(path: Path, *, intra_op_threads: int = 1) -> LoadedModel:
             scales=bundle.item_scales,
             vocab=bundle.vocab,
             popularity=bundle.popularity,
+            scorer=Scorer(
+                bundle.items,
+                bundle.item_scales,
+                precision=options.scoring_precision,
+                threads=options.intra_op_threads,
+            ),
         )
     except ValueError as e:
         raise BundleError(str(e)) from e
@@ -94,13 +102,13 @@ class Registry:
         *,
         model_dir: Path,
         store: Store,
-        intra_op_threads: int = 1,
+        options: ModelOptions | None = None,
         max_unpacked_bytes: int = 1 << 30,
         on_activate: ActivateHook | None = None,
     ) -> None:
         self.model_dir = model_dir
         self._store = store
-        self._threads = intra_op_threads
+        self._options = options or ModelOptions()
         self._max_unpacked = max_unpacked_bytes
         self._on_activate = on_activate
         self._lock = threading.Lock()
@@ -197,7 +205,7 @@ class Registry:
                 try:
                     fill(staging)
                     self._refuse_existing(staging)  # cheap, before the expensive checks
-                    model = load_model(staging, intra_op_threads=self._threads)
+                    model = load_model(staging, self._options)
                 except BundleError as e:
                     raise InvalidBundle(str(e)) from e
                 target = self.model_dir / model.version
@@ -276,7 +284,7 @@ class Registry:
         if not _VERSION_RE.match(version) or not (path / MANIFEST_FILE).is_file():
             raise VersionNotFound(version)
         try:
-            model = load_model(path, intra_op_threads=self._threads)
+            model = load_model(path, self._options)
         except BundleError as e:
             raise InvalidBundle(str(e)) from e
         if model.version != version:

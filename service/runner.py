@@ -2,15 +2,19 @@
 
 A `LoadedModel` is immutable once built and holds everything the request path needs in
 memory: the encoder, the compact item matrix (int8 + per-row scales, or fp16/fp32), the
-vocabulary and the popularity order. Swapping models is therefore one reference assignment
-(see `service.registry`), and a request keeps the model it started with.
+catalog scorer built on it, the vocabulary and the popularity order. Swapping models is
+therefore one reference assignment (see `service.registry`), and a request keeps the model
+it started with.
 
-Scoring is matrix products over the catalog (`users @ items.T * scales`, in row chunks so the
-upcast copy of an int8 block stays small) and a partial top-k with `np.argpartition`; Python
-only loops over the request's own IDs, never over the catalog.
-
-`recommend_batch` takes many requests and runs the encoder once for all of them: the entry
-point for dynamic micro-batching.
+`recommend_batch` serves many requests with one encoder call and one scoring call: the entry
+point for dynamic micro-batching (`service.batcher`). Per batch:
+- histories are left-padded only to the batch's longest history, not to max_len (positions
+  count from the end, so the trimmed input gives the same user vector; Beauty histories
+  average 9 items against max_len 50);
+- full-catalog requests are scored together by `service.scorer.Scorer` (one onnxruntime
+  graph: int8 products, banned items masked inside, exact two-stage top-k);
+- reranking requests touch only their candidates' rows.
+Python only loops over the requests and their own IDs, never over the catalog.
 """
 
 from __future__ import annotations
@@ -25,13 +29,20 @@ import numpy.typing as npt
 
 from bundle import Manifest
 from service.encoder import Encoder
+from service.scorer import Precision, Scorer
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 
 Strategy = Literal["model", "popular"]
-# Rows of the item matrix upcast to float32 at a time while scoring the full catalog.
-SCORE_CHUNK_ROWS = 16384
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a bundle is served (from `Settings`); the same for every version."""
+
+    intra_op_threads: int = 1
+    scoring_precision: Precision = "int8"
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,7 @@ class LoadedModel:
         scales: F32 | None,
         vocab: Sequence[str],
         popularity: I64,
+        scorer: Scorer | None = None,
     ) -> None:
         rows = manifest.n_items + 1
         if items.shape != (rows, manifest.dim) or len(vocab) != rows or popularity.shape != (rows,):
@@ -94,6 +106,7 @@ class LoadedModel:
         self._vocab = list(vocab)
         self._index = {item_id: i for i, item_id in enumerate(self._vocab) if i > 0}
         self._popularity = popularity
+        self._scorer = scorer or Scorer(items, scales)
         # Most popular first; index 0 (padding) never appears. Stable: ties keep vocab order.
         order = np.argsort(-popularity[1:], kind="stable") + 1
         self._popular_order: I64 = order.astype(np.int64)
@@ -121,17 +134,24 @@ class LoadedModel:
         inference_s = 0.0
         users: F32 = np.empty((0, self.manifest.dim), dtype=np.float32)
         if to_encode:
-            seqs = np.zeros((len(to_encode), self.max_len), dtype=np.int64)  # (B, T)
+            # Pad only to the longest history of this batch (at least 1 column).
+            width = max(1, min(self.max_len, max(len(p.known) for p in to_encode)))
+            seqs = np.zeros((len(to_encode), width), dtype=np.int64)  # (B, T)
             for row, p in enumerate(to_encode):
-                recent = p.known[-self.max_len :]  # keep the most recent, left-pad with 0
-                seqs[row, self.max_len - len(recent) :] = recent
+                recent = p.known[-width:]  # keep the most recent, left-pad with 0
+                seqs[row, width - len(recent) :] = recent
                 p.user_row = row
             t0 = time.perf_counter()
             users = self.encode(seqs)  # (B, dim)
             inference_s = time.perf_counter() - t0
 
         full = [p for p in prepared if p.user_row >= 0 and p.candidates is None]
-        full_scores = self._score_all(users[[p.user_row for p in full]]) if full else None
+        full_top: tuple[I64, F32] | None = None
+        if full:
+            k = max(p.request.k for p in full)
+            full_top = self._scorer.top_k(
+                users[[p.user_row for p in full]], [p.banned for p in full], k
+            )
 
         out: list[Recommendation] = []
         full_row = 0
@@ -140,8 +160,10 @@ class LoadedModel:
                 ids, scores = self._popular(p)
                 strategy: Strategy = "popular"
             elif p.candidates is None:
-                assert full_scores is not None
-                ids, scores = self._top_k_full(full_scores[full_row], p)
+                assert full_top is not None
+                ids, scores = _finite_head(
+                    full_top[0][full_row], full_top[1][full_row], p.request.k
+                )
                 full_row += 1
                 strategy = "model"
             else:
@@ -190,32 +212,10 @@ class LoadedModel:
             banned=np.unique(banned),
         )
 
-    def _score_all(self, users: F32) -> F32:
-        """(B, dim) -> (B, n_items + 1) scores against the whole catalog."""
-        rows = self._items.shape[0]
-        out = np.empty((users.shape[0], rows), dtype=np.float32)
-        for start in range(0, rows, SCORE_CHUNK_ROWS):
-            stop = min(start + SCORE_CHUNK_ROWS, rows)
-            block = self._items[start:stop].astype(np.float32, copy=False)  # (R, dim)
-            np.matmul(users, block.T, out=out[:, start:stop])
-        if self._scales is not None:
-            out *= self._scales  # per-row int8 scale, broadcast over the batch
-        return out
-
-    def _top_k_full(self, scores: F32, p: _Prepared) -> tuple[I64, F32]:
-        scores = scores.copy()
-        scores[0] = -np.inf  # padding
-        scores[p.banned] = -np.inf
-        return _top_k(scores, np.arange(len(scores), dtype=np.int64), p.request.k)
-
     def _top_k_candidates(self, user: F32, p: _Prepared) -> tuple[I64, F32]:
         assert p.candidates is not None
         cand = p.candidates[~np.isin(p.candidates, p.banned)]
-        block = self._items[cand].astype(np.float32, copy=False)  # (C, dim): only candidates
-        scores = block @ user
-        if self._scales is not None:
-            scores = scores * self._scales[cand]
-        return _top_k(scores.astype(np.float32, copy=False), cand, p.request.k)
+        return _top_k(self._scorer.score(user, cand), cand, p.request.k)  # only candidates
 
     def _popular(self, p: _Prepared) -> tuple[I64, F32]:
         k = p.request.k
@@ -237,6 +237,15 @@ class LoadedModel:
                 RecRequest(history=[], k=1),
             ]
         )
+
+
+def _finite_head(index: I64, scores: F32, k: int) -> tuple[I64, F32]:
+    """The first k entries of a best-first row, without -inf (banned) entries."""
+    index, scores = index[:k], scores[:k]
+    finite = np.isfinite(scores)
+    if not finite.all():
+        index, scores = index[finite], scores[finite]
+    return index, scores
 
 
 def _top_k(scores: F32, index: I64, k: int) -> tuple[I64, F32]:

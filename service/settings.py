@@ -56,6 +56,17 @@ class Settings(BaseSettings):
 
     # onnxruntime threads per session; one keeps latency predictable under many workers.
     onnx_intra_op_threads: int = Field(default=1, ge=1)
+    # Full-catalog scoring of int8 bundles: "int8" (int8 items x 7-bit users, fastest) or
+    # "fp32" (the dequantized matrix, exactly the scores the pipeline evaluated).
+    scoring_precision: Literal["int8", "fp32"] = "int8"
+
+    # Dynamic micro-batching (service.batcher): at most this many requests per encoder call
+    # (1 = no batching), waiting at most this long after the first one for more to arrive.
+    batch_max_size: int = Field(default=32, ge=1)
+    batch_max_delay_ms: float = Field(default=1.0, ge=0)
+
+    # Answers cached in Redis for this many seconds (service.answer_cache); 0 = off.
+    answer_cache_ttl_s: float = Field(default=0.0, ge=0)
 
     @field_validator("admin_token", mode="before")
     @classmethod
@@ -83,6 +94,15 @@ class Settings(BaseSettings):
             )
         if weak:
             log.warning("ADMIN_TOKEN is weak; acceptable only in development")
+        return self
+
+    @model_validator(mode="after")
+    def _answer_cache_needs_redis(self) -> Self:
+        if self.answer_cache_ttl_s > 0 and self.redis_url is None:
+            raise ValueError(
+                f"ANSWER_CACHE_TTL_S={self.answer_cache_ttl_s:g} needs REDIS_URL: the answer "
+                "cache lives in Redis; set REDIS_URL, or ANSWER_CACHE_TTL_S=0 to turn it off"
+            )
         return self
 
     @property

@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bundle import pack_bundle, write_bundle
 from bundle.io import sha256_file
+from service.runner import RecRequest
 
 OPSET = 17
 IR_VERSION = 9
@@ -178,6 +179,27 @@ def reference_user_vector(spec: BundleSpec, history_idx: list[int]) -> np.ndarra
     seq = [i for i in history_idx if i > 0][-spec.max_len :]
     mean = p["E"][seq].mean(axis=0) if seq else np.zeros(spec.dim, dtype=np.float32)
     return np.tanh(mean @ p["W"] + p["b"]).astype(np.float32)
+
+
+def varied_requests(n: int, *, n_items: int = 60, seed: int = 0) -> list[RecRequest]:
+    """`n` different requests: histories of varied length (empty every 10th, unknown IDs
+    mixed in), k from 1 to 24, candidates every 3rd, excluded items, exclude_seen on and off."""
+    rng = np.random.default_rng(seed)
+    ids = [*item_ids(n_items), "unknown-1", "unknown-2"]
+
+    def some(low: int, high: int) -> list[str]:
+        return [str(i) for i in rng.choice(ids, size=int(rng.integers(low, high)))]
+
+    return [
+        RecRequest(
+            history=[] if row % 10 == 0 else some(1, 16),
+            k=int(rng.integers(1, 25)),
+            candidates=some(1, 20) if row % 3 == 0 else None,
+            exclude=some(0, 5),
+            exclude_seen=row % 2 == 0,
+        )
+        for row in range(n)
+    ]
 
 
 # --- corruption helpers ---------------------------------------------------------------------

@@ -3,6 +3,11 @@
 The body is parsed here with orjson whatever the Content-Type says (so `curl -d '{...}'`,
 which sends form encoding, works), validated by pydantic, then checked against the configured
 limits. Errors come back as 422 with pydantic-style `detail` entries naming the field.
+
+The model is read once per request (`ModelDep`); the answer comes from the answer cache when
+it is on and holds it (`service.answer_cache`), else from the micro-batcher
+(`service.batcher`), which runs it together with concurrent requests. The route only awaits:
+no inference runs on the event loop.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ import logging
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
-from service.deps import MetricsDep, ModelDep, SettingsDep
+from service.deps import AnswerCacheDep, BatcherDep, MetricsDep, ModelDep, SettingsDep
 from service.responses import OrjsonResponse
 from service.runner import RecRequest
 from service.schemas import RecommendRequest, RecommendResponse
@@ -94,19 +100,30 @@ _OPENAPI_BODY = {
     response_class=OrjsonResponse,
     openapi_extra=_OPENAPI_BODY,
 )
-def recommend(body: RecommendBody, model: ModelDep, metrics: MetricsDep) -> OrjsonResponse:
-    rec = model.recommend(
-        RecRequest(
-            history=body.history,
-            k=body.k,
-            candidates=body.candidates,
-            exclude=body.exclude,
-            exclude_seen=body.exclude_seen,
-        )
+async def recommend(
+    body: RecommendBody,
+    model: ModelDep,
+    batcher: BatcherDep,
+    answer_cache: AnswerCacheDep,
+    metrics: MetricsDep,
+) -> Response:
+    request = RecRequest(
+        history=body.history,
+        k=body.k,
+        candidates=body.candidates,
+        exclude=body.exclude,
+        exclude_seen=body.exclude_seen,
     )
-    if rec.strategy == "model":
-        metrics.inference.observe(rec.inference_s)
-        metrics.queue.observe(rec.queue_s)
+    if answer_cache is not None:
+        cached = await answer_cache.get(model.version, request)
+        if cached is not None:
+            if body.user_id is not None:
+                log.info(
+                    "recommend user_id=%s version=%s answer_cache=hit", body.user_id, model.version
+                )
+            return Response(cached, media_type=OrjsonResponse.media_type)
+
+    rec = await batcher.submit(model, request)
     metrics.recommendations.labels(strategy=rec.strategy).inc()
     if body.user_id is not None:
         log.info(
@@ -116,7 +133,7 @@ def recommend(body: RecommendBody, model: ModelDep, metrics: MetricsDep) -> Orjs
             rec.strategy,
             rec.unknown_history,
         )
-    return OrjsonResponse(
+    response = OrjsonResponse(
         {
             "items": [
                 {"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores, strict=True)
@@ -127,3 +144,8 @@ def recommend(body: RecommendBody, model: ModelDep, metrics: MetricsDep) -> Orjs
             "unknown_candidates": rec.unknown_candidates,
         }
     )
+    if answer_cache is not None:  # stored after the response is sent
+        response.background = BackgroundTask(
+            answer_cache.put, rec.model_version, request, bytes(response.body)
+        )
+    return response

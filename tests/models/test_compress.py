@@ -6,10 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import bundle
 from models.cli import main
-from models.compress import CompressConfig, CompressResult, run_compress
+from models.compress import (
+    CompressConfig,
+    CompressResult,
+    checkpoint_dir,
+    load_checkpoint,
+    run_compress,
+)
 from models.evaluate import evaluate, onnx_encoder
 from models.split import leave_one_out
 from tests.models.conftest import TINY_COMPRESS, Dataset
@@ -40,6 +47,22 @@ def test_bundle_is_accepted_by_the_reader_and_reproduces_golden_outputs(
         x = inputs[row : row + 1]
         x = x[:, x.shape[1] - int((x > 0).sum()) :]
         assert np.abs(session(x)[0] - expected[row]).max() <= b.manifest.golden_atol
+
+
+def test_each_stage_s_weights_are_kept_for_benchmarks(compressed: CompressResult) -> None:
+    saved = checkpoint_dir(compressed.bundle_dir.parent, "tiny-1")
+    b = bundle.read_bundle(compressed.bundle_dir)
+    pruned = load_checkpoint(saved / "pruned.pt")
+    assert pruned.num_params() == b.manifest.architecture["params"]
+    teacher = load_checkpoint(saved / "teacher.pt")
+    assert teacher.config.dim == b.manifest.architecture["teacher"]["dim"]
+    # The pruned weights encode exactly what the shipped (int8) encoder approximates.
+    x = np.array([b.manifest.golden[0].input], dtype=np.int64)
+    with torch.inference_mode():
+        user = pruned(torch.from_numpy(x)).numpy()[0]
+    golden = np.array(b.manifest.golden[0].output)
+    cos = float(user @ golden / np.linalg.norm(user) / np.linalg.norm(golden))
+    assert cos > 0.99
 
 
 def test_archive_unpacks_to_the_same_bundle(compressed: CompressResult, tmp_path: Path) -> None:

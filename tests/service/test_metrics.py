@@ -46,13 +46,17 @@ def test_metrics_count_413_from_the_body_limit(embedded_client: TestClient):
     assert 'status="413"' in text
 
 
-def test_metrics_report_model_version_inference_and_queue_time(embedded_client: TestClient):
+def test_metrics_report_model_version_inference_queue_time_and_batch_size(
+    embedded_client: TestClient,
+):
     embedded_client.post("/recommend", json={"history": ["i1", "i2"]})
     embedded_client.post("/recommend", json={"history": []})  # popular: no inference
     text = embedded_client.get("/metrics").text
     assert sample(text, "recsys_model_info", version="v1") == 1
-    assert sample(text, "recsys_inference_duration_seconds_count") == 1
-    assert sample(text, "recsys_queue_duration_seconds_count") == 1
+    assert sample(text, "recsys_inference_duration_seconds_count") == 1  # per encoder run
+    assert sample(text, "recsys_queue_duration_seconds_count") == 2  # both waited in the queue
+    assert sample(text, "recsys_batch_size_count") == 2  # one after the other: two batches
+    assert sample(text, "recsys_batch_size_sum") == 2
     assert sample(text, "recsys_recommendations_total", strategy="model") == 1
     assert sample(text, "recsys_recommendations_total", strategy="popular") == 1
     assert sample(text, "recsys_model_swaps_total") == 0

@@ -7,7 +7,7 @@ import pytest
 
 from bundle import decode_items, read_bundle
 from service.registry import load_model
-from service.runner import LoadedModel, RecRequest
+from service.runner import LoadedModel, ModelOptions, RecRequest
 from tests.factories import BundleSpec, make_bundle_dir, reference_user_vector
 
 SPEC = BundleSpec(version="r1", n_items=60, dim=8, max_len=12, seed=3)
@@ -38,8 +38,23 @@ def test_recommend_returns_k_items_best_first_matching_the_reference(model, bund
     ref[[0, 5, 9, 2]] = -np.inf
     expected = [f"i{i}" for i in np.argsort(-ref, kind="stable")[:10]]
     assert rec.item_ids == expected
-    got = np.array(rec.scores)
-    np.testing.assert_allclose(got, np.sort(ref)[::-1][:10], rtol=1e-4, atol=1e-4)
+    # int8 scoring quantizes the user vector to 7 bits: each score is off by at most half a
+    # user step times the item row's L1 norm.
+    user = reference_user_vector(SPEC, [5, 9, 2])
+    b = read_bundle(bundle_dir)
+    rows = np.array([int(i[1:]) for i in rec.item_ids])
+    l1 = np.abs(decode_items(b.items, b.item_scales)[rows]).sum(axis=1)
+    bound = 0.5 * np.abs(user).max() / 63 * l1 + 1e-5
+    assert np.all(np.abs(np.array(rec.scores) - ref[rows]) <= bound)
+
+
+def test_fp32_scoring_gives_the_pipeline_s_exact_scores(bundle_dir):
+    model = load_model(bundle_dir, ModelOptions(scoring_precision="fp32"))
+    rec = model.recommend(RecRequest(history=["i5", "i9", "i2"], k=10))
+    ref = reference_scores(bundle_dir, [5, 9, 2])
+    ref[[0, 5, 9, 2]] = -np.inf
+    assert rec.item_ids == [f"i{i}" for i in np.argsort(-ref, kind="stable")[:10]]
+    np.testing.assert_allclose(rec.scores, np.sort(ref)[::-1][:10], rtol=1e-4, atol=1e-4)
 
 
 def test_seen_items_are_excluded_by_default_and_kept_on_request(model):
@@ -104,7 +119,7 @@ def test_candidate_rerank_never_scores_the_whole_catalog(model, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("full-catalog scoring on the candidate path")
 
-    monkeypatch.setattr(model, "_score_all", fail)
+    monkeypatch.setattr(model._scorer, "top_k", fail)
     rec = model.recommend(RecRequest(history=["i3"], k=2, candidates=["i1", "i2", "i9"]))
     assert len(rec.item_ids) == 2
 

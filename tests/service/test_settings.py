@@ -19,6 +19,9 @@ ENV_VARS = [
     "MAX_BODY_BYTES",
     "LOG_LEVEL",
     "ONNX_INTRA_OP_THREADS",
+    "BATCH_MAX_SIZE",
+    "BATCH_MAX_DELAY_MS",
+    "ANSWER_CACHE_TTL_S",
 ]
 
 
@@ -40,6 +43,8 @@ def test_defaults_serve_on_port_8000_with_embedded_store_and_admin_disabled(clea
     assert s.max_k == 1000 and s.max_candidates == 1000
     assert s.onnx_intra_op_threads == 1
     assert s.environment == "development"
+    assert (s.batch_max_size, s.batch_max_delay_ms) == (32, 1.0)
+    assert s.answer_cache_ttl_s == 0
 
 
 def test_settings_are_read_from_the_environment(clean_env, tmp_path):
@@ -98,6 +103,31 @@ def test_development_allows_a_weak_token(clean_env):
 def test_invalid_port_is_rejected(clean_env):
     clean_env.setenv("PORT", "70000")
     with pytest.raises(ValidationError, match="port"):
+        Settings(_env_file=None)
+
+
+def test_batching_and_answer_cache_are_read_from_the_environment(clean_env):
+    clean_env.setenv("BATCH_MAX_SIZE", "1")
+    clean_env.setenv("BATCH_MAX_DELAY_MS", "0")
+    clean_env.setenv("REDIS_URL", "redis://localhost:6379/0")
+    clean_env.setenv("ANSWER_CACHE_TTL_S", "2.5")
+    s = Settings(_env_file=None)
+    assert (s.batch_max_size, s.batch_max_delay_ms, s.answer_cache_ttl_s) == (1, 0.0, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("BATCH_MAX_SIZE", "0"), ("BATCH_MAX_DELAY_MS", "-1"), ("ANSWER_CACHE_TTL_S", "-1")],
+)
+def test_invalid_batching_or_cache_values_are_rejected(clean_env, name, value):
+    clean_env.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.lower()):
+        Settings(_env_file=None)
+
+
+def test_answer_cache_without_redis_is_refused_with_a_clear_message(clean_env):
+    clean_env.setenv("ANSWER_CACHE_TTL_S", "30")
+    with pytest.raises(ValidationError, match="ANSWER_CACHE_TTL_S=30 needs REDIS_URL"):
         Settings(_env_file=None)
 
 

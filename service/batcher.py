@@ -1,0 +1,163 @@
+"""Dynamic micro-batching: concurrent requests share one encoder call.
+
+Like Triton's dynamic batcher
+(https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/user_guide/model_configuration.html#dynamic-batcher):
+`submit` puts a request on a queue and awaits its answer; one worker task
+
+1. waits for the first request,
+2. takes whatever else is already queued, up to `max_batch_size`,
+3. if the batch is not full, waits for more until `max_delay_s` after the first request
+   arrived,
+4. runs the batch with one `LoadedModel.recommend_batch` call per model object, on a
+   dedicated single worker thread, so the event loop keeps accepting requests meanwhile
+   (numpy and onnxruntime release the GIL while they compute).
+
+A request carries the model it started with (read once by the route): if a swap happens while
+requests are queued, one batch holds several model objects and is split into one call per
+model, so every request is answered by, and names, its own version.
+
+An exception in `recommend_batch` fails only the requests of that call, with that exception;
+a waiter that went away (its client disconnected, so its future is cancelled) is skipped.
+Neither ever stops the worker. `max_batch_size=1` turns batching off: one request per call.
+
+    async with MicroBatcher(max_batch_size=32, max_delay_s=0.001, metrics=metrics) as batcher:
+        rec = await batcher.submit(model, RecRequest(history=["i1"], k=10))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Self
+
+from service.metrics import Metrics
+from service.runner import LoadedModel, Recommendation, RecRequest
+
+
+@dataclass(frozen=True)
+class _Pending:
+    model: LoadedModel
+    request: RecRequest
+    future: asyncio.Future[Recommendation]
+    arrived: float  # time.perf_counter() at submit
+
+
+class MicroBatcher:
+    def __init__(self, *, max_batch_size: int, max_delay_s: float, metrics: Metrics) -> None:
+        if max_batch_size < 1 or max_delay_s < 0:
+            raise ValueError(
+                f"max_batch_size must be >= 1 and max_delay_s >= 0, "
+                f"got {max_batch_size} and {max_delay_s}"
+            )
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._executor: ThreadPoolExecutor | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker task and its thread (call from inside the running event loop)."""
+        if self._worker is not None:
+            raise RuntimeError("the batcher is already running")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-batch")
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="recsys-batcher")
+
+    async def stop(self) -> None:
+        """Answer what is already queued, then end the worker and its thread."""
+        worker, executor = self._worker, self._executor
+        if worker is None or executor is None:
+            return
+        self._worker = None  # submit refuses new requests from here on
+        await self._queue.join()  # every queued request answered (or failed)
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+        executor.shutdown(wait=True)
+        self._executor = None
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- request path ---------------------------------------------------------------------
+
+    async def submit(self, model: LoadedModel, request: RecRequest) -> Recommendation:
+        """The answer of `model` to `request`, computed in a batch with concurrent requests."""
+        if self._worker is None:
+            raise RuntimeError("the batcher is not running")
+        future: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(model, request, future, time.perf_counter()))
+        # Cancelling this await (the client went away) cancels the future; the worker skips it.
+        return await future
+
+    # --- the worker -----------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                await self._run(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _next_batch(self) -> list[_Pending]:
+        batch = [await self._queue.get()]
+        deadline = batch[0].arrived + self.max_delay_s
+        while len(batch) < self.max_batch_size:
+            if not self._queue.empty():  # already queued: take it without waiting
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        """One `recommend_batch` call per model object; each future gets its own answer."""
+        by_model: dict[LoadedModel, list[_Pending]] = {}  # keyed by identity, in arrival order
+        for p in batch:
+            if not p.future.done():  # a cancelled waiter needs no answer
+                by_model.setdefault(p.model, []).append(p)
+        loop = asyncio.get_running_loop()
+        for model, group in by_model.items():
+            started = time.perf_counter()
+            try:
+                recs = await loop.run_in_executor(
+                    self._executor, model.recommend_batch, [p.request for p in group]
+                )
+                answers = [
+                    replace(rec, queue_s=started - p.arrived)
+                    for p, rec in zip(group, recs, strict=True)
+                ]
+            except Exception as e:  # the requests of this call fail, the worker goes on
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            self._metrics.batch_size.observe(len(group))
+            if any(a.strategy == "model" for a in answers):  # the encoder ran
+                self._metrics.inference.observe(answers[0].inference_s)
+            for p, answer in zip(group, answers, strict=True):
+                self._metrics.queue.observe(answer.queue_s)
+                if not p.future.done():
+                    p.future.set_result(answer)

@@ -1,0 +1,211 @@
+"""Full-catalog scoring: user vectors against the whole item matrix, best k per user.
+
+One onnxruntime graph per loaded model does the whole job, so a batch costs one call and no
+Python touches the catalog:
+
+    scores = users @ items.T          int8 items: MatMulInteger (u8 x s8), then the two scales
+    scores[padding, banned] = -inf    a constant bias (row 0, tail rows) + ScatterElements
+    top-k, two stages, exact          the max of each group of 32 items; the k best groups;
+                                      the k best of their k * 32 items
+
+The two-stage top-k is exact: an item in the true top k scores at least the k-th best score,
+so its group's maximum does too, and at most k groups can reach that. It reads each score
+once for the group maxima instead of a full partial sort of every row, which is what top-k
+over 54k items costs otherwise (see PERFORMANCE-NOTES).
+
+Item matrices stay compact. An int8 bundle is scored as int8 (per-item scale applied to the
+int32 products); the user vectors are quantized to 8 bits per row (symmetric, one scale per
+user), so a user's scores never depend on who else is in the batch. Users get 7 bits
+(-63..63 stored as 1..127 with zero point 64): onnxruntime's u8 x s8 kernel on AVX2 sums
+pairs of products in 16 bits, which saturates for user bytes above 128 (measured: wrong
+products with zero point 128); 127 * 127 * 2 fits. Its s8 x s8 kernel is exact but measured
+25x slower here. fp16 and fp32 bundles are scored in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+
+GROUP = 32  # items per group in the first top-k stage
+USER_LEVELS = 63.0  # user vectors quantized to -63..63 ...
+USER_ZERO = 64  # ... stored as uint8 1..127 (see the module docstring)
+
+
+Precision = Literal["int8", "fp32"]
+
+
+class Scorer:
+    """Scores users against the catalog: all of it (`top_k`) or chosen rows (`score`).
+
+    Both give the same score for the same (user, item): reranking and full-catalog answers
+    agree. `precision="int8"` (int8 bundles only) scores int8 x 7-bit users; "fp32" scores the
+    dequantized matrix in fp32, exactly as the pipeline's evaluation does.
+    """
+
+    def __init__(
+        self,
+        items: npt.NDArray[Any],
+        scales: F32 | None,
+        *,
+        precision: Precision = "int8",
+        threads: int = 1,
+    ) -> None:
+        rows, dim = items.shape
+        self.rows = rows
+        self.dim = dim
+        if items.dtype == np.int8 and scales is None:
+            raise ValueError("an int8 item matrix needs its per-row scales")
+        self.precision: Precision = (
+            "int8" if items.dtype == np.int8 and precision == "int8" else "fp32"
+        )
+        if self.precision == "int8":
+            assert scales is not None
+            self._items: npt.NDArray[Any] = items
+            self._scales: F32 | None = scales.astype(np.float32, copy=False)
+        else:
+            dense = items.astype(np.float32)
+            if scales is not None:
+                dense *= scales[:, None]
+            self._items, self._scales = dense, None
+        self._groups = -(-rows // GROUP)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        graph = _build_graph(self._items, self._scales, self._groups * GROUP)
+        self._session = ort.InferenceSession(
+            graph.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+    def top_k(self, users: F32, banned: Sequence[I64], k: int) -> tuple[I64, F32]:
+        """(B, dim) users, banned row indices per user -> (B, k') indices and scores, best
+        first, with k' = min(k, catalog rows). Banned rows and row 0 score -inf; callers drop
+        non-finite scores (only when fewer than k items are allowed)."""
+        b = users.shape[0]
+        width = max(1, max((len(x) for x in banned), default=0))
+        ban = np.zeros((b, width), dtype=np.int64)  # padded with row 0, banned anyway
+        for row, x in enumerate(banned):
+            ban[row, : len(x)] = x
+        k = min(k, self.rows)
+        feeds: dict[str, Any] = {
+            "banned": ban,
+            "k": np.array([k], dtype=np.int64),
+            "k_groups": np.array([min(k, self._groups)], dtype=np.int64),
+        }
+        if self._scales is not None:
+            feeds["users_q"], feeds["users_scale"] = _quantize_users(users)
+        else:
+            feeds["users"] = np.ascontiguousarray(users, dtype=np.float32)
+        idx, scores = self._session.run(["top_index", "top_score"], feeds)
+        return idx, scores
+
+    def score(self, user: F32, rows: I64) -> F32:
+        """One (dim,) user against the given catalog rows -> (len(rows),) scores."""
+        if self._scales is None:
+            out: F32 = self._items[rows] @ user
+            return out
+        q, scale = _quantize_users(user[None, :])
+        dot = (q.astype(np.int32) - USER_ZERO) @ self._items[rows].astype(np.int32).T  # (1, C)
+        # The graph's order of operations: float(dot) * user scale * item scale.
+        scores: F32 = (dot.astype(np.float32) * scale * self._scales[rows])[0]
+        return scores
+
+
+def _quantize_users(users: F32) -> tuple[npt.NDArray[np.uint8], F32]:
+    """Symmetric per-row 7-bit quantization: (B, dim) -> uint8 codes, (B, 1) scales."""
+    peak = np.abs(users).max(axis=1, keepdims=True)
+    scale = np.where(peak > 0, peak / USER_LEVELS, 1.0).astype(np.float32)
+    codes = (np.rint(users / scale) + USER_ZERO).astype(np.uint8)
+    return codes, scale
+
+
+def _const(name: str, value: npt.NDArray[Any]) -> TensorProto:
+    return numpy_helper.from_array(value, name)
+
+
+def _build_graph(items: npt.NDArray[Any], scales: F32 | None, padded: int) -> Any:
+    """int8 items with scales -> the MatMulInteger graph; float items -> fp32 MatMul."""
+    rows, dim = items.shape
+    bias = np.zeros(padded, dtype=np.float32)
+    bias[0] = -np.inf  # padding row
+    bias[rows:] = -np.inf  # tail rows that fill the last group
+    inits = [_const("bias", bias)]
+    nodes = []
+    inputs = [
+        helper.make_tensor_value_info("banned", TensorProto.INT64, ["batch", "n_banned"]),
+        helper.make_tensor_value_info("k", TensorProto.INT64, [1]),
+        helper.make_tensor_value_info("k_groups", TensorProto.INT64, [1]),
+    ]
+    if scales is not None:
+        weights = np.zeros((dim, padded), dtype=np.int8)
+        weights[:, :rows] = items.T
+        item_scale = np.zeros(padded, dtype=np.float32)
+        item_scale[:rows] = scales
+        inits += [
+            _const("items_t", weights),
+            _const("item_scale", item_scale),
+            _const("users_zero", np.array(USER_ZERO, dtype=np.uint8)),
+            _const("items_zero", np.array(0, dtype=np.int8)),
+        ]
+        inputs += [
+            helper.make_tensor_value_info("users_q", TensorProto.UINT8, ["batch", dim]),
+            helper.make_tensor_value_info("users_scale", TensorProto.FLOAT, ["batch", 1]),
+        ]
+        nodes += [
+            helper.make_node(
+                "MatMulInteger", ["users_q", "items_t", "users_zero", "items_zero"], ["dot"]
+            ),
+            helper.make_node("Cast", ["dot"], ["dot_f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["dot_f", "users_scale"], ["dot_u"]),
+            helper.make_node("Mul", ["dot_u", "item_scale"], ["raw"]),
+        ]
+    else:
+        weights_f = np.zeros((dim, padded), dtype=np.float32)
+        weights_f[:, :rows] = items.T.astype(np.float32)
+        inits.append(_const("items_t", weights_f))
+        inputs.append(helper.make_tensor_value_info("users", TensorProto.FLOAT, ["batch", dim]))
+        nodes.append(helper.make_node("MatMul", ["users", "items_t"], ["raw"]))
+
+    inits += [
+        _const("group_shape", np.array([0, -1, GROUP], dtype=np.int64)),
+        _const("flat_shape", np.array([0, -1], dtype=np.int64)),
+        _const("group_size", np.array([GROUP], dtype=np.int64)),
+        _const("in_group", np.arange(GROUP, dtype=np.int64).reshape(1, 1, GROUP)),
+        _const("axis_2", np.array([2], dtype=np.int64)),
+    ]
+    neg_inf = helper.make_tensor("neg_inf", TensorProto.FLOAT, [1], [-np.inf])
+    nodes += [
+        helper.make_node("Add", ["raw", "bias"], ["allowed"]),
+        # banned rows -> -inf: updates shaped like the (batch, n_banned) indices
+        helper.make_node("Shape", ["banned"], ["banned_shape"]),
+        helper.make_node("ConstantOfShape", ["banned_shape"], ["minus_inf"], value=neg_inf),
+        helper.make_node("ScatterElements", ["allowed", "banned", "minus_inf"], ["scores"], axis=1),
+        # stage 1: the best k groups by their maximum
+        helper.make_node("Reshape", ["scores", "group_shape"], ["grouped"]),
+        helper.make_node("ReduceMax", ["grouped"], ["group_max"], axes=[2], keepdims=0),
+        helper.make_node("TopK", ["group_max", "k_groups"], ["_gv", "best_groups"], axis=-1),
+        # stage 2: the best k of those groups' items
+        helper.make_node("Unsqueeze", ["best_groups", "axis_2"], ["best_groups_3"]),
+        helper.make_node("Mul", ["best_groups_3", "group_size"], ["group_start"]),
+        helper.make_node("Add", ["group_start", "in_group"], ["member_3"]),
+        helper.make_node("Reshape", ["member_3", "flat_shape"], ["members"]),
+        helper.make_node("GatherElements", ["scores", "members"], ["member_scores"], axis=1),
+        helper.make_node("TopK", ["member_scores", "k"], ["top_score", "top_member"], axis=-1),
+        helper.make_node("GatherElements", ["members", "top_member"], ["top_index"], axis=1),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("top_index", TensorProto.INT64, ["batch", "k"]),
+        helper.make_tensor_value_info("top_score", TensorProto.FLOAT, ["batch", "k"]),
+    ]
+    graph = helper.make_graph(nodes, "catalog_top_k", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
