@@ -66,7 +66,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "teacher_heads": 2,
         "teacher_head_dim": 128,
         "teacher_ffn": 256,
-        "teacher_epochs": 6,
+        "teacher_epochs": 5,
         "student_dim": 64,
         "student_blocks": 2,
         "student_heads": 2,
