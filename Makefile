@@ -10,12 +10,13 @@ DEMO_BUNDLE := $(DEMO_DIR)/demo.tar.gz
 
 export HOST PORT
 
-.PHONY: help venv demo serve test lint format clean bench-compress
+.PHONY: help venv demo serve test lint format clean bench-compress bench-serve
 
 help:
 	@echo "make serve   build the demo bundle if needed and serve on $$HOST:$$PORT (default 0.0.0.0:8000)"
 	@echo "make test    set up and run lint, type checks and the whole test suite"
 	@echo "make bench-compress DATA=../shared/data/amazon-beauty.txt   compression benchmark (long)"
+	@echo "make bench-serve [DATA=...] [SERVE_ARGS='--bundle DIR']        serving benchmark (~15 min)"
 
 # The environment: serving deps + the offline pipeline (CPU torch, pinned) + dev and bench tools.
 $(VENV)/.installed: pyproject.toml
@@ -58,3 +59,15 @@ BENCH_ARGS ?=
 
 bench-compress: venv
 	$(PY) -m benchmarks.compress --data $(DATA) $(BENCH_ARGS)
+
+# The serving benchmark (issue 4), never part of `make test`: each variant's server pinned to
+# core 0, locust on core 1, a ladder of offered loads.
+#   make bench-serve [DATA=../shared/data/amazon-beauty.txt] [SERVE_ARGS='--duration 10 --bundle DIR']
+# serves the newest bundle of `make bench-compress` (benchmarks/work/<dataset>/) and writes
+# benchmarks/results/serve.{json,md,png}. wrk is optional (the ceiling's closed-loop figure).
+SERVE_ARGS ?=
+
+bench-serve: venv
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 \
+		|| echo "wrk not installed and not installable: its figures are skipped"
+	$(PY) -m benchmarks.serve --data $(DATA) $(SERVE_ARGS)

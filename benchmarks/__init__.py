@@ -1,1 +1,2 @@
-"""Benchmarks: long-running measurements on real data (`make bench-compress`), not tests."""
+"""Benchmarks: long-running measurements on real data (`make bench-compress`,
+`make bench-serve`), not tests."""

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from service.ann import AnnConfig
 from service.answer_cache import AnswerCache
 from service.batcher import MicroBatcher
 from service.deps import AdminDep
@@ -46,6 +47,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         options=ModelOptions(
             intra_op_threads=settings.onnx_intra_op_threads,
             scoring_precision=settings.scoring_precision,
+            ann_min_items=settings.ann_min_items,
+            ann=AnnConfig.from_settings(settings),
         ),
         max_unpacked_bytes=settings.max_unpacked_bytes,
         on_activate=metrics.on_activate,

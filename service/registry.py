@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from bundle import BundleError, Manifest, extract_archive, read_bundle, verify_golden
 from bundle.manifest import VERSION_PATTERN
+from service.ann import build_for_catalog
 from service.encoder import OnnxEncoder
 from service.errors import (
     InvalidBundle,
@@ -75,6 +76,9 @@ def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
         raise BundleError(
             f"encoder returns {single.shape} for a batch of one, expected (1, {m.dim})"
         )
+    ann = build_for_catalog(
+        bundle.items, bundle.item_scales, min_items=options.ann_min_items, config=options.ann
+    )
     try:
         model = LoadedModel(
             manifest=m,
@@ -88,7 +92,9 @@ def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
                 bundle.item_scales,
                 precision=options.scoring_precision,
                 threads=options.intra_op_threads,
+                catalog_top_k=ann is None,
             ),
+            ann=ann,
         )
     except ValueError as e:
         raise BundleError(str(e)) from e

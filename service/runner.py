@@ -12,7 +12,8 @@ point for dynamic micro-batching (`service.batcher`). Per batch:
   count from the end, so the trimmed input gives the same user vector; Beauty histories
   average 9 items against max_len 50);
 - full-catalog requests are scored together by `service.scorer.Scorer` (one onnxruntime
-  graph: int8 products, banned items masked inside, exact two-stage top-k);
+  graph: int8 products, banned items masked inside, exact two-stage top-k), or, for catalogs
+  of `ann_min_items` items and more, searched in a faiss IVF index (`service.ann`);
 - reranking requests touch only their candidates' rows.
 Python only loops over the requests and their own IDs, never over the catalog.
 """
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from bundle import Manifest
+from service.ann import AnnConfig, AnnIndex
 from service.encoder import Encoder
 from service.scorer import Precision, Scorer
 
@@ -43,6 +45,9 @@ class ModelOptions:
 
     intra_op_threads: int = 1
     scoring_precision: Precision = "int8"
+    # Catalogs of at least this many items answer full-catalog requests from an ANN index.
+    ann_min_items: int = 200_000
+    ann: AnnConfig = field(default_factory=AnnConfig)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class LoadedModel:
         vocab: Sequence[str],
         popularity: I64,
         scorer: Scorer | None = None,
+        ann: AnnIndex | None = None,
     ) -> None:
         rows = manifest.n_items + 1
         if items.shape != (rows, manifest.dim) or len(vocab) != rows or popularity.shape != (rows,):
@@ -107,6 +113,9 @@ class LoadedModel:
         self._index = {item_id: i for i, item_id in enumerate(self._vocab) if i > 0}
         self._popularity = popularity
         self._scorer = scorer or Scorer(items, scales)
+        # Full-catalog top-k: the ANN index for large catalogs, else exact scoring.
+        self._full: Scorer | AnnIndex = ann or self._scorer
+        self.approximate = ann is not None
         # Most popular first; index 0 (padding) never appears. Stable: ties keep vocab order.
         order = np.argsort(-popularity[1:], kind="stable") + 1
         self._popular_order: I64 = order.astype(np.int64)
@@ -149,7 +158,7 @@ class LoadedModel:
         full_top: tuple[I64, F32] | None = None
         if full:
             k = max(p.request.k for p in full)
-            full_top = self._scorer.top_k(
+            full_top = self._full.top_k(
                 users[[p.user_row for p in full]], [p.banned for p in full], k
             )
 

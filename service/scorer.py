@@ -58,7 +58,10 @@ class Scorer:
         *,
         precision: Precision = "int8",
         threads: int = 1,
+        catalog_top_k: bool = True,
     ) -> None:
+        """`catalog_top_k=False` builds no scoring graph (an ANN index answers full-catalog
+        requests; only `score` is used)."""
         rows, dim = items.shape
         self.rows = rows
         self.dim = dim
@@ -82,15 +85,19 @@ class Scorer:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        graph = _build_graph(self._items, self._scales, self._groups * GROUP)
-        self._session = ort.InferenceSession(
-            graph.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        self._session: ort.InferenceSession | None = None
+        if catalog_top_k:
+            graph = _build_graph(self._items, self._scales, self._groups * GROUP)
+            self._session = ort.InferenceSession(
+                graph.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+            )
 
     def top_k(self, users: F32, banned: Sequence[I64], k: int) -> tuple[I64, F32]:
         """(B, dim) users, banned row indices per user -> (B, k') indices and scores, best
         first, with k' = min(k, catalog rows). Banned rows and row 0 score -inf; callers drop
         non-finite scores (only when fewer than k items are allowed)."""
+        if self._session is None:
+            raise RuntimeError("this scorer was built without its catalog top-k graph")
         b = users.shape[0]
         width = max(1, max((len(x) for x in banned), default=0))
         ban = np.zeros((b, width), dtype=np.int64)  # padded with row 0, banned anyway

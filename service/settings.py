@@ -56,6 +56,18 @@ class Settings(BaseSettings):
 
     # onnxruntime threads per session; one keeps latency predictable under many workers.
     onnx_intra_op_threads: int = Field(default=1, ge=1)
+
+    # Approximate nearest-neighbour search (`service.ann`): catalogs of at least
+    # `ann_min_items` items are served from a faiss IVF index instead of exact scoring.
+    # Below that, exact scoring of every item is fast enough and exact.
+    ann_min_items: int = Field(default=200_000, ge=1)
+    # Inverted lists of the index; 0 = round(sqrt(n_items)) (1,000 lists for 1M items).
+    ann_nlist: int = Field(default=0, ge=0)
+    # Lists scanned per query: the recall / latency knob (cost ~ nprobe / nlist of the catalog).
+    ann_nprobe: int = Field(default=16, ge=1)
+    # faiss OpenMP threads, process-wide; one keeps latency predictable, like onnxruntime's.
+    ann_threads: int = Field(default=1, ge=1)
+
     # Full-catalog scoring of int8 bundles: "int8" (int8 items x 7-bit users, fastest) or
     # "fp32" (the dequantized matrix, exactly the scores the pipeline evaluated).
     scoring_precision: Literal["int8", "fp32"] = "int8"

@@ -162,6 +162,31 @@ def make_bundle_dir(out_dir: Path, spec: BundleSpec | None = None, **overrides: 
     return out_dir
 
 
+def clustered_items(
+    n_items: int, dim: int, *, n_clusters: int = 20, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 (n_items + 1, dim) item matrix shaped like trained embeddings: items around
+    `n_clusters` topic centres with varied norms; row 0 (padding) is zero. Also returns
+    each item's cluster (-1 for row 0)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, size=(n_clusters, dim))
+    topic = np.concatenate([[-1], rng.integers(0, n_clusters, size=n_items)])
+    items = centres[topic[1:]] + 0.6 * rng.normal(0, 1, size=(n_items, dim))
+    items *= rng.lognormal(0, 0.25, size=(n_items, 1))
+    return np.vstack([np.zeros((1, dim)), items]).astype(np.float32), topic
+
+
+def clustered_users(
+    items: np.ndarray, topic: np.ndarray, n_users: int, *, seed: int = 0
+) -> np.ndarray:
+    """User vectors like an encoder's: the mean of a few items of one topic, plus noise."""
+    rng = np.random.default_rng(seed)
+    topics = rng.choice(topic[1:], size=n_users)
+    users = [items[rng.choice(np.flatnonzero(topic == t), size=5)].mean(axis=0) for t in topics]
+    noisy = np.asarray(users) + 0.3 * rng.normal(0, 1, size=(n_users, items.shape[1]))
+    return noisy.astype(np.float32)
+
+
 def make_bundle_archive(work_dir: Path, spec: BundleSpec | None = None, **overrides: Any) -> bytes:
     """A valid bundle as .tar.gz bytes (built in a fresh subdirectory of `work_dir`)."""
     spec = spec or BundleSpec()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bundle import decode_items, read_bundle
+from service.ann import AnnConfig
 from service.registry import load_model
 from service.runner import LoadedModel, ModelOptions, RecRequest
 from tests.factories import BundleSpec, make_bundle_dir, reference_user_vector
@@ -165,3 +166,18 @@ def test_fp16_and_fp32_item_matrices_rank_like_the_reference(tmp_path, encoding)
     ref = decode_items(b.items, b.item_scales) @ reference_user_vector(spec, [5, 9])
     ref[[0, 5, 9]] = -np.inf
     assert rec.item_ids == [f"i{i}" for i in np.argsort(-ref, kind="stable")[:5]]
+
+
+def test_large_catalogs_answer_from_the_ann_index_exactly_when_searched_exhaustively(bundle_dir):
+    exact = load_model(bundle_dir, ModelOptions(scoring_precision="fp32"))
+    options = ModelOptions(
+        scoring_precision="fp32", ann_min_items=10, ann=AnnConfig(nlist=4).exhaustive()
+    )
+    approx = load_model(bundle_dir, options)
+    assert approx.approximate and not exact.approximate
+    for history in (["i5", "i9", "i2"], ["i40"], ["i1", "i2", "i3", "i4"]):
+        request = RecRequest(history=history, k=10, exclude=["i7"])
+        want, got = exact.recommend(request), approx.recommend(request)
+        assert got.item_ids == want.item_ids
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
+        assert not {"i7", *history} & set(got.item_ids)

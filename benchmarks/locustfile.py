@@ -1,0 +1,97 @@
+"""Locust load for the serving benchmark: a storefront's mix of /recommend calls.
+
+    # what `benchmarks.serve` runs for each load level (server pinned to core 0):
+    LOCUST_WORKLOAD=workload.json LOCUST_USER_RPS=10 taskset -c 1 \\
+        .venv/bin/locust -f benchmarks/locustfile.py --headless -u 100 -r 100 -t 20s \\
+        --csv out/level --only-summary --host http://127.0.0.1:8000
+    # by hand, histories from a data file, IDs from the served bundle's vocabulary:
+    LOCUST_DATA=../shared/data/amazon-beauty.txt LOCUST_VOCAB=var/demo/demo/vocab.json \\
+        .venv/bin/locust -f benchmarks/locustfile.py --headless -u 50 -r 50 -t 30s \\
+        --host http://localhost:8000
+
+About 70% of requests are full-catalog recommendations (`{"history": [...], "k": 10}`), 30%
+rerank 50-200 search candidates (`{"history": [...], "k": 10, "candidates": [...]}`); see
+`benchmarks/workload.py`. Offered load is open-ended per user: each user runs at
+`constant_throughput(LOCUST_USER_RPS)`, so users × LOCUST_USER_RPS is the offered rate (as
+long as a response comes back within 1 / LOCUST_USER_RPS seconds; a slower server gets less).
+Any answer other than 200 is a failure.
+
+Environment:
+
+    LOCUST_WORKLOAD   request bodies made by benchmarks.serve (fastest to start), or else:
+    LOCUST_DATA       interactions file: each user's most recent (up to 50) items are histories
+    LOCUST_VOCAB      the served bundle's vocab.json: candidates, synthetic histories, filter
+    LOCUST_PATH       route to POST to (default /recommend; the ceiling uses /bench/constant)
+    LOCUST_USER_RPS   requests per second per user (default 10)
+    LOCUST_RERANK_SHARE  share of rerank requests (default 0.3)
+    LOCUST_SEED       workload seed (default 0)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+from locust import FastHttpUser, constant_throughput, task
+
+# Locust puts this file's directory on sys.path; the workload module is imported as part of
+# the `benchmarks` package, from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.workload import (
+    Workload,
+    WorkloadConfig,
+    build_workload,
+    histories_from_data,
+    read_vocab,
+)
+
+PATH = os.environ.get("LOCUST_PATH", "/recommend")
+USER_RPS = float(os.environ.get("LOCUST_USER_RPS", "10"))
+RERANK_SHARE = float(os.environ.get("LOCUST_RERANK_SHARE", "0.3"))
+HEADERS = {"Content-Type": "application/json"}
+
+
+def _load_workload() -> Workload:
+    if os.environ.get("LOCUST_WORKLOAD"):
+        return Workload.load(Path(os.environ["LOCUST_WORKLOAD"]))
+    vocab_path = os.environ.get("LOCUST_VOCAB")
+    data_path = os.environ.get("LOCUST_DATA")
+    vocab = read_vocab(Path(vocab_path)) if vocab_path else None
+    histories = None
+    if data_path and Path(data_path).is_file():
+        histories = histories_from_data(Path(data_path), vocab=vocab)
+    if vocab is None:
+        if histories is None:
+            raise RuntimeError("set LOCUST_WORKLOAD, or LOCUST_VOCAB (and optionally LOCUST_DATA)")
+        vocab = sorted({i for h in histories for i in h})
+    config = WorkloadConfig(seed=int(os.environ.get("LOCUST_SEED", "0")))
+    return build_workload(vocab, histories, config, source=data_path or "")
+
+
+WORKLOAD = _load_workload()
+
+
+class Shopper(FastHttpUser):
+    """One shopper's page views, paced at USER_RPS requests per second."""
+
+    wait_time = constant_throughput(USER_RPS)
+
+    def on_start(self) -> None:
+        self.rng = random.Random()
+
+    def _post(self, body: bytes, name: str) -> None:
+        with self.client.post(
+            PATH, data=body, headers=HEADERS, name=name, catch_response=True
+        ) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}")
+
+    @task
+    def page(self) -> None:
+        if self.rng.random() < RERANK_SHARE:
+            self._post(self.rng.choice(WORKLOAD.rerank), "rerank")
+        else:
+            self._post(self.rng.choice(WORKLOAD.full), "full-catalog")

@@ -1,0 +1,791 @@
+"""Serving benchmark: requests per second at a latency bound, four servers, one machine.
+
+    make bench-serve [DATA=../shared/data/amazon-beauty.txt] [SERVE_ARGS='--duration 10']
+    python -m benchmarks.serve [--data ../shared/data/amazon-beauty.txt] [--bundle DIR] \\
+        [--levels 100,250,...] [--duration 20] [--variants ceiling,naive,student_fp32,shipped] \\
+        [--scale LABEL=BUNDLE_DIR[:RECALL] ...] [--out benchmarks/results]
+
+Each variant's server runs pinned to core 0 (`taskset -c 0`); headless locust
+(`benchmarks/locustfile.py`, ~70% full-catalog /recommend, ~30% reranking of 50-200 search
+candidates, histories of real users) drives it from core 1, at a ladder of offered loads
+(users × `constant_throughput` per user), `--duration` seconds per level. A variant's ladder
+stops after the first level whose p99 exceeds 200 ms or whose failures exceed 1%; then the
+boundary of p99 <= 50 ms is narrowed (`--refine` levels between the last level within it and
+the first beyond). Variants:
+
+    ceiling       the real app (`service.main.create_app`) plus POST /bench/constant: same
+                  body parsing and validation, constant answer of the same size
+                  (`benchmarks/apps.py`): what this HTTP stack can do at most on one core
+    naive         the teacher in PyTorch fp32, one request at a time, full-catalog matmul
+    student_fp32  the real service, micro-batching off (BATCH_MAX_SIZE=1), an fp32 student
+    shipped       the real service, BATCH_MAX_SIZE=32, the pruned INT8 bundle of
+                  `make bench-compress` (newest under benchmarks/work/<dataset>/; --bundle)
+
+Writes `serve.json`, `serve.md` and `serve.png` under `--out`; locust CSVs, server logs and
+the generated bundles go to `<work>/serve/` (git-ignored, replaced each run). The scale part
+(`run_scale`) serves other bundles (e.g. a 1M-item catalog) at one offered load and reports
+latency and the server's resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from benchmarks.loadgen import REPO, Server, can_pin, free_port, post, run_locust, run_wrk
+from benchmarks.serve_report import flags, render_markdown, render_plot
+from benchmarks.workload import Workload, WorkloadConfig, build_workload, histories_from_data
+
+VARIANTS = ("ceiling", "naive", "student_fp32", "shipped")
+DEFAULT_LEVELS = (100, 250, 500, 1000, 2000, 3000, 4000, 5000, 6000)
+DEFAULT_DATA = Path("../shared/data/amazon-beauty.txt")
+P99_LIMIT_MS = 50.0  # max_rps_at_p99_50ms
+STOP_P99_MS = 200.0  # a ladder stops after the first level beyond either of these
+STOP_FAILURES = 0.01
+MIN_RPS = 5.0  # how far below the ladder a variant over the limit at its first level is tried
+SHIPPED_BATCH = 32
+CONSTANT_PATH = "/bench/constant"
+
+# --- targets (issue 4) -----------------------------------------------------------------------
+TARGET_VS_CEILING = 0.5
+TARGET_VS_NAIVE = 10.0
+TARGET_P99_AT_70PCT_MS = 25.0
+LOAD_SHARE_AT = 0.7
+
+SERVER_ENV_DROP = (
+    "REDIS_URL", "ADMIN_TOKEN", "BOOTSTRAP_BUNDLE", "MODEL_DIR", "PORT", "HOST", "LOG_LEVEL",
+    "BATCH_MAX_SIZE", "BATCH_MAX_DELAY_MS", "NAIVE_BUNDLE", "NAIVE_CHECKPOINT",
+)  # fmt: skip
+
+
+@dataclass
+class Variant:
+    name: str
+    description: str
+    app: str  # uvicorn factory
+    bundle: Path
+    path: str = "/recommend"
+    env: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the ladder ------------------------------------------------------------------------------
+def qualifies(level: dict[str, Any], p99_limit_ms: float = P99_LIMIT_MS) -> bool:
+    """Within the latency bound: p99 <= the limit and at most 1% failures."""
+    p99 = level.get("p99_ms")
+    return p99 is not None and p99 <= p99_limit_ms and level["failures"] <= STOP_FAILURES
+
+
+def breaks(level: dict[str, Any], stop_p99_ms: float = STOP_P99_MS) -> bool:
+    p99 = level.get("p99_ms")
+    return p99 is None or p99 > stop_p99_ms or level["failures"] > STOP_FAILURES
+
+
+def climb(
+    levels: Sequence[float],
+    run_level: Callable[[float], dict[str, Any]],
+    *,
+    p99_limit_ms: float = P99_LIMIT_MS,
+    stop_p99_ms: float = STOP_P99_MS,
+    refine: int = 2,
+    min_rps: float = MIN_RPS,
+) -> list[dict[str, Any]]:
+    """Run the ladder in order until a level breaks, then narrow the p99 bound; sorted levels.
+
+    A variant already over `p99_limit_ms` at the first level is tried at halved loads (down
+    to `min_rps`) so a slow baseline still gets a figure. `refine` more levels bisect (on a
+    log scale) between the highest level within the bound and the next level beyond it."""
+    done: list[dict[str, Any]] = []
+    for offered in levels:
+        level = run_level(float(offered))
+        done.append(level)
+        if breaks(level, stop_p99_ms):
+            break
+    offered = float(levels[0])
+    while not any(qualifies(lv, p99_limit_ms) for lv in done) and offered / 2 >= min_rps:
+        offered /= 2
+        done.append(run_level(offered))
+    for _ in range(refine):
+        good = [lv for lv in done if qualifies(lv, p99_limit_ms)]
+        if not good:
+            break
+        g = max(lv["offered_rps"] for lv in good)
+        above = [
+            lv["offered_rps"]
+            for lv in done
+            if lv["offered_rps"] > g and not qualifies(lv, p99_limit_ms)
+        ]
+        if not above or min(above) / g < 1.15:
+            break
+        done.append(run_level(round(math.sqrt(g * min(above)), -1 if g >= 100 else 0)))
+    return sorted(done, key=lambda lv: lv["offered_rps"])
+
+
+def max_rps(levels: Sequence[dict[str, Any]], p99_limit_ms: float = P99_LIMIT_MS) -> float | None:
+    """The highest achieved rate among levels within the latency bound."""
+    ok = [lv["rps"] for lv in levels if qualifies(lv, p99_limit_ms) and lv.get("rps")]
+    return max(ok) if ok else None
+
+
+# --- provenance ------------------------------------------------------------------------------
+def _git(*args: str) -> str | None:
+    try:
+        r = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
+                           check=True, cwd=REPO)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _python() -> str:
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _log(msg: str) -> None:
+    print(f"[bench-serve] {msg}", file=sys.stderr, flush=True)
+
+
+# --- servers ---------------------------------------------------------------------------------
+def server_command(app: str, port: int) -> list[str]:
+    """uvicorn, 1 worker, uvloop, httptools, no access log, warnings only."""
+    return [
+        sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1",
+        "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+        "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def server_env(variant: Variant, *, port: int, model_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SERVER_ENV_DROP}
+    env.update(
+        {
+            "MODEL_DIR": str(model_dir),
+            "BOOTSTRAP_BUNDLE": str(variant.bundle.resolve()),
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "LOG_LEVEL": "warning",
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            **variant.env,
+        }
+    )
+    return env
+
+
+def start_server(
+    variant: Variant, run_dir: Path, *, cpu: str | None, ready_timeout_s: float
+) -> Server:
+    port = free_port()
+    model_dir = run_dir / variant.name / "models"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    return Server.start(
+        server_command(variant.app, port),
+        env=server_env(variant, port=port, model_dir=model_dir),
+        port=port, cpu=cpu, log=run_dir / variant.name / "server.log",
+        ready_timeout_s=ready_timeout_s,
+    )  # fmt: skip
+
+
+def warm_up(server: Server, path: str, workload: Workload, n: int) -> None:
+    """`n` sequential requests of both kinds; every answer must be a 200 of the right shape."""
+    k = int(workload.meta.get("config", {}).get("k", 10))
+    for i in range(max(n, 2)):
+        body = (
+            workload.rerank[i % len(workload.rerank)]
+            if i % 3 == 2
+            else workload.full[i % len(workload.full)]
+        )
+        status, raw = post(server.url + path, body)
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status} during warm-up: {raw[:500]!r}")
+        if i < 3:
+            answer = orjson.loads(raw)
+            if not 0 < len(answer["items"]) <= k or "model_version" not in answer:
+                raise RuntimeError(f"{path} answered an unexpected body: {raw[:500]!r}")
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class LoadOptions:
+    duration_s: float
+    user_rps: float
+    server_cpu: str | None
+    load_cpu: str | None
+    warmup: int
+    ready_timeout_s: float
+    run_dir: Path
+
+
+def _level_runner(
+    server: Server, variant: Variant, workload_path: Path, opts: LoadOptions, tag: str
+) -> Callable[[float], dict[str, Any]]:
+    def run_level(offered: float) -> dict[str, Any]:
+        prefix = opts.run_dir / variant.name / f"{tag}-{offered:g}"
+        level = run_locust(
+            server.url, offered_rps=offered, duration_s=opts.duration_s,
+            workload=workload_path, path=variant.path, csv_prefix=prefix,
+            user_rps=opts.user_rps, cpu=opts.load_cpu, server=server,
+        )  # fmt: skip
+        _log(
+            f"{variant.name:>12} offered {offered:>7g} rps: achieved {level['rps'] or 0:8.1f}, "
+            f"p50 {level['p50_ms']} ms, p99 {level['p99_ms']} ms, failures "
+            f"{level['failures']:.2%}, server cpu {level['server_cpu']}, locust cpu "
+            f"{level['locust_cpu']}" + (f" ({flags(level)})" if flags(level) else "")
+        )
+        return level
+
+    return run_level
+
+
+def run_variant(
+    variant: Variant,
+    workload: Workload,
+    workload_path: Path,
+    opts: LoadOptions,
+    *,
+    levels: Sequence[float],
+    refine: int,
+    min_rps: float,
+    wrk: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Start the variant's server, climb its ladder, measure what else it needs, stop it."""
+    _log(f"{variant.name}: starting {variant.app} on {variant.bundle}")
+    t0 = time.monotonic()
+    with start_server(variant, opts.run_dir, cpu=opts.server_cpu,
+                      ready_timeout_s=opts.ready_timeout_s) as server:  # fmt: skip
+        startup_s = time.monotonic() - t0
+        warm_up(server, variant.path, workload, opts.warmup)
+        run_level = _level_runner(server, variant, workload_path, opts, "level")
+        done = climb(levels, run_level, refine=refine, min_rps=min_rps)
+        best = max_rps(done)
+        out: dict[str, Any] = {
+            "name": variant.name,
+            "description": variant.description,
+            "server": shlex.join(server_command(variant.app, 0)).replace("--port 0", "--port PORT"),
+            "env": {k: v for k, v in variant.env.items() if k != "NAIVE_BUNDLE"},
+            "bundle": str(variant.bundle),
+            "path": variant.path,
+            **variant.info,
+            "startup_s": round(startup_s, 2),
+            "max_rps_at_p99_50ms": best,
+            "ladder_exhausted": bool(done) and qualifies(done[-1]) and best is not None,
+            "levels": done,
+        }
+        at_max = [lv for lv in done if qualifies(lv) and lv.get("rps") == best]
+        out["locust_limited"] = any(lv["locust_limited"] for lv in at_max)
+        if variant.name == "shipped" and best:
+            level = _level_runner(server, variant, workload_path, opts, "at70")(
+                round(LOAD_SHARE_AT * best, 1)
+            )
+            out["p99_at_70pct"] = {**level, "of_max_rps": best}
+        out["rss_mb"] = server.rss_mb()
+        out["peak_rss_mb"] = peak_rss_mb(server.pid)
+        if wrk is not None and (variant.name == "ceiling" or out["locust_limited"]):
+            _log(f"{variant.name}: wrk, {wrk['connections']} connections")
+            out["wrk"] = run_wrk(
+                server.url + variant.path, body=workload.full[0], duration_s=wrk["duration_s"],
+                connections=wrk["connections"], cpu=opts.load_cpu,
+                script_path=opts.run_dir / variant.name / "wrk.lua",
+            )  # fmt: skip
+            if out["wrk"] is None:
+                out["wrk"] = {"error": "wrk is not installed (apt-get install wrk)"}
+    return out
+
+
+# --- scale: larger catalogs at one offered load ------------------------------------------------
+# >>> run_scale: the lead supplies (label, bundle_dir, recall@10) for each catalog, e.g.
+# >>> [("54k exact", Path("benchmarks/work/amazon-beauty/bench-beauty"), 1.0),
+# >>>  ("1M", Path("benchmarks/work/catalog-1m"), 0.97)]; on the command line:
+# >>> --scale "1M=benchmarks/work/catalog-1m:0.97" (repeatable).
+def run_scale(
+    entries: Sequence[tuple[str, Path, float | None]],
+    *,
+    offered_rps: float,
+    opts: LoadOptions,
+    histories: list[list[str]] | None,
+    workload_config: WorkloadConfig,
+    batch_max_size: int = SHIPPED_BATCH,
+    extra_env: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Serve each bundle like `shipped` (the real service, micro-batching on) at one offered
+    load; latency, and the server's resident memory (VmRSS of /proc/<pid>/status) after it.
+
+    `recall` is reported as given (recall@10 of that bundle's search against exact search, as
+    measured by whoever made it); None when not known. Histories come from the data when
+    enough of them are in the bundle's catalog, else from its vocabulary. `extra_env` goes to
+    every scale server (e.g. {"ANN_NPROBE": "32"})."""
+    from benchmarks.workload import read_vocab
+
+    out: list[dict[str, Any]] = []
+    for label, bundle_dir, recall in entries:
+        manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
+        vocab = read_vocab(bundle_dir / "vocab.json")
+        known = set(vocab)
+        hist = None
+        if histories is not None:
+            hist = [kept for h in histories if (kept := [i for i in h if i in known])]
+        workload = build_workload(vocab, hist, workload_config, source="data")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+        wpath = workload.save(opts.run_dir / f"scale-{safe}" / "workload.json")
+        variant = Variant(
+            name=f"scale-{safe}", description=f"scale: {label}", app="service.main:create_app",
+            bundle=bundle_dir, env={"BATCH_MAX_SIZE": str(batch_max_size), **(extra_env or {})},
+        )  # fmt: skip
+        _log(f"scale {label}: {manifest['n_items']} items at {offered_rps:g} rps")
+        with start_server(variant, opts.run_dir, cpu=opts.server_cpu,
+                          ready_timeout_s=opts.ready_timeout_s) as server:  # fmt: skip
+            rss_idle = server.rss_mb()
+            warm_up(server, variant.path, workload, opts.warmup)
+            level = _level_runner(server, variant, wpath, opts, "scale")(offered_rps)
+            rss = server.rss_mb()
+        out.append(
+            {
+                "label": label,
+                "bundle": str(bundle_dir),
+                "items": int(manifest["n_items"]),
+                "dim": int(manifest["dim"]),
+                "item_encoding": manifest["item_encoding"],
+                "histories": workload.meta["histories"],
+                "offered_rps": level["offered_rps"],
+                "rps": level["rps"],
+                "p50_ms": level["p50_ms"],
+                "p99_ms": level["p99_ms"],
+                "failures": level["failures"],
+                "recall@10": recall,
+                "rss_mb": rss,
+                "rss_idle_mb": rss_idle,
+                "env": variant.env,
+            }
+        )
+    return out
+
+
+def parse_scale(items: Sequence[str]) -> list[tuple[str, Path, float | None]]:
+    """`LABEL=BUNDLE_DIR[:RECALL]` -> (label, dir, recall)."""
+    out = []
+    for item in items:
+        label, sep, rest = item.partition("=")
+        if not sep or not label:
+            raise ValueError(f"--scale takes LABEL=BUNDLE_DIR[:RECALL], not {item!r}")
+        path, recall = rest, None
+        head, colon, tail = rest.rpartition(":")
+        if colon:
+            try:
+                recall = float(tail)
+                path = head
+            except ValueError:
+                pass
+        if not (Path(path) / "manifest.json").is_file():
+            raise ValueError(f"--scale {label}: {path} is not a bundle directory")
+        out.append((label, Path(path), recall))
+    return out
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, not {item!r}")
+    return key, value
+
+
+# --- targets ---------------------------------------------------------------------------------
+def _target(value: float | None, threshold: float, op: str, what: str) -> dict[str, Any]:
+    passed = value is not None and (value >= threshold if op == ">=" else value <= threshold)
+    return {"value": value, "threshold": threshold, "op": op, "passed": passed, "what": what}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else round(a / b, 3)
+
+
+def evaluate_targets(variants: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    by = {v["name"]: v for v in variants}
+
+    def best(name: str) -> float | None:
+        return by[name]["max_rps_at_p99_50ms"] if name in by else None
+
+    at70 = by.get("shipped", {}).get("p99_at_70pct") or {}
+    t = {
+        "shipped_vs_ceiling": _target(
+            _ratio(best("shipped"), best("ceiling")), TARGET_VS_CEILING, ">=",
+            "shipped max rps at p99 ≤ 50 ms / ceiling's",
+        ),
+        "shipped_vs_naive": _target(
+            _ratio(best("shipped"), best("naive")), TARGET_VS_NAIVE, ">=",
+            "shipped max rps at p99 ≤ 50 ms / naive's (PyTorch fp32 teacher, one at a time)",
+        ),
+        "shipped_p99_at_70pct_ms": _target(
+            at70.get("p99_ms"), TARGET_P99_AT_70PCT_MS, "<=",
+            "shipped p99 (ms) at 70% of its own max rps",
+        ),
+    }  # fmt: skip
+    return {"all_passed": all(v["passed"] for v in t.values()), **t}
+
+
+# --- the run ---------------------------------------------------------------------------------
+def resolve_inputs(
+    data: Path, bundle_arg: Path | None, work: Path
+) -> tuple[Path | None, Path, dict[str, Any]]:
+    """(data file or None, shipped bundle, provenance): the fallbacks, recorded."""
+    from benchmarks.serve_bundles import newest_bundle, speed_only_bundle, synthetic_catalog
+
+    info: dict[str, Any] = {"data_given": str(data), "data_found": data.is_file()}
+    if not data.is_file():
+        _log(f"{data} not found: synthetic catalog of 54,542 items (models.synthetic)")
+        synth_data, synth_bundle = synthetic_catalog(work / "synthetic")
+        info["histories_from"] = f"{synth_data} (synthetic, models.synthetic)"
+        if bundle_arg is None:
+            info["bundle_source"] = "speed-only bundle (random-init pruned student, INT8)"
+            return synth_data, synth_bundle, info
+        info["bundle_source"] = "--bundle"
+        return synth_data, bundle_arg, info
+    info["histories_from"] = str(data)
+    if bundle_arg is not None:
+        info["bundle_source"] = "--bundle"
+        return data, bundle_arg, info
+    found = newest_bundle(work / data.stem)
+    if found is not None:
+        info["bundle_source"] = f"newest bundle under {work / data.stem} (make bench-compress)"
+        return data, found, info
+    _log(f"no bundle under {work / data.stem}: building a speed-only one (random weights)")
+    info["bundle_source"] = (
+        f"speed-only bundle: no `make bench-compress` bundle under {work / data.stem}; "
+        "random-init pruned student of the Beauty recipe's shape, INT8, the data's catalog"
+    )
+    return data, speed_only_bundle(data, work / "speed-only" / data.stem), info
+
+
+def make_variants(
+    names: Sequence[str],
+    shipped: Path,
+    run_dir: Path,
+    *,
+    teacher_ckpt: Path | None,
+    student_ckpt: Path | None,
+    student_arch: Literal["student", "pruned"],
+    batch_max_size: int,
+) -> list[Variant]:
+    from benchmarks.serve_bundles import (
+        RANDOM_INIT,
+        architecture_for,
+        fp32_student_bundle,
+        params_of,
+        read_manifest_dict,
+    )
+
+    manifest = read_manifest_dict(shipped)
+    out: list[Variant] = []
+    for name in names:
+        if name == "ceiling":
+            out.append(Variant(
+                name, "service.main.create_app + POST /bench/constant (same parsing, constant "
+                "answer)", "benchmarks.apps:ceiling_app", shipped, path=CONSTANT_PATH,
+            ))  # fmt: skip
+        elif name == "naive":
+            config, source = architecture_for(manifest, "teacher")
+            have = teacher_ckpt is not None and teacher_ckpt.is_file()
+            env = {"NAIVE_BUNDLE": str(shipped.resolve())}
+            if have and teacher_ckpt is not None:
+                env["NAIVE_CHECKPOINT"] = str(teacher_ckpt.resolve())
+            out.append(Variant(
+                name, "teacher SASRec in PyTorch fp32, 1 thread, one request at a time, "
+                "full-catalog matmul + topk", "benchmarks.apps:naive_app", shipped, env=env,
+                info={"architecture": config, "architecture_source": source,
+                      "params": params_of(config),
+                      "weights": f"trained ({teacher_ckpt})" if have else RANDOM_INIT},
+            ))  # fmt: skip
+        elif name == "student_fp32":
+            bundle_dir, info = fp32_student_bundle(
+                shipped, run_dir / "student-fp32-bundle", which=student_arch,
+                checkpoint=student_ckpt,
+            )  # fmt: skip
+            out.append(Variant(
+                name, "the service, micro-batching off (BATCH_MAX_SIZE=1), fp32 student "
+                "(fp32 ONNX, fp32 items)", "service.main:create_app", bundle_dir,
+                env={"BATCH_MAX_SIZE": "1"}, info=info,
+            ))  # fmt: skip
+        elif name == "shipped":
+            out.append(Variant(
+                name, f"the service, BATCH_MAX_SIZE={batch_max_size}, the shipped bundle",
+                "service.main:create_app", shipped, env={"BATCH_MAX_SIZE": str(batch_max_size)},
+                info={"item_encoding": manifest["item_encoding"],
+                      "weights": bundle_weights(manifest)},
+            ))  # fmt: skip
+    return out
+
+
+def bundle_weights(manifest: dict[str, Any]) -> str:
+    recipe = manifest.get("recipe") or {}
+    if "weights" in recipe:
+        return str(recipe["weights"])
+    if "teacher" in recipe and "distillation" in recipe:
+        return "trained (models.compress)"
+    return "as the bundle's manifest says (recipe)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.serve", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="interactions file for real histories (absent: synthetic catalog)")  # fmt: skip
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="shipped bundle dir (default: newest under <work>/<data stem>/)")  # fmt: skip
+    p.add_argument("--work", type=Path, default=Path("benchmarks/work"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated subset of {','.join(VARIANTS)}")  # fmt: skip
+    p.add_argument("--levels", default=",".join(map(str, DEFAULT_LEVELS)),
+                   help="offered loads, rps, ascending")  # fmt: skip
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per level")
+    p.add_argument("--refine", type=int, default=2,
+                   help="extra levels narrowing each variant's p99 ≤ 50 ms bound")  # fmt: skip
+    p.add_argument("--user-rps", type=float, default=10.0,
+                   help="constant_throughput of one locust user; users = offered / this")  # fmt: skip
+    p.add_argument("--min-rps", type=float, default=MIN_RPS,
+                   help="lowest load tried below the ladder for a variant over 50 ms at its "
+                   "first level")  # fmt: skip
+    p.add_argument("--warmup", type=int, default=200, help="sequential requests before a ladder")
+    p.add_argument("--server-cpu", default="0", help="taskset core list of the servers")
+    p.add_argument("--load-cpu", default="1", help="taskset core list of locust and wrk")
+    p.add_argument("--batch-max-size", type=int, default=SHIPPED_BATCH)
+    p.add_argument("--teacher-checkpoint", type=Path, default=None,
+                   help="state dict of the teacher (default: <work>/<data stem>/teacher.pt)")  # fmt: skip
+    p.add_argument("--student-checkpoint", type=Path, default=None,
+                   help="state dict of the student (default: <work>/<data stem>/student.pt)")  # fmt: skip
+    p.add_argument("--student-arch", choices=["student", "pruned"], default="student",
+                   help="student_fp32 shape: the distilled student or the pruned one")  # fmt: skip
+    p.add_argument("--no-wrk", action="store_true", help="skip wrk")
+    p.add_argument("--wrk-duration", type=float, default=None, help="default: --duration")
+    p.add_argument("--wrk-connections", type=int, default=50)
+    p.add_argument("--scale", action="append", default=[], metavar="LABEL=DIR[:RECALL]",
+                   help="a bundle for the scale table (default: the shipped bundle)")  # fmt: skip
+    p.add_argument("--scale-rps", type=float, default=None,
+                   help="offered load of the scale runs (default: 70%% of shipped's max)")  # fmt: skip
+    p.add_argument("--scale-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the scale servers, e.g. ANN_NPROBE=32 (repeatable)")  # fmt: skip
+    p.add_argument("--no-scale", action="store_true")
+    p.add_argument("--ready-timeout", type=float, default=300.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    t_start = time.monotonic()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if importlib.util.find_spec("locust") is None:
+        parser.error("the load generator needs locust: pip install -e '.[bench]'")
+    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error("the plot needs matplotlib: pip install -e '.[bench]' (or --no-plot)")
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(names) - set(VARIANTS)
+    if unknown or not names:
+        parser.error(f"--variants: choose from {', '.join(VARIANTS)}")
+    try:
+        levels = sorted(float(x) for x in args.levels.split(",") if x.strip())
+        scale_entries = parse_scale(args.scale)
+        scale_env = dict(_key_value(kv) for kv in args.scale_env)
+    except ValueError as e:
+        parser.error(str(e))
+    if not levels or levels[0] <= 0:
+        parser.error("--levels: positive offered loads")
+    if args.bundle is not None and not (args.bundle / "manifest.json").is_file():
+        parser.error(f"--bundle {args.bundle}: not a bundle directory")
+
+    command = shlex.join([_python(), "-m", "benchmarks.serve", *argv])
+    _log(command)
+    work: Path = args.work
+    run_dir = work / "serve"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    data, shipped, provenance = resolve_inputs(args.data, args.bundle, work)
+    from models.compress import checkpoint_dir
+
+    # run_compress keeps each stage's weights beside the bundle it shipped.
+    ckpt_dir = checkpoint_dir(shipped.parent, shipped.name)
+    teacher_ckpt = args.teacher_checkpoint or ckpt_dir / "teacher.pt"
+    student_ckpt = args.student_checkpoint or ckpt_dir / "student.pt"
+
+    from benchmarks.serve_bundles import read_manifest_dict
+    from benchmarks.workload import read_vocab
+
+    manifest = read_manifest_dict(shipped)
+    vocab = read_vocab(shipped / "vocab.json")
+    histories = histories_from_data(data, vocab=vocab) if data is not None else None
+    wconfig = WorkloadConfig(seed=args.seed)
+    workload = build_workload(vocab, histories, wconfig, source=str(data))
+    workload_path = workload.save(run_dir / "workload.json")
+    _log(f"workload: {workload.meta['histories']} histories ({len(histories or [])} users), "
+         f"mean length {workload.meta['mean_history_len']}, catalog {len(vocab)} items")  # fmt: skip
+
+    variants = make_variants(
+        names, shipped, run_dir, teacher_ckpt=teacher_ckpt, student_ckpt=student_ckpt,
+        student_arch=args.student_arch, batch_max_size=args.batch_max_size,
+    )  # fmt: skip
+    opts = LoadOptions(
+        duration_s=args.duration, user_rps=args.user_rps, server_cpu=args.server_cpu,
+        load_cpu=args.load_cpu, warmup=args.warmup, ready_timeout_s=args.ready_timeout,
+        run_dir=run_dir,
+    )  # fmt: skip
+    wrk = None if args.no_wrk else {
+        "duration_s": args.wrk_duration or args.duration, "connections": args.wrk_connections,
+    }  # fmt: skip
+    results_v = []
+    for v in variants:
+        result = run_variant(
+            v, workload, workload_path, opts, levels=levels, refine=args.refine,
+            min_rps=args.min_rps, wrk=wrk,
+        )  # fmt: skip
+        results_v.append(result)
+    by = {v["name"]: v for v in results_v}
+
+    scale: list[dict[str, Any]] = []
+    if not args.no_scale:
+        entries = scale_entries or [(f"shipped ({manifest['n_items']:,} items)", shipped, None)]
+        shipped_max = by.get("shipped", {}).get("max_rps_at_p99_50ms")
+        rps = args.scale_rps or (round(LOAD_SHARE_AT * shipped_max, 1) if shipped_max else 500.0)
+        scale = run_scale(
+            entries, offered_rps=rps, opts=opts, histories=histories, workload_config=wconfig,
+            batch_max_size=args.batch_max_size, extra_env=scale_env,
+        )  # fmt: skip
+
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain")
+    ceiling_wrk = by.get("ceiling", {}).get("wrk")
+    if wrk is None:
+        ceiling_wrk = {"error": "skipped (--no-wrk)"}
+    results: dict[str, Any] = {
+        "benchmark": "serving (issue 4)",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "git_commit": commit,
+        "git_dirty": bool(dirty) if dirty is not None else None,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": {
+            p: _version(p) for p in ("locust", "uvicorn", "fastapi", "onnxruntime", "torch")
+        },
+        "wall_seconds": None,
+        "pinning": {
+            "server_cpu": args.server_cpu,
+            "load_cpu": args.load_cpu,
+            "server_pinned": can_pin(args.server_cpu),
+            "load_pinned": can_pin(args.load_cpu),
+        },
+        "load": {
+            "tool": "locust (FastHttpUser, headless, one process)",
+            "duration_s": args.duration,
+            "user_rps": args.user_rps,
+            "ladder": levels,
+            "refine": args.refine,
+            "p99_limit_ms": P99_LIMIT_MS,
+            "stop_p99_ms": STOP_P99_MS,
+            "stop_rule": f"after the first level with p99 > {STOP_P99_MS:g} ms or failures > "
+            f"{STOP_FAILURES:.0%}",
+            "mix": {"full_catalog": 0.7, "rerank": 0.3},
+            "workload": workload.meta,
+            "warmup_requests": args.warmup,
+        },
+        "inputs": provenance,
+        "bundle": {
+            "path": str(shipped),
+            "version": manifest["model_version"],
+            "n_items": manifest["n_items"],
+            "dim": manifest["dim"],
+            "max_len": manifest["max_len"],
+            "item_encoding": manifest["item_encoding"],
+        },
+        "variants": results_v,
+        "ceiling_wrk": ceiling_wrk,
+        "scale": scale,
+        "targets": evaluate_targets(results_v),
+        "notes": NOTES,
+    }
+    results["wall_seconds"] = round(time.monotonic() - t_start, 1)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
+                                    encoding="utf-8")  # fmt: skip
+    markdown = render_markdown(results)
+    (out / "serve.md").write_text(markdown, encoding="utf-8")
+    written = [out / "serve.json", out / "serve.md"]
+    if not args.no_plot:
+        render_plot(results, out / "serve.png")
+        written.append(out / "serve.png")
+    print()
+    print(markdown)
+    for p in written:
+        _log(f"wrote {p}")
+    _log(f"wall time {results['wall_seconds']:.0f} s; targets "
+         f"{'PASS' if results['targets']['all_passed'] else 'FAIL'}")  # fmt: skip
+    return 0
+
+
+NOTES = [
+    "Offered load: users × constant_throughput per user (open loop while answers come back "
+    "within 1/user_rps s; a slower server gets less than offered: see rps).",
+    "p50/p99: locust's Aggregated row (whole level, ramp-up included), whole milliseconds.",
+    "max_rps_at_p99_50ms: the highest achieved rps among levels with p99 ≤ 50 ms and ≤ 1% "
+    "failures (quantized to the levels run).",
+    "locust_limited: locust's core was ≥ 90% busy (or locust warned that it was): the figure "
+    "is then the load generator's limit, and wrk's closed-loop figure is given. short: "
+    "achieved < 90% of offered (users fell behind: the server saturating, unless "
+    "locust-limited).",
+    "server_cpu / locust_cpu: CPU seconds of the process / wall seconds of the level.",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

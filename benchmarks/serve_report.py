@@ -1,0 +1,204 @@
+"""serve.json -> serve.md and serve.png: the serving benchmark's report (`benchmarks/serve.py`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+# --- report ----------------------------------------------------------------------------------
+def _f(x: Any, fmt: str = ".1f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _pin_note(pin: dict[str, Any]) -> str:
+    if pin["server_pinned"] and pin["load_pinned"]:
+        return "taskset"
+    return "**not pinned**: taskset missing or those cores not available"
+
+
+def flags(level: dict[str, Any]) -> str:
+    flags = (("short", level.get("short_of_offered")), ("locust-limited", level["locust_limited"]))
+    return ", ".join(name for name, on in flags if on)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    variants: list[dict[str, Any]] = results["variants"]
+    b = results["bundle"]
+    load = results["load"]
+    pin = results["pinning"]
+    out = [
+        "# Serving benchmark",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Commit: `{results['git_commit']}`"
+        + (" (uncommitted changes)" if results.get("git_dirty") else "")
+        + f"; CPU {results['cpu']} ({results['cpu_count']} cores); wall time "
+        f"{results['wall_seconds']:.0f} s  ",
+        f"Servers on core {pin['server_cpu']}, load generator on core {pin['load_cpu']} "
+        f"({_pin_note(pin)}); uvicorn, 1 "
+        "worker, uvloop, httptools, no access log.",
+        "",
+        f"Bundle: `{b['path']}` (version `{b['version']}`, {b['n_items']:,} items, dim "
+        f"{b['dim']}, {b['item_encoding']} items; {results['inputs']['bundle_source']}).  ",
+        f"Load: {load['tool']}, {load['duration_s']:g} s per level, "
+        f"{load['user_rps']:g} rps per user; {load['mix']['full_catalog']:.0%} full-catalog, "
+        f"{load['mix']['rerank']:.0%} rerank of 50-200 candidates; histories: "
+        f"{load['workload']['histories']} ({results['inputs']['histories_from']}), mean length "
+        f"{load['workload']['mean_history_len']}. Ladder stops {load['stop_rule']}.",
+        "",
+        "## Summary",
+        "",
+    ]
+    rows = []
+    for v in variants:
+        best = v["max_rps_at_p99_50ms"]
+        at = [lv for lv in v["levels"] if lv.get("rps") == best]
+        shown = _f(best, ",.0f") + (" (≥, ladder exhausted)" if v.get("ladder_exhausted") else "")
+        if v.get("locust_limited"):
+            shown += " (locust-limited)"
+        rows.append([
+            f"**{v['name']}**", v["description"], shown,
+            _f(at[0]["p99_ms"], ".0f") if at else "-",
+            _f(v.get("rss_mb"), ",.0f"), v.get("weights", "-"),
+        ])  # fmt: skip
+    out += _table(
+        ["variant", "what", "max rps at p99 ≤ 50 ms", "p99 there (ms)", "RSS (MiB)", "weights"],
+        rows,
+    )
+    out += ["", "## Levels", ""]
+    for v in variants:
+        out += [f"### {v['name']}", ""]
+        lrows = [
+            [_f(lv["offered_rps"], ",.0f"), _f(lv["rps"], ",.1f"), _f(lv["p50_ms"], ".0f"),
+             _f(lv["p99_ms"], ".0f"), f"{lv['failures']:.2%}", _f(lv["server_cpu"], ".2f"),
+             _f(lv["locust_cpu"], ".2f"), flags(lv)]
+            for lv in v["levels"]
+        ]  # fmt: skip
+        out += _table(
+            ["offered rps", "rps", "p50 ms", "p99 ms", "failures", "server cpu", "locust cpu",
+             "flags"],
+            lrows,
+        )  # fmt: skip
+        if v.get("p99_at_70pct"):
+            a = v["p99_at_70pct"]
+            out += ["", f"At 70% of its max ({_f(a['offered_rps'], ',.0f')} rps offered): "
+                    f"{_f(a['rps'], ',.1f')} rps, p50 {_f(a['p50_ms'], '.0f')} ms, p99 "
+                    f"{_f(a['p99_ms'], '.0f')} ms."]  # fmt: skip
+        if v.get("wrk"):
+            out += ["", _wrk_line(v["wrk"])]
+        out.append("")
+    t = results["targets"]
+    trows = []
+    for key, v in t.items():
+        if key == "all_passed":
+            continue
+        trows.append([key, v["what"], _f(v["value"], ".3g"), f"{v['op']} {v['threshold']:g}",
+                      "PASS" if v["passed"] else "**FAIL**"])  # fmt: skip
+    out += ["## Targets", "", *_table(["target", "measured as", "value", "required", "result"],
+                                      trows), "",
+            f"All targets: {'PASS' if t['all_passed'] else 'FAIL'}.", ""]  # fmt: skip
+    limited = [v["name"] for v in variants if v.get("locust_limited")]
+    if limited:
+        out += [f"**Locust was the limit** for {', '.join(limited)}: its core was saturated (or "
+                "it fell short of the offered rate while the server had room); wrk's figures "
+                "are given above.", ""]  # fmt: skip
+    if results.get("ceiling_wrk"):
+        out += ["Ceiling with wrk: " + _wrk_line(results["ceiling_wrk"]), ""]
+    if results["scale"]:
+        srows = [
+            [s["label"], f"{s['items']:,}", s["item_encoding"], _f(s["offered_rps"], ",.0f"),
+             _f(s["rps"], ",.1f"), _f(s["p50_ms"], ".0f"), _f(s["p99_ms"], ".0f"),
+             _f(s["recall@10"], ".3f"), _f(s["rss_mb"], ",.0f")]
+            for s in results["scale"]
+        ]  # fmt: skip
+        out += ["## Scale", "",
+                "The real service (micro-batching on), one offered load; RSS: VmRSS of the "
+                "server after the level; recall@10 as supplied with the bundle.", "",
+                *_table(["catalog", "items", "items as", "offered rps", "rps", "p50 ms",
+                         "p99 ms", "recall@10", "RSS MiB"], srows), ""]  # fmt: skip
+    out += ["## Notes", "", *(f"- {n}" for n in results["notes"]), ""]
+    return "\n".join(out)
+
+
+def _wrk_line(w: dict[str, Any]) -> str:
+    if "error" in w:
+        return f"wrk: {w['error']}"
+    return (
+        f"wrk ({w['threads']} thread, {w['connections']} connections, closed loop, "
+        f"{w['duration_s']} s, one fixed full-catalog body): {_f(w['rps'], ',.0f')} rps, p50 "
+        f"{_f(w['p50_ms'], '.2f')} ms, p99 {_f(w['p99_ms'], '.2f')} ms, non-2xx "
+        f"{w['non_2xx']}."
+    )
+
+
+def render_plot(results: dict[str, Any], path: Path) -> None:
+    """p50 (dashed) and p99 (solid) against offered load per variant, log y; achieved rps."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    limit = float(results["load"]["p99_limit_ms"])
+    stop = float(results["load"]["stop_p99_ms"])
+    fig = Figure(figsize=(13, 5.4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax_lat, ax_rps = fig.subplots(1, 2)
+    colors = {"ceiling": "tab:gray", "naive": "tab:red", "student_fp32": "tab:orange",
+              "shipped": "tab:blue"}  # fmt: skip
+    top = 1.0
+    for v in results["variants"]:
+        c = colors.get(v["name"], "tab:green")
+        lv = [x for x in v["levels"] if x.get("p99_ms") is not None]
+        xs = [x["offered_rps"] for x in lv]
+        p50 = [max(x["p50_ms"] or 0.0, 0.5) for x in lv]  # locust rounds to whole ms
+        p99 = [max(x["p99_ms"], 0.5) for x in lv]
+        top = max([top, *p99])
+        ax_lat.plot(xs, p99, "-o", color=c, label=f"{v['name']} p99", markersize=4)
+        ax_lat.plot(xs, p50, "--", color=c, label=f"{v['name']} p50", linewidth=1)
+        ax_rps.plot(xs, [x["rps"] or 0 for x in lv], "-o", color=c, label=v["name"], markersize=4)
+        a = v.get("p99_at_70pct")
+        if a and a.get("p99_ms") is not None:
+            ax_lat.scatter([a["offered_rps"]], [max(a["p99_ms"], 0.5)], marker="*", s=160,
+                           color=c, zorder=4, label=f"{v['name']} p99 at 70% of max")  # fmt: skip
+    for y, ls, label in ((limit, ":", f"{limit:g} ms"), (stop, "-.", f"{stop:g} ms (stop)")):
+        ax_lat.axhline(y, color="black", linestyle=ls, linewidth=1, label=label)
+    ax_lat.set_yscale("log")
+    ax_lat.set_xscale("log")
+    ax_lat.set_ylim(0.4, max(top * 1.5, stop * 2))
+    ax_lat.set_xlabel("offered load (requests/s)")
+    ax_lat.set_ylabel("latency (ms, log)")
+    ax_lat.set_title("latency percentiles vs offered load")
+    ax_lat.grid(True, which="both", alpha=0.3)
+    ax_lat.legend(fontsize=7, ncol=2)
+    offered = [x["offered_rps"] for v in results["variants"] for x in v["levels"]] or [1.0]
+    lo, lim = min(offered), max(offered)
+    ax_rps.plot(
+        [lo, lim],
+        [lo, lim],
+        color="black",
+        linewidth=0.8,
+        linestyle=":",
+        label="achieved = offered",
+    )
+    ax_rps.set_xscale("log")
+    ax_rps.set_yscale("log")
+    ax_rps.set_xlabel("offered load (requests/s)")
+    ax_rps.set_ylabel("achieved (requests/s)")
+    ax_rps.set_title("throughput")
+    ax_rps.grid(True, which="both", alpha=0.3)
+    ax_rps.legend(fontsize=8)
+    plain = FuncFormatter(lambda x, _: f"{x:g}")
+    for ax in (ax_lat, ax_rps):
+        ax.xaxis.set_major_formatter(plain)
+        ax.yaxis.set_major_formatter(plain)
+    fig.suptitle(f"Serving on one core of {results['cpu']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
