@@ -281,6 +281,59 @@ def exact_top_k(users: F32, items: npt.NDArray[Any], scales: F32 | None, k: int)
     return idx, best
 
 
+def serving_recall(
+    bundle_dir: Path,
+    histories: Sequence[Sequence[str]],
+    *,
+    users: int = 1000,
+    k: int = 10,
+    seed: int = 0,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """recall@k of what the service answers (its settings, from `env` over the defaults: the
+    ANN index above `ann_min_items` items, exact int8 scoring below) against exact fp32
+    scoring of the whole catalog, for `users` real histories (IDs outside the catalog dropped).
+
+    Both sides rank every item (seen ones included) so the comparison is the search alone."""
+    from service.ann import AnnConfig
+    from service.registry import load_model
+    from service.runner import ModelOptions, RecRequest
+    from service.settings import Settings
+
+    settings = Settings(_env_file=None, **{key.lower(): v for key, v in (env or {}).items()})  # type: ignore[call-arg]
+    options = ModelOptions(
+        scoring_precision=settings.scoring_precision,
+        ann_min_items=settings.ann_min_items,
+        ann=AnnConfig.from_settings(settings),
+    )
+    model = load_model(bundle_dir, options)
+    b = read_bundle(bundle_dir)
+    known = set(b.vocab[1:])
+    usable = [kept for h in histories if (kept := [i for i in h if i in known])]
+    if not usable:
+        raise ValueError(f"no history has an item of {bundle_dir}'s catalog")
+    rng = np.random.default_rng(seed)
+    picked = [
+        usable[i] for i in rng.choice(len(usable), size=min(users, len(usable)), replace=False)
+    ]
+    answers = model.recommend_batch(
+        [RecRequest(history=h, k=k, exclude_seen=False) for h in picked]
+    )
+    row_of = {item: r for r, item in enumerate(b.vocab)}
+    approx = np.array([[row_of[i] for i in a.item_ids] for a in answers], dtype=np.int64)
+    max_len = b.manifest.max_len
+    seqs = np.zeros((len(picked), max_len), dtype=np.int64)  # left-padded, like the service
+    for r, h in enumerate(picked):
+        rows = [row_of[i] for i in h[-max_len:]]
+        seqs[r, max_len - len(rows) :] = rows
+    exact, _ = exact_top_k(model.encode(seqs), b.items, b.item_scales, k)
+    return {
+        "recall@10" if k == 10 else f"recall@{k}": round(recall_at_k(approx, exact), 4),
+        "users": len(picked),
+        "search": "ann" if model.approximate else "exact int8",
+    }
+
+
 # --- the command line ---------------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import orjson
 
 from benchmarks.loadgen import REPO, Server, can_pin, free_port, post, run_locust, run_wrk
@@ -408,6 +409,41 @@ def run_scale(
     return out
 
 
+def default_scale_entries(
+    shipped: Path,
+    run_dir: Path,
+    histories: list[list[str]],
+    *,
+    grow_to: int,
+    seed: int,
+    env: dict[str, str] | None = None,
+) -> list[tuple[str, Path, float | None]]:
+    """The shipped catalog, and (grow_to > 0) the same catalog grown to `grow_to` items, each
+    with the recall@10 of the service's answers against exact scoring, measured here on real
+    histories (`benchmarks.catalog.serving_recall`)."""
+    from benchmarks.catalog import grow_bundle, serving_recall
+    from benchmarks.workload import read_vocab
+
+    if not histories:  # no data file: histories from the catalog itself
+        vocab = read_vocab(shipped / "vocab.json")[1:]
+        rng = np.random.default_rng(seed)
+        histories = [list(rng.choice(vocab, size=8)) for _ in range(1000)]
+    bundles = [("shipped", shipped)]
+    if grow_to > 0:
+        _log(f"growing {shipped} to {grow_to:,} items")
+        grown = grow_bundle(shipped, run_dir / f"catalog-{grow_to}", grow_to, noise=0.3, seed=seed)
+        bundles.append((f"grown to {grow_to:,}", grown))
+    out: list[tuple[str, Path, float | None]] = []
+    for name, path in bundles:
+        measured = serving_recall(path, histories, seed=seed, env=env)
+        n_items = json.loads((path / "manifest.json").read_text(encoding="utf-8"))["n_items"]
+        _log(f"{name}: {n_items:,} items, {measured['search']}, recall@10 {measured['recall@10']}")
+        out.append(
+            (f"{name} ({n_items:,} items, {measured['search']})", path, measured["recall@10"])
+        )
+    return out
+
+
 def parse_scale(items: Sequence[str]) -> list[tuple[str, Path, float | None]]:
     """`LABEL=BUNDLE_DIR[:RECALL]` -> (label, dir, recall)."""
     out = []
@@ -612,6 +648,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="offered load of the scale runs (default: 70%% of shipped's max)")  # fmt: skip
     p.add_argument("--scale-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment of the scale servers, e.g. ANN_NPROBE=32 (repeatable)")  # fmt: skip
+    p.add_argument("--scale-items", type=int, default=1_000_000,
+                   help="without --scale: also grow the shipped catalog to this many items "
+                   "(benchmarks.catalog.grow_bundle, noise 0.3) and serve it; 0 = no")  # fmt: skip
     p.add_argument("--no-scale", action="store_true")
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--seed", type=int, default=0)
@@ -692,7 +731,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scale: list[dict[str, Any]] = []
     if not args.no_scale:
-        entries = scale_entries or [(f"shipped ({manifest['n_items']:,} items)", shipped, None)]
+        entries = scale_entries or default_scale_entries(
+            shipped, run_dir, histories or [], grow_to=args.scale_items, seed=args.seed,
+            env=scale_env,
+        )  # fmt: skip
         shipped_max = by.get("shipped", {}).get("max_rps_at_p99_50ms")
         rps = args.scale_rps or (round(LOAD_SHARE_AT * shipped_max, 1) if shipped_max else 500.0)
         scale = run_scale(

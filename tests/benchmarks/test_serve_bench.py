@@ -17,6 +17,7 @@ from benchmarks.serve import (
     TARGET_P99_AT_70PCT_MS,
     VARIANTS,
     climb,
+    default_scale_entries,
     evaluate_targets,
     main,
     max_rps,
@@ -308,3 +309,17 @@ def test_pinning_falls_back_when_the_core_is_not_ours() -> None:
     assert pinned(["locust"], None) == ["locust"]
     if can_pin("0"):
         assert pinned(["locust"], "0") == ["taskset", "-c", "0", "locust"]
+
+
+def test_default_scale_entries_grow_the_catalog_and_measure_recall(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    histories = [[f"i{i}", f"i{i + 1}", "not-in-catalog"] for i in range(1, 50)]
+    entries = default_scale_entries(tiny["bundle"], tmp_path, histories, grow_to=300, seed=0)
+    (shipped_label, shipped, shipped_recall), (grown_label, grown, grown_recall) = entries
+    assert shipped == tiny["bundle"] and "60 items" in shipped_label
+    assert json.loads((grown / "manifest.json").read_text())["n_items"] == 300
+    assert "300 items" in grown_label
+    # exact int8 scoring against exact fp32: only near-ties can differ
+    assert shipped_recall is not None and grown_recall is not None
+    assert 0.9 <= shipped_recall <= 1.0 and 0.9 <= grown_recall <= 1.0
