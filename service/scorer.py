@@ -3,8 +3,8 @@
 One onnxruntime graph per loaded model does the whole job, so a batch costs one call and no
 Python touches the catalog:
 
-    scores = users @ items.T          int8 items: MatMulInteger (u8 x s8), then the two scales
-    scores[padding, banned] = -inf    a constant bias (row 0, tail rows) + ScatterElements
+    scores = users @ items.T          int8 items: MatMulIntegerToFloat (u8 x s8, item scales)
+    scores[padding, banned] = -inf    ScatterElements (row 0 and the last group's filler too)
     top-k, two stages, exact          the max of each group of 32 items; the k best groups;
                                       the k best of their k * 32 items
 
@@ -14,8 +14,9 @@ once for the group maxima instead of a full partial sort of every row, which is 
 over 54k items costs otherwise (see PERFORMANCE-NOTES).
 
 Item matrices stay compact. An int8 bundle is scored as int8 (per-item scale applied to the
-int32 products); the user vectors are quantized to 8 bits per row (symmetric, one scale per
-user), so a user's scores never depend on who else is in the batch. Users get 7 bits
+int32 products); the user vectors are quantized per row (symmetric, one scale per user, so a
+user's scores never depend on who else is in the batch; that positive scale cannot change a
+row's order, so it multiplies only the k winners). Users get 7 bits
 (-63..63 stored as 1..127 with zero point 64): onnxruntime's u8 x s8 kernel on AVX2 sums
 pairs of products in 16 bits, which saturates for user bytes above 128 (measured: wrong
 products with zero point 128); 127 * 127 * 2 fits. Its s8 x s8 kernel is exact but measured
@@ -80,6 +81,8 @@ class Scorer:
                 dense *= scales[:, None]
             self._items, self._scales = dense, None
         self._groups = -(-rows // GROUP)
+        # Never returned: the padding row 0 and the rows that only fill the last group.
+        self._always_banned = np.array([0, *range(rows, self._groups * GROUP)], dtype=np.int64)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -99,10 +102,12 @@ class Scorer:
         if self._session is None:
             raise RuntimeError("this scorer was built without its catalog top-k graph")
         b = users.shape[0]
-        width = max(1, max((len(x) for x in banned), default=0))
-        ban = np.zeros((b, width), dtype=np.int64)  # padded with row 0, banned anyway
+        fixed = len(self._always_banned)
+        width = max((len(x) for x in banned), default=0)
+        ban = np.zeros((b, fixed + width), dtype=np.int64)  # padded with row 0, banned anyway
+        ban[:, :fixed] = self._always_banned
         for row, x in enumerate(banned):
-            ban[row, : len(x)] = x
+            ban[row, fixed : fixed + len(x)] = x
         k = min(k, self.rows)
         feeds: dict[str, Any] = {
             "banned": ban,
@@ -123,8 +128,8 @@ class Scorer:
             return out
         q, scale = _quantize_users(user[None, :])
         dot = (q.astype(np.int32) - USER_ZERO) @ self._items[rows].astype(np.int32).T  # (1, C)
-        # The graph's order of operations: float(dot) * user scale * item scale.
-        scores: F32 = (dot.astype(np.float32) * scale * self._scales[rows])[0]
+        # The graph's order of operations: float(dot) * item scale, then * user scale.
+        scores: F32 = (dot.astype(np.float32) * self._scales[rows] * scale)[0]
         return scores
 
 
@@ -141,12 +146,9 @@ def _const(name: str, value: npt.NDArray[Any]) -> TensorProto:
 
 
 def _build_graph(items: npt.NDArray[Any], scales: F32 | None, padded: int) -> Any:
-    """int8 items with scales -> the MatMulInteger graph; float items -> fp32 MatMul."""
+    """int8 items with scales -> MatMulIntegerToFloat; float items -> fp32 MatMul."""
     rows, dim = items.shape
-    bias = np.zeros(padded, dtype=np.float32)
-    bias[0] = -np.inf  # padding row
-    bias[rows:] = -np.inf  # tail rows that fill the last group
-    inits = [_const("bias", bias)]
+    inits = []
     nodes = []
     inputs = [
         helper.make_tensor_value_info("banned", TensorProto.INT64, ["batch", "n_banned"]),
@@ -161,6 +163,7 @@ def _build_graph(items: npt.NDArray[Any], scales: F32 | None, padded: int) -> An
         inits += [
             _const("items_t", weights),
             _const("item_scale", item_scale),
+            _const("one", np.array(1.0, dtype=np.float32)),
             _const("users_zero", np.array(USER_ZERO, dtype=np.uint8)),
             _const("items_zero", np.array(0, dtype=np.int8)),
         ]
@@ -168,14 +171,16 @@ def _build_graph(items: npt.NDArray[Any], scales: F32 | None, padded: int) -> An
             helper.make_tensor_value_info("users_q", TensorProto.UINT8, ["batch", dim]),
             helper.make_tensor_value_info("users_scale", TensorProto.FLOAT, ["batch", 1]),
         ]
-        nodes += [
+        # float(u_q . item_q) * item scale in one kernel; the user's own scale is positive and
+        # the same for the whole row, so it is applied to the k winners only (at the end).
+        nodes.append(
             helper.make_node(
-                "MatMulInteger", ["users_q", "items_t", "users_zero", "items_zero"], ["dot"]
-            ),
-            helper.make_node("Cast", ["dot"], ["dot_f"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", ["dot_f", "users_scale"], ["dot_u"]),
-            helper.make_node("Mul", ["dot_u", "item_scale"], ["raw"]),
-        ]
+                "MatMulIntegerToFloat",
+                ["users_q", "items_t", "one", "item_scale", "users_zero", "items_zero"],
+                ["raw"],
+                domain="com.microsoft",
+            )
+        )
     else:
         weights_f = np.zeros((dim, padded), dtype=np.float32)
         weights_f[:, :rows] = items.T.astype(np.float32)
@@ -192,11 +197,10 @@ def _build_graph(items: npt.NDArray[Any], scales: F32 | None, padded: int) -> An
     ]
     neg_inf = helper.make_tensor("neg_inf", TensorProto.FLOAT, [1], [-np.inf])
     nodes += [
-        helper.make_node("Add", ["raw", "bias"], ["allowed"]),
-        # banned rows -> -inf: updates shaped like the (batch, n_banned) indices
+        # banned rows (padding row 0 and the tail rows included) -> -inf
         helper.make_node("Shape", ["banned"], ["banned_shape"]),
         helper.make_node("ConstantOfShape", ["banned_shape"], ["minus_inf"], value=neg_inf),
-        helper.make_node("ScatterElements", ["allowed", "banned", "minus_inf"], ["scores"], axis=1),
+        helper.make_node("ScatterElements", ["raw", "banned", "minus_inf"], ["scores"], axis=1),
         # stage 1: the best k groups by their maximum
         helper.make_node("Reshape", ["scores", "group_shape"], ["grouped"]),
         helper.make_node("ReduceMax", ["grouped"], ["group_max"], axes=[2], keepdims=0),
@@ -207,12 +211,17 @@ def _build_graph(items: npt.NDArray[Any], scales: F32 | None, padded: int) -> An
         helper.make_node("Add", ["group_start", "in_group"], ["member_3"]),
         helper.make_node("Reshape", ["member_3", "flat_shape"], ["members"]),
         helper.make_node("GatherElements", ["scores", "members"], ["member_scores"], axis=1),
-        helper.make_node("TopK", ["member_scores", "k"], ["top_score", "top_member"], axis=-1),
+        helper.make_node("TopK", ["member_scores", "k"], ["best_scores", "top_member"], axis=-1),
         helper.make_node("GatherElements", ["members", "top_member"], ["top_index"], axis=1),
     ]
+    if scales is not None:
+        nodes.append(helper.make_node("Mul", ["best_scores", "users_scale"], ["top_score"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["best_scores"], ["top_score"]))
     outputs = [
         helper.make_tensor_value_info("top_index", TensorProto.INT64, ["batch", "k"]),
         helper.make_tensor_value_info("top_score", TensorProto.FLOAT, ["batch", "k"]),
     ]
     graph = helper.make_graph(nodes, "catalog_top_k", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
