@@ -22,27 +22,27 @@ from service.runner import LoadedModel
 from service.settings import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_batcher(request: Request) -> MicroBatcher:
+async def get_batcher(request: Request) -> MicroBatcher:
     batcher: MicroBatcher = request.app.state.batcher
     return batcher
 
 
-def get_answer_cache(request: Request) -> AnswerCache | None:
+async def get_answer_cache(request: Request) -> AnswerCache | None:
     """The answer cache, or None when it is off (ANSWER_CACHE_TTL_S=0)."""
     cache: AnswerCache | None = request.app.state.answer_cache
     return cache
@@ -55,7 +55,7 @@ BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 AnswerCacheDep = Annotated[AnswerCache | None, Depends(get_answer_cache)]
 
 
-def get_current_model(registry: RegistryDep) -> LoadedModel:
+async def get_current_model(registry: RegistryDep) -> LoadedModel:
     """The serving model, read once: the whole request runs on this reference."""
     model = registry.current
     if model is None:
@@ -68,7 +68,7 @@ ModelDep = Annotated[LoadedModel, Depends(get_current_model)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require_admin(
+async def require_admin(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

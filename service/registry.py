@@ -17,6 +17,7 @@ serialized by one lock; a failure at any step leaves the serving model untouched
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import shutil
@@ -100,6 +101,16 @@ def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
         raise BundleError(str(e)) from e
     model.warm_up()
     return model
+
+
+def _settle_heap() -> None:
+    """Collect once, then freeze what survives (the serving model's vocabulary, index and
+    arrays) out of the garbage collector's reach. Otherwise every full collection walks the
+    catalog's Python objects while requests wait: a p99 spike of several ms per collection on
+    a 54k-item catalog. Unfreezing first lets the previous model's cycles be collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class Registry:
@@ -282,6 +293,7 @@ class Registry:
         previous = self._current
         self._current = model  # the atomic swap: one reference assignment
         log.info("activated model version %s", model.version)
+        _settle_heap()
         if self._on_activate is not None:
             self._on_activate(previous.version if previous else None, model.version)
 

@@ -19,7 +19,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> HealthOut:
+async def healthz() -> HealthOut:
     return HealthOut()
 
 
