@@ -189,11 +189,22 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def _load_npy(path: Path) -> npt.NDArray[Any]:
+    """A plain numeric .npy array. Never unpickles: `read_array(allow_pickle=False)` refuses
+    object arrays, and reading the .npy format directly (not `np.load`) also refuses .npz
+    archives and pickle streams that `np.load` would otherwise sniff and open."""
     try:
-        array: npt.NDArray[Any] = np.load(path, allow_pickle=False)  # never unpickle
-        return array
-    except (ValueError, OSError) as e:
+        with path.open("rb") as f:
+            array: npt.NDArray[Any] = np.lib.format.read_array(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        if "allow_pickle" in str(e):
+            raise BundleError(
+                f"{path.name} holds Python objects (object dtype, pickled); "
+                "only plain numeric arrays are accepted"
+            ) from e
         raise BundleError(f"{path.name} is not a plain .npy array: {e}") from e
+    if array.dtype.hasobject or array.dtype.kind not in "biuf":
+        raise BundleError(f"{path.name} has dtype {array.dtype}; only numeric arrays are accepted")
+    return array
 
 
 def read_bundle(path: Path) -> Bundle:
@@ -265,8 +276,17 @@ def read_bundle(path: Path) -> Bundle:
         raise BundleError(f"{VOCAB_FILE} has {len(vocab)} entries, expected n_items + 1 = {rows}")
     if vocab[0] != PAD_ID:
         raise BundleError(f"{VOCAB_FILE} entry 0 must be the padding entry ''")
+    empty = [i for i, v in enumerate(vocab) if i > 0 and not v.strip()]
+    if empty:
+        raise BundleError(
+            f"{VOCAB_FILE} has empty item IDs at indices {empty[:5]}; only entry 0 may be ''"
+        )
     if len(set(vocab)) != rows:
-        raise BundleError(f"{VOCAB_FILE} has duplicate item IDs")
+        counts: dict[str, int] = {}
+        for v in vocab:
+            counts[v] = counts.get(v, 0) + 1
+        dupes = sorted(v for v, n in counts.items() if n > 1)
+        raise BundleError(f"{VOCAB_FILE} has duplicate item IDs: {dupes[:5]}")
 
     popularity = _load_npy(path / POPULARITY_FILE)
     if popularity.dtype not in (np.int32, np.int64) or popularity.shape != (rows,):
@@ -283,6 +303,11 @@ def read_bundle(path: Path) -> Bundle:
             raise BundleError("golden pair has the wrong input length or output size")
         if min(g.input) < 0 or max(g.input) > manifest.n_items:
             raise BundleError("golden input holds an item index outside the vocabulary")
+        if not np.isfinite(np.asarray(g.output, dtype=np.float64)).all():
+            raise BundleError("golden output contains NaN or Inf")
+    bad_metrics = sorted(k for k, v in manifest.metrics.items() if not np.isfinite(v))
+    if bad_metrics:
+        raise BundleError(f"manifest metrics {bad_metrics} are NaN or Inf")
 
     return Bundle(
         path=path,
