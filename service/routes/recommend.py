@@ -69,6 +69,23 @@ async def recommend_body(request: Request, settings: SettingsDep) -> RecommendRe
         problems.append(_too_long("candidates", len(body.candidates), settings.max_candidates))
     if len(body.exclude) > settings.max_exclude:
         problems.append(_too_long("exclude", len(body.exclude), settings.max_exclude))
+    # The schema caps IDs at 256 characters; MAX_ITEM_ID_LENGTH may be stricter.
+    for field, ids in (
+        ("history", body.history),
+        ("candidates", body.candidates or []),
+        ("exclude", body.exclude),
+    ):
+        long_at = next((i for i, v in enumerate(ids) if len(v) > settings.max_item_id_length), None)
+        if long_at is not None:
+            problems.append(
+                {
+                    "type": "string_too_long",
+                    "loc": ("body", field, long_at),
+                    "msg": f"item IDs have at most {settings.max_item_id_length} characters",
+                    "input": None,
+                    "ctx": {"max_length": settings.max_item_id_length},
+                }
+            )
     if body.k > settings.max_k:
         problems.append(
             {
