@@ -24,7 +24,12 @@ from starlette.background import BackgroundTask
 from service.deps import AnswerCacheDep, BatcherDep, MetricsDep, ModelDep, SettingsDep
 from service.responses import OrjsonResponse
 from service.runner import RecRequest
-from service.schemas import RecommendRequest, RecommendResponse
+from service.schemas import (
+    RecommendRequest,
+    RecommendResponse,
+    ValidationErrorOut,
+    error_responses,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["recommend"])
@@ -116,6 +121,7 @@ _OPENAPI_BODY = {
     response_model=RecommendResponse,
     response_class=OrjsonResponse,
     openapi_extra=_OPENAPI_BODY,
+    responses={**error_responses(413, 503), 422: {"model": ValidationErrorOut}},
 )
 async def recommend(
     body: RecommendBody,
