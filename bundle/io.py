@@ -189,21 +189,41 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def _load_npy(path: Path) -> npt.NDArray[Any]:
-    """A plain numeric .npy array. Never unpickles: `read_array(allow_pickle=False)` refuses
-    object arrays, and reading the .npy format directly (not `np.load`) also refuses .npz
-    archives and pickle streams that `np.load` would otherwise sniff and open."""
+    """A plain numeric .npy array. Never unpickles, and never allocates more than the file
+    holds: the header is read first and must be a numeric dtype whose shape accounts for
+    exactly the bytes that follow. Reading the .npy format directly (not `np.load`) also
+    refuses .npz archives and pickle streams, which `np.load` would sniff and open."""
+    fmt = np.lib.format
     try:
         with path.open("rb") as f:
-            array: npt.NDArray[Any] = np.lib.format.read_array(f, allow_pickle=False)
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise BundleError(f"{path.name} is .npy format {version}; 1.0 or 2.0 expected")
+            if dtype.hasobject:
+                raise BundleError(
+                    f"{path.name} holds Python objects (object dtype, pickled); "
+                    "only plain numeric arrays are accepted"
+                )
+            if dtype.kind not in "biuf":
+                raise BundleError(
+                    f"{path.name} has dtype {dtype}; only numeric arrays are accepted"
+                )
+            data_bytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if f.tell() + data_bytes != path.stat().st_size:
+                raise BundleError(
+                    f"{path.name} declares shape {shape} ({data_bytes} bytes of data) but the "
+                    f"file holds {path.stat().st_size - f.tell()}"
+                )
+            f.seek(0)
+            array: npt.NDArray[Any] = fmt.read_array(f, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        if "allow_pickle" in str(e):
-            raise BundleError(
-                f"{path.name} holds Python objects (object dtype, pickled); "
-                "only plain numeric arrays are accepted"
-            ) from e
+        if isinstance(e, BundleError):
+            raise
         raise BundleError(f"{path.name} is not a plain .npy array: {e}") from e
-    if array.dtype.hasobject or array.dtype.kind not in "biuf":
-        raise BundleError(f"{path.name} has dtype {array.dtype}; only numeric arrays are accepted")
     return array
 
 
@@ -268,8 +288,8 @@ def read_bundle(path: Path) -> Bundle:
 
     try:
         vocab = json.loads((path / VOCAB_FILE).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{VOCAB_FILE} is not valid JSON: {e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BundleError(f"{VOCAB_FILE} is not valid JSON (or nested too deeply): {e}") from e
     if not isinstance(vocab, list) or not all(isinstance(v, str) for v in vocab):
         raise BundleError(f"{VOCAB_FILE} must be a list of strings")
     if len(vocab) != rows:

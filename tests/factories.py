@@ -423,6 +423,15 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def npy_shape_bomb(real: np.ndarray, rows: int = 10**12) -> bytes:
+    """A .npy whose header claims `rows` rows but whose data is that of `real`: a reader that
+    trusts the header allocates terabytes."""
+    buf = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(real.dtype), "fortran_order": False}
+    np.lib.format.write_array_header_1_0(buf, {**header, "shape": (rows, *real.shape[1:])})
+    return buf.getvalue() + np.ascontiguousarray(real).tobytes()
+
+
 def hostile_corpus(
     work_dir: Path,
     *,
@@ -542,6 +551,18 @@ def hostile_corpus(
         "pickled_object_npy",
         "holds Python objects",
         set_npy("popularity.npy", lambda a, s: np.array([{"x": 1}] * len(a), dtype=object)),
+    )
+    bundle_case(
+        "npy_shape_bomb",
+        "declares shape (1000000000000,)",
+        lambda d, _: replace_file(
+            d, "popularity.npy", npy_shape_bomb(np.load(d / "popularity.npy"))
+        ),
+    )
+    bundle_case(
+        "vocab_deeply_nested",
+        "nested too deeply",
+        lambda d, _: replace_file(d, "vocab.json", b"[" * 200_000 + b"]" * 200_000),
     )
     bundle_case(
         "negative_popularity", "negative counts", set_npy("popularity.npy", lambda a, s: a - 100)

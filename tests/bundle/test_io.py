@@ -1,3 +1,4 @@
+import io
 import json
 from pathlib import Path
 
@@ -167,6 +168,24 @@ def test_read_refuses_files_that_are_not_npy(tmp_path: Path, payload: bytes, rea
     path, _ = _write(tmp_path)
     _rewrite_listed_file(path, POPULARITY_FILE, payload)
     with pytest.raises(BundleError, match=reason):
+        read_bundle(path)
+
+
+def test_read_refuses_a_header_that_claims_more_data_than_the_file_holds(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<i4", "fortran_order": False, "shape": (10**12,)}
+    )
+    _rewrite_listed_file(path, POPULARITY_FILE, buf.getvalue() + bytes(4 * (N_ITEMS + 1)))
+    with pytest.raises(BundleError, match=r"declares shape \(1000000000000,\)"):
+        read_bundle(path)
+
+
+def test_read_refuses_a_deeply_nested_vocab(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    _rewrite_listed_file(path, VOCAB_FILE, b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(BundleError, match="nested too deeply"):
         read_bundle(path)
 
 
