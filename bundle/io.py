@@ -25,6 +25,7 @@ VOCAB_FILE = "vocab.json"
 POPULARITY_FILE = "popularity.npy"
 MANIFEST_FILE = "manifest.json"
 PAD_ID = ""
+MAX_GOLDEN = 256  # golden pairs a reader accepts (the pipeline writes 4)
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,11 @@ def read_bundle(path: Path) -> Bundle:
 
     if not manifest.golden:
         raise BundleError("manifest has no golden input/output pairs")
+    if len(manifest.golden) > MAX_GOLDEN:
+        # They all run through the encoder as one batch on every install and activation.
+        raise BundleError(
+            f"manifest has {len(manifest.golden)} golden pairs; at most {MAX_GOLDEN} are accepted"
+        )
     for g in manifest.golden:
         if len(g.input) != manifest.max_len or len(g.output) != manifest.dim:
             raise BundleError("golden pair has the wrong input length or output size")

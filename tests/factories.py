@@ -545,6 +545,13 @@ def hostile_corpus(
         "inf_scales", "item_scales.npy contains NaN or Inf", set_npy("item_scales.npy", inf_scales)
     )
     bundle_case("nan_golden", "golden output contains NaN", golden_nan)
+
+    def many_golden(d: Path, _: BundleSpec) -> None:
+        m = _manifest(d)
+        m["golden"] = m["golden"] * 100
+        _write_manifest(d, m)
+
+    bundle_case("too_many_golden_pairs", "golden pairs; at most", many_golden)
     bundle_case("golden_mismatch", "golden outputs", lambda d, s: corrupt_golden(d))
     bundle_case("nan_encoder", "NaN", corrupt_nan_encoder)
     bundle_case(

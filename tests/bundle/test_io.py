@@ -182,6 +182,15 @@ def test_read_refuses_a_header_that_claims_more_data_than_the_file_holds(tmp_pat
         read_bundle(path)
 
 
+def test_read_refuses_too_many_golden_pairs(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["golden"] = manifest["golden"] * 200  # 400 pairs
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="400 golden pairs; at most 256"):
+        read_bundle(path)
+
+
 def test_read_refuses_a_deeply_nested_vocab(tmp_path: Path) -> None:
     path, _ = _write(tmp_path)
     _rewrite_listed_file(path, VOCAB_FILE, b"[" * 100_000 + b"]" * 100_000)

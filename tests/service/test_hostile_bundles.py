@@ -58,7 +58,7 @@ CASES = [
     "onnx_wrong_input_dtype", "onnx_fixed_batch", "vocab_length_mismatch",
     "vocab_duplicate_ids", "vocab_empty_id", "vocab_not_strings", "nan_items", "inf_scales",
     "nan_golden", "golden_mismatch", "nan_encoder", "pickled_object_npy", "npy_shape_bomb",
-    "vocab_deeply_nested",
+    "vocab_deeply_nested", "too_many_golden_pairs",
     "negative_popularity", "popularity_wrong_shape", "bad_version_name", "accuracy_gate",
     "latency_gate",
 ]  # fmt: skip
