@@ -7,9 +7,10 @@ Every other gate is mandatory and lives with the format it checks, run by
 - archive safety (absolute paths, `..`, links, devices, file count, bytes, expansion ratio):
   `bundle.archive.extract_archive`;
 - sizes and sha256 of every file against the manifest, no unlisted files, plain numeric .npy
-  arrays read without pickle, shapes and dtypes, NaN/Inf in items / scales / golden outputs /
-  metrics, vocabulary (length, padding entry, no empty or duplicate IDs), popularity (shape,
-  no negatives): `bundle.io.read_bundle`;
+  arrays read without pickle (header checked against the file size first), shapes and
+  dtypes, NaN/Inf in items / scales / golden outputs / metrics, at most 256 golden pairs,
+  vocabulary (length, padding entry, no empty or duplicate IDs), popularity (shape, no
+  negatives): `bundle.io.read_bundle`;
 - ONNX input/output names, dtypes, ranks, dynamic batch axis: `service.encoder.OnnxEncoder`;
 - golden outputs reproduced: `bundle.io.verify_golden`.
 
