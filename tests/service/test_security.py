@@ -198,3 +198,10 @@ def test_an_object_npy_is_refused_without_running_its_payload(
     assert r.status_code == 422
     assert "popularity.npy holds Python objects" in r.json()["detail"]
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("version", ["..", "%2e%2e", "..%2Fv1", ".staging-x", "v1%00", "a" * 65])
+def test_activating_a_path_like_version_is_404(embedded_client: TestClient, admin_headers, version):
+    r = embedded_client.post(f"/admin/bundles/{version}/activate", headers=admin_headers)
+    assert r.status_code == 404
+    assert embedded_client.get("/admin/active", headers=admin_headers).json()["version"] == "v1"
