@@ -199,9 +199,9 @@ def _load_npy(path: Path) -> npt.NDArray[Any]:
         with path.open("rb") as f:
             version = fmt.read_magic(f)
             if version == (1, 0):
-                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+                shape, _, dtype = fmt.read_array_header_1_0(f)
             elif version == (2, 0):
-                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+                shape, _, dtype = fmt.read_array_header_2_0(f)
             else:
                 raise BundleError(f"{path.name} is .npy format {version}; 1.0 or 2.0 expected")
             if dtype.hasobject:
