@@ -21,8 +21,10 @@ The two gates here depend on the deployment, so they are off unless configured:
   than the serving version's by at most that fraction. Without a serving version, or when the
   serving manifest has no such metric, there is nothing to compare and the gate passes; a
   candidate without the metric is refused.
-- latency (`GATE_MAX_LATENCY_MS`): the median time of the whole request path (encoder and
-  catalog scoring) for one request with a full history, at batch 1, measured after warm-up.
+- latency (`GATE_MAX_LATENCY_MS`): the time of the whole request path (encoder and catalog
+  scoring) for one request with a full history, at batch 1, after warm-up: the best of 7
+  runs, so a busy machine (a noisy neighbour, a swap under load) does not refuse a good
+  model, while a slow model cannot be fast on its best run.
 
 Failures raise `GateFailed` (a kind of `InvalidBundle`, so the API answers 422 naming both
 numbers); the serving model is never touched.
@@ -30,7 +32,6 @@ numbers); the serving model is never touched.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 
@@ -74,7 +75,7 @@ def check_accuracy(
 
 
 def measure_latency_ms(model: LoadedModel, *, runs: int = LATENCY_RUNS) -> float:
-    """Median wall time in ms of one full-catalog request with a full history, batch 1."""
+    """Best-of-`runs` wall time in ms of one full-catalog request with a full history, batch 1."""
     history = model.vocab[1 : 1 + min(model.max_len, model.n_items)]
     request = RecRequest(history=history, k=min(10, model.n_items))
     times = []
@@ -82,7 +83,7 @@ def measure_latency_ms(model: LoadedModel, *, runs: int = LATENCY_RUNS) -> float
         t0 = time.perf_counter()
         model.recommend_batch([request])
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+    return min(times) * 1000
 
 
 def check_latency(model: LoadedModel, *, max_ms: float) -> float:
@@ -91,7 +92,7 @@ def check_latency(model: LoadedModel, *, max_ms: float) -> float:
     if ms > max_ms:
         raise GateFailed(
             f"latency gate: {model.version!r} takes {ms:.2f} ms per request at batch 1 "
-            f"(encoder + scoring, median of {LATENCY_RUNS}); the limit is {max_ms:g} ms "
+            f"(encoder + scoring, best of {LATENCY_RUNS}); the limit is {max_ms:g} ms "
             "(GATE_MAX_LATENCY_MS)"
         )
     return ms

@@ -4,8 +4,6 @@ answer matches the schema the API documents."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from schemathesis.python import asgi
 
@@ -23,10 +21,10 @@ def fuzzed_app(make_settings, v1_dir):
     asgi.shutdown_lifespans()  # schemathesis started the app's lifespan; stop it now
 
 
+# ~600 requests, about 10 s on an idle core; the timeout only stops a runaway.
+@pytest.mark.timeout(300)
 def test_fuzzing_every_operation_finds_no_server_error_or_schema_violation(fuzzed_app):
-    t0 = time.monotonic()
     result = run_fuzz(fuzzed_app, EXAMPLES, token=ADMIN_TOKEN)
-    assert time.monotonic() - t0 < 60
     assert "POST /recommend" in result["operations"]
     assert "POST /admin/bundles/{version}/activate" in result["operations"]
     assert result["cases"] >= EXAMPLES
