@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from tests import factories as f
 
 BASE = f.BundleSpec(version="base", seed=3, ndcg=0.5)
-MAX_LATENCY_MS = 30.0  # base answers in well under 1 ms; the slow encoder takes ~70 ms
+MAX_LATENCY_MS = 30.0  # base answers in well under 1 ms; the slow encoder takes 90-200 ms
 GZIP = {"Content-Type": "application/gzip"}
 
 
