@@ -1,8 +1,12 @@
 """Pack a bundle directory into a .tar.gz and unpack uploads safely.
 
 An uploaded archive is hostile until proven otherwise: only regular files at the top level,
-no absolute paths, no `..`, no links or devices, bounded file count and bounded bytes after
-decompression (a gzip bomb stops at the limit instead of filling the disk).
+no absolute paths, no `..`, no links or devices, bounded file count, bounded bytes after
+decompression (a gzip bomb stops at the limit instead of filling the disk) and a bounded
+expansion ratio (unpacked bytes per compressed byte read), so a bomb is refused after a few
+MiB even when the byte limit is generous. Real bundles expand little: int8 weights and
+float scales barely compress; gzip's own ceiling is about 1000x, reached only by runs of
+one byte value.
 """
 
 from __future__ import annotations
@@ -16,6 +20,24 @@ from bundle.errors import BundleError
 
 DEFAULT_MAX_FILES = 16
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB after decompression
+DEFAULT_MAX_RATIO = 100.0  # unpacked bytes per compressed byte
+RATIO_FLOOR_BYTES = 4 << 20  # the ratio is enforced once this much has been unpacked
+
+
+class _CountingReader:
+    """Wraps the compressed source and counts the bytes read from it."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self.n = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._src.read(size)
+        self.n += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> object:  # seek, tell, ... of the source
+        return getattr(self._src, name)
 
 
 def pack_bundle(bundle_dir: Path, out: Path | None = None) -> bytes:
@@ -37,6 +59,7 @@ def extract_archive(
     *,
     max_files: int = DEFAULT_MAX_FILES,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_ratio: float = DEFAULT_MAX_RATIO,
 ) -> None:
     """Unpack a bundle .tar.gz from `src` into the empty directory `dest`.
 
@@ -46,8 +69,17 @@ def extract_archive(
     dest.mkdir(parents=True, exist_ok=True)
     written = 0
     count = 0
+    compressed = _CountingReader(src)
+
+    def check_ratio(unpacked: int) -> None:
+        if unpacked > RATIO_FLOOR_BYTES and unpacked > max_ratio * max(compressed.n, 1):
+            raise BundleError(
+                f"archive expands more than {max_ratio:g}x ({unpacked} bytes from "
+                f"{compressed.n} compressed): refused as a decompression bomb"
+            )
+
     try:
-        with tarfile.open(fileobj=src, mode="r:gz") as tar:
+        with tarfile.open(fileobj=compressed, mode="r:gz") as tar:  # type: ignore[call-overload]
             for member in tar:
                 count += 1
                 if count > max_files:
@@ -87,6 +119,7 @@ def extract_archive(
                             raise BundleError(f"archive member {member.name!r} is truncated")
                         out.write(chunk)
                         remaining -= len(chunk)
+                        check_ratio(written + member.size - remaining)
                 written += member.size
     except (tarfile.TarError, EOFError, OSError) as e:
         if isinstance(e, BundleError):

@@ -25,6 +25,7 @@ VOCAB_FILE = "vocab.json"
 POPULARITY_FILE = "popularity.npy"
 MANIFEST_FILE = "manifest.json"
 PAD_ID = ""
+MAX_GOLDEN = 256  # golden pairs a reader accepts (the pipeline writes 4)
 
 
 @dataclass(frozen=True)
@@ -189,11 +190,42 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def _load_npy(path: Path) -> npt.NDArray[Any]:
+    """A plain numeric .npy array. Never unpickles, and never allocates more than the file
+    holds: the header is read first and must be a numeric dtype whose shape accounts for
+    exactly the bytes that follow. Reading the .npy format directly (not `np.load`) also
+    refuses .npz archives and pickle streams, which `np.load` would sniff and open."""
+    fmt = np.lib.format
     try:
-        array: npt.NDArray[Any] = np.load(path, allow_pickle=False)  # never unpickle
-        return array
-    except (ValueError, OSError) as e:
+        with path.open("rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise BundleError(f"{path.name} is .npy format {version}; 1.0 or 2.0 expected")
+            if dtype.hasobject:
+                raise BundleError(
+                    f"{path.name} holds Python objects (object dtype, pickled); "
+                    "only plain numeric arrays are accepted"
+                )
+            if dtype.kind not in "biuf":
+                raise BundleError(
+                    f"{path.name} has dtype {dtype}; only numeric arrays are accepted"
+                )
+            data_bytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if f.tell() + data_bytes != path.stat().st_size:
+                raise BundleError(
+                    f"{path.name} declares shape {shape} ({data_bytes} bytes of data) but the "
+                    f"file holds {path.stat().st_size - f.tell()}"
+                )
+            f.seek(0)
+            array: npt.NDArray[Any] = fmt.read_array(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, BundleError):
+            raise
         raise BundleError(f"{path.name} is not a plain .npy array: {e}") from e
+    return array
 
 
 def read_bundle(path: Path) -> Bundle:
@@ -257,16 +289,25 @@ def read_bundle(path: Path) -> Bundle:
 
     try:
         vocab = json.loads((path / VOCAB_FILE).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{VOCAB_FILE} is not valid JSON: {e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BundleError(f"{VOCAB_FILE} is not valid JSON (or nested too deeply): {e}") from e
     if not isinstance(vocab, list) or not all(isinstance(v, str) for v in vocab):
         raise BundleError(f"{VOCAB_FILE} must be a list of strings")
     if len(vocab) != rows:
         raise BundleError(f"{VOCAB_FILE} has {len(vocab)} entries, expected n_items + 1 = {rows}")
     if vocab[0] != PAD_ID:
         raise BundleError(f"{VOCAB_FILE} entry 0 must be the padding entry ''")
+    empty = [i for i, v in enumerate(vocab) if i > 0 and not v.strip()]
+    if empty:
+        raise BundleError(
+            f"{VOCAB_FILE} has empty item IDs at indices {empty[:5]}; only entry 0 may be ''"
+        )
     if len(set(vocab)) != rows:
-        raise BundleError(f"{VOCAB_FILE} has duplicate item IDs")
+        counts: dict[str, int] = {}
+        for v in vocab:
+            counts[v] = counts.get(v, 0) + 1
+        dupes = sorted(v for v, n in counts.items() if n > 1)
+        raise BundleError(f"{VOCAB_FILE} has duplicate item IDs: {dupes[:5]}")
 
     popularity = _load_npy(path / POPULARITY_FILE)
     if popularity.dtype not in (np.int32, np.int64) or popularity.shape != (rows,):
@@ -278,11 +319,21 @@ def read_bundle(path: Path) -> Bundle:
 
     if not manifest.golden:
         raise BundleError("manifest has no golden input/output pairs")
+    if len(manifest.golden) > MAX_GOLDEN:
+        # They all run through the encoder as one batch on every install and activation.
+        raise BundleError(
+            f"manifest has {len(manifest.golden)} golden pairs; at most {MAX_GOLDEN} are accepted"
+        )
     for g in manifest.golden:
         if len(g.input) != manifest.max_len or len(g.output) != manifest.dim:
             raise BundleError("golden pair has the wrong input length or output size")
         if min(g.input) < 0 or max(g.input) > manifest.n_items:
             raise BundleError("golden input holds an item index outside the vocabulary")
+        if not np.isfinite(np.asarray(g.output, dtype=np.float64)).all():
+            raise BundleError("golden output contains NaN or Inf")
+    bad_metrics = sorted(k for k, v in manifest.metrics.items() if not np.isfinite(v))
+    if bad_metrics:
+        raise BundleError(f"manifest metrics {bad_metrics} are NaN or Inf")
 
     return Bundle(
         path=path,

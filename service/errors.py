@@ -33,6 +33,10 @@ class InvalidBundle(ServiceError):
         self.reason = reason
 
 
+class GateFailed(InvalidBundle):
+    """A valid bundle that an optional promotion gate (accuracy, latency) refuses."""
+
+
 class NothingToRollBack(ServiceError):
     def __init__(self) -> None:
         super().__init__("there is no previously active version to roll back to")

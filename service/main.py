@@ -17,6 +17,7 @@ from service.answer_cache import AnswerCache
 from service.batcher import MicroBatcher
 from service.deps import AdminDep
 from service.exception_handlers import install_exception_handlers
+from service.gates import GateConfig
 from service.limits import BodySizeLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import Registry
@@ -52,6 +53,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         max_unpacked_bytes=settings.max_unpacked_bytes,
         on_activate=metrics.on_activate,
+        gates=GateConfig(
+            metric=settings.gate_metric,
+            max_metric_drop=settings.gate_max_ndcg_drop,
+            max_latency_ms=settings.gate_max_latency_ms,
+        ),
     )
     batcher = MicroBatcher(
         max_batch_size=settings.batch_max_size,

@@ -6,8 +6,11 @@
 Installing validates a bundle completely before it may become a version: archive safety
 (`bundle.extract_archive`), sizes and sha256 sums, shapes and values (`bundle.read_bundle`),
 the ONNX signature against the manifest, the golden outputs (`bundle.verify_golden`), a
-dynamic batch axis, and one warm-up pass. Only then is the staging directory renamed into
-place, so a version directory always holds a good bundle.
+dynamic batch axis, and one warm-up pass, then the optional accuracy and latency gates
+(`service.gates`, which also lists where each mandatory gate lives). Only then is the
+staging directory renamed into place, so a version directory always holds a good bundle.
+Activation runs the same checks again, the gates against the model serving at that moment;
+a rollback skips the optional gates (it is the operator's way back, whatever the numbers).
 
 Activating loads and warms the new model first and only then swaps `self._current`, a single
 reference assignment: requests read the reference once, so each one runs entirely on the old
@@ -42,6 +45,7 @@ from service.errors import (
     VersionExists,
     VersionNotFound,
 )
+from service.gates import GateConfig, check_gates
 from service.runner import LoadedModel, ModelOptions
 from service.scorer import Scorer
 from service.store import ActiveState, ItemMatrix, Store
@@ -122,12 +126,14 @@ class Registry:
         options: ModelOptions | None = None,
         max_unpacked_bytes: int = 1 << 30,
         on_activate: ActivateHook | None = None,
+        gates: GateConfig | None = None,
     ) -> None:
         self.model_dir = model_dir
         self._store = store
         self._options = options or ModelOptions()
         self._max_unpacked = max_unpacked_bytes
         self._on_activate = on_activate
+        self._gates = gates or GateConfig()
         self._lock = threading.Lock()
         self._current: LoadedModel | None = None
 
@@ -225,6 +231,7 @@ class Registry:
                     model = load_model(staging, self._options)
                 except BundleError as e:
                     raise InvalidBundle(str(e)) from e
+                check_gates(model, serving=self._current, config=self._gates)
                 target = self.model_dir / model.version
                 if target.exists():
                     raise VersionExists(model.version)
@@ -276,13 +283,15 @@ class Registry:
             current = self._current
             if previous is None or (current is not None and previous == current.version):
                 raise NothingToRollBack()
-            return self._activate_locked(previous)
+            return self._activate_locked(previous, gated=False)
 
-    def _activate_locked(self, version: str) -> LoadedModel:
+    def _activate_locked(self, version: str, *, gated: bool = True) -> LoadedModel:
         current = self._current
         if current is not None and current.version == version:
             return current
         model = self._load_installed(version)
+        if gated:
+            check_gates(model, serving=current, config=self._gates)
         self._publish_items(model)
         # The store first: if it cannot record the switch, this replica does not switch either.
         self._store.set_active(version, previous=current.version if current else None)

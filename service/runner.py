@@ -125,6 +125,11 @@ class LoadedModel:
         return self.manifest.n_items
 
     @property
+    def vocab(self) -> Sequence[str]:
+        """External item IDs in index order (entry 0 is the padding entry "")."""
+        return self._vocab
+
+    @property
     def items(self) -> npt.NDArray[Any]:
         return self._items
 

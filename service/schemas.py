@@ -62,6 +62,24 @@ class InstalledOut(BaseModel):
     manifest: dict[str, Any]
 
 
+class ErrorOut(BaseModel):
+    """The body of every error the service raises itself (4xx/5xx other than request
+    validation, whose 422 lists pydantic-style entries)."""
+
+    detail: str
+
+
+class ValidationErrorOut(BaseModel):
+    """422 of a request that fails validation: pydantic-style entries naming each field."""
+
+    detail: list[dict[str, Any]]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` documenting `codes` as `ErrorOut` answers."""
+    return {code: {"model": ErrorOut} for code in codes}
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"] = "ok"
 

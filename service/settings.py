@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     # Answers cached in Redis for this many seconds (service.answer_cache); 0 = off.
     answer_cache_ttl_s: float = Field(default=0.0, ge=0)
 
+    # Optional promotion gates (`service.gates`); unset = off.
+    # Accuracy: a candidate's `gate_metric` (in its manifest's metrics) may be at most this
+    # fraction below the serving version's (0.02 = 2% relative).
+    gate_max_ndcg_drop: float | None = Field(default=None, ge=0, le=1)
+    gate_metric: str = Field(default="test_ndcg@10", min_length=1)
+    # Latency: the candidate's batch-1 request time (encoder + scoring) after warm-up, in ms.
+    gate_max_latency_ms: float | None = Field(default=None, gt=0)
+
     @field_validator("admin_token", mode="before")
     @classmethod
     def _empty_token_disables_admin(cls, v: object) -> object:
@@ -87,7 +95,9 @@ class Settings(BaseSettings):
             return None
         return v
 
-    @field_validator("bootstrap_bundle", "redis_url", mode="before")
+    @field_validator(
+        "bootstrap_bundle", "redis_url", "gate_max_ndcg_drop", "gate_max_latency_ms", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v

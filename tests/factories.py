@@ -44,6 +44,8 @@ class BundleSpec:
     seed: int = 0
     n_golden: int = 4
     shared_items: bool = False  # model.onnx reads the item table from items.npy
+    ndcg: float = 0.0  # manifest metrics test_ndcg@10 (what models.compress writes), ndcg@10
+    slow_layers: int = 0  # extra (2048 x 2048) MatMul + Tanh layers: a deliberately slow encoder
 
 
 def item_ids(n_items: int) -> list[str]:
@@ -59,8 +61,13 @@ def make_encoder_onnx(
     output_name: str = "user_vec",
     input_type: int = TensorProto.INT64,
     batch_dim: str | int = "batch",
+    slow_layers: int = 0,
 ) -> bytes:
-    """Serialized ONNX model of the masked-mean encoder described above."""
+    """Serialized ONNX model of the masked-mean encoder described above.
+
+    `slow_layers` > 0 inserts that many (B, 2048) x (2048, 2048) MatMul + Tanh layers before
+    the output (weights made at load time by ConstantOfShape, so the file stays small): a
+    valid encoder that is slow on purpose, for the latency gate."""
     seq_input = input_name if input_type == TensorProto.INT64 else f"{input_name}_cast"
     nodes = []
     if input_type != TensorProto.INT64:
@@ -77,8 +84,42 @@ def make_encoder_onnx(
         helper.make_node("Div", ["summed", "count1"], ["mean"]),
         helper.make_node("MatMul", ["mean", "W"], ["lin"]),
         helper.make_node("Add", ["lin", "b"], ["pre"]),
-        helper.make_node("Tanh", ["pre"], [output_name]),
     ]
+    if slow_layers:
+        hidden = 2048
+        nodes += [
+            helper.make_node(
+                "ConstantOfShape",
+                ["shape_up"],
+                ["W_up"],
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.05]),
+            ),
+            helper.make_node(
+                "ConstantOfShape",
+                ["shape_hh"],
+                ["W_hh"],
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0 / hidden]),
+            ),
+            helper.make_node(
+                "ConstantOfShape",
+                ["shape_down"],
+                ["W_down"],
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.01]),
+            ),
+            helper.make_node("MatMul", ["pre", "W_up"], ["h0"]),
+        ]
+        for layer in range(slow_layers):
+            nodes += [
+                helper.make_node("MatMul", [f"h{layer}", "W_hh"], [f"m{layer}"]),
+                helper.make_node("Tanh", [f"m{layer}"], [f"h{layer + 1}"]),
+            ]
+        nodes += [
+            helper.make_node("MatMul", [f"h{slow_layers}", "W_down"], ["down"]),
+            helper.make_node("Add", ["down", "pre"], ["pre_slow"]),
+            helper.make_node("Tanh", ["pre_slow"], [output_name]),
+        ]
+    else:
+        nodes.append(helper.make_node("Tanh", ["pre"], [output_name]))
     inits = [
         numpy_helper.from_array(embeddings.astype(np.float32), "E"),
         numpy_helper.from_array(weight.astype(np.float32), "W"),
@@ -89,6 +130,12 @@ def make_encoder_onnx(
         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
     ]
     dim = embeddings.shape[1]
+    if slow_layers:
+        inits += [
+            numpy_helper.from_array(np.array([dim, 2048], dtype=np.int64), "shape_up"),
+            numpy_helper.from_array(np.array([2048, 2048], dtype=np.int64), "shape_hh"),
+            numpy_helper.from_array(np.array([2048, dim], dtype=np.int64), "shape_down"),
+        ]
     graph = helper.make_graph(
         nodes,
         "masked_mean_encoder",
@@ -135,7 +182,7 @@ def make_bundle_dir(out_dir: Path, spec: BundleSpec | None = None, **overrides: 
     if overrides:
         spec = BundleSpec(**{**spec.__dict__, **overrides})
     p = make_parameters(spec)
-    model = make_encoder_onnx(p["E"], p["W"], p["b"])
+    model = make_encoder_onnx(p["E"], p["W"], p["b"], slow_layers=spec.slow_layers)
     shipped = model
     if spec.shared_items:
         from models.quantize import link_item_table, share_item_table  # no torch in there
@@ -157,7 +204,7 @@ def make_bundle_dir(out_dir: Path, spec: BundleSpec | None = None, **overrides: 
         item_encoding=spec.item_encoding,  # type: ignore[arg-type]
         architecture={"kind": "masked-mean-test-encoder", "dim": spec.dim},
         recipe={"made_by": "tests/factories.py", "seed": spec.seed},
-        metrics={"ndcg@10": 0.0},
+        metrics={"test_ndcg@10": spec.ndcg, "ndcg@10": spec.ndcg},
     )
     return out_dir
 
@@ -338,3 +385,213 @@ def bomb_archive(unpacked_bytes: int) -> bytes:
 
 def repack(bundle_dir: Path) -> bytes:
     return pack_bundle(bundle_dir)
+
+
+# --- the hostile corpus: one malicious or unacceptable bundle per gate ----------------------
+
+
+@dataclass(frozen=True)
+class HostileCase:
+    """A .tar.gz the service must refuse, and the text its refusal must contain.
+
+    `gate` is "mandatory" (always enforced), or "accuracy" / "latency" (refused only when the
+    service has GATE_MAX_NDCG_DROP / GATE_MAX_LATENCY_MS set)."""
+
+    name: str
+    archive: bytes
+    reason: str
+    gate: str = "mandatory"
+
+
+SLOW_LAYERS = 192  # 90-200 ms per batch-1 call on one core (cache-bound): over any sane limit
+
+
+def _member(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE) -> tuple:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    if kind == tarfile.REGTYPE:
+        info.size = len(data)
+        return info, data
+    if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+        info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else "manifest.json"
+    return info, None
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def npy_shape_bomb(real: np.ndarray, rows: int = 10**12) -> bytes:
+    """A .npy whose header claims `rows` rows but whose data is that of `real`: a reader that
+    trusts the header allocates terabytes."""
+    buf = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(real.dtype), "fortran_order": False}
+    np.lib.format.write_array_header_1_0(buf, {**header, "shape": (rows, *real.shape[1:])})
+    return buf.getvalue() + np.ascontiguousarray(real).tobytes()
+
+
+def hostile_corpus(
+    work_dir: Path,
+    *,
+    prefix: str = "hostile",
+    serving_metric: tuple[str, float] | None = None,
+) -> list[HostileCase]:
+    """Build the corpus under `work_dir` (created). Every bundle gets its own version name
+    (`<prefix>-<case>`), so one wrongly accepted never collides with another.
+
+    `serving_metric` = (metric, value) of the serving version: the accuracy case then claims
+    a tenth of that value; without it the accuracy case is left out."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    cases: list[HostileCase] = []
+
+    def archive(*members: tuple) -> bytes:
+        return _tar(list(members))
+
+    # Archive safety: each unsafe member comes first, ahead of a valid bundle's files.
+    cases += [
+        HostileCase("path_traversal", archive(_member("../escaped.txt")), "escapes the bundle"),
+        HostileCase("absolute_path", archive(_member("/tmp/evil.txt")), "absolute path"),
+        HostileCase("symlink", archive(_member("model.onnx", kind=tarfile.SYMTYPE)), "is a link"),
+        HostileCase("hardlink", archive(_member("model.onnx", kind=tarfile.LNKTYPE)), "is a link"),
+        HostileCase(
+            "device_file", archive(_member("model.onnx", kind=tarfile.CHRTYPE)), "not a regular"
+        ),
+        HostileCase("subdirectory", archive(_member("sub/model.onnx")), "subdirectory"),
+        HostileCase(
+            "too_many_files",
+            archive(*(_member(f"f{i}.bin") for i in range(40))),
+            "more than 16 files",
+        ),
+        HostileCase("decompression_bomb", bomb_archive(64 << 20), "decompression bomb"),
+        HostileCase("not_a_tarball", b"\x1f\x8b but not really gzip", "not a valid .tar.gz"),
+    ]
+
+    def bundle_case(
+        name: str, reason: str, corrupt: Any, *, gate: str = "mandatory", **spec: Any
+    ) -> None:
+        full = BundleSpec(**{"version": f"{prefix}-{name}".replace("_", "-"), **spec})
+        d = make_bundle_dir(work_dir / name, full)
+        corrupt(d, full)
+        cases.append(HostileCase(name, pack_bundle(d), reason, gate))
+
+    def set_manifest(**fields: Any) -> Any:
+        def corrupt(d: Path, _: BundleSpec) -> None:
+            m = _manifest(d)
+            m.update(fields)
+            _write_manifest(d, m)
+
+        return corrupt
+
+    def set_vocab(edit: Any) -> Any:
+        def corrupt(d: Path, _: BundleSpec) -> None:
+            vocab = json.loads((d / "vocab.json").read_text())
+            replace_file(d, "vocab.json", json.dumps(edit(vocab)).encode())
+
+        return corrupt
+
+    def set_npy(name: str, make: Any) -> Any:
+        def corrupt(d: Path, spec: BundleSpec) -> None:
+            replace_file(d, name, _npy(make(np.load(d / name), spec)))
+
+        return corrupt
+
+    def golden_nan(d: Path, _: BundleSpec) -> None:
+        m = _manifest(d)
+        m["golden"][1]["output"][0] = float("nan")
+        _write_manifest(d, m)
+
+    def nan_items(a: np.ndarray, _: BundleSpec) -> np.ndarray:
+        a = a.copy()
+        a[3, 1] = np.nan
+        return a
+
+    def inf_scales(a: np.ndarray, _: BundleSpec) -> np.ndarray:
+        a = a.copy()
+        a[5] = np.inf
+        return a
+
+    def unlisted_file(d: Path, _: BundleSpec) -> None:
+        (d / "payload.py").write_text("import os; os.system('id')\n")
+
+    bundle_case("sha256_mismatch", "does not match its sha256", lambda d, s: corrupt_checksum(d))
+    bundle_case("size_mismatch", "manifest says", set_manifest(n_items=61))
+    bundle_case("unlisted_file", "not listed in the manifest", unlisted_file)
+    bundle_case(
+        "onnx_not_a_model", "cannot be loaded by onnxruntime", lambda d, s: corrupt_onnx_bytes(d)
+    )
+    bundle_case("onnx_wrong_input_name", "inputs are", corrupt_onnx_signature)
+    bundle_case(
+        "onnx_wrong_input_dtype",
+        "expected tensor(int64)",
+        lambda d, s: corrupt_onnx_signature(d, s, kind="dtype"),
+    )
+    bundle_case(
+        "onnx_fixed_batch",
+        "batch axis must be dynamic",
+        lambda d, s: corrupt_onnx_signature(d, s, kind="batch"),
+    )
+    bundle_case(
+        "vocab_length_mismatch", "vocab.json has 62 entries", set_vocab(lambda v: [*v, "x"])
+    )
+    bundle_case("vocab_duplicate_ids", "duplicate item IDs", set_vocab(lambda v: [*v[:-1], v[1]]))
+    bundle_case("vocab_empty_id", "empty item IDs", set_vocab(lambda v: [v[0], "", *v[2:]]))
+    bundle_case("vocab_not_strings", "list of strings", set_vocab(lambda v: [*v[:-1], 7]))
+    bundle_case(
+        "nan_items", "items.npy contains NaN", set_npy("items.npy", nan_items), item_encoding="fp32"
+    )
+    bundle_case(
+        "inf_scales", "item_scales.npy contains NaN or Inf", set_npy("item_scales.npy", inf_scales)
+    )
+    bundle_case("nan_golden", "golden output contains NaN", golden_nan)
+
+    def many_golden(d: Path, _: BundleSpec) -> None:
+        m = _manifest(d)
+        m["golden"] = m["golden"] * 100
+        _write_manifest(d, m)
+
+    bundle_case("too_many_golden_pairs", "golden pairs; at most", many_golden)
+    bundle_case("golden_mismatch", "golden outputs", lambda d, s: corrupt_golden(d))
+    bundle_case("nan_encoder", "NaN", corrupt_nan_encoder)
+    bundle_case(
+        "pickled_object_npy",
+        "holds Python objects",
+        set_npy("popularity.npy", lambda a, s: np.array([{"x": 1}] * len(a), dtype=object)),
+    )
+    bundle_case(
+        "npy_shape_bomb",
+        "declares shape (1000000000000,)",
+        lambda d, _: replace_file(
+            d, "popularity.npy", npy_shape_bomb(np.load(d / "popularity.npy"))
+        ),
+    )
+    bundle_case(
+        "vocab_deeply_nested",
+        "nested too deeply",
+        lambda d, _: replace_file(d, "vocab.json", b"[" * 200_000 + b"]" * 200_000),
+    )
+    bundle_case(
+        "negative_popularity", "negative counts", set_npy("popularity.npy", lambda a, s: a - 100)
+    )
+    bundle_case(
+        "popularity_wrong_shape",
+        "popularity.npy must be",
+        set_npy("popularity.npy", lambda a, s: a[:-1]),
+    )
+    bundle_case(
+        "bad_version_name", "invalid at model_version", set_manifest(model_version="../../etc")
+    )
+
+    if serving_metric is not None:
+        metric, value = serving_metric
+        bundle_case(
+            "accuracy_gate",
+            "accuracy gate",
+            set_manifest(metrics={metric: value / 10}),
+            gate="accuracy",
+        )
+    # As accurate as the serving version (when known), so only its speed can fail it.
+    as_good = set_manifest(metrics=dict([serving_metric])) if serving_metric else lambda d, s: None
+    bundle_case("latency_gate", "latency gate", as_good, gate="latency", slow_layers=SLOW_LAYERS)
+    return cases

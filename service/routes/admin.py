@@ -18,11 +18,13 @@ from service.deps import RegistryDep, SettingsDep
 from service.errors import InvalidBundle, UploadTooLarge
 from service.registry import Registry
 from service.runner import LoadedModel
-from service.schemas import ActiveOut, BundlesOut, InstalledOut, VersionOut
+from service.schemas import ActiveOut, BundlesOut, InstalledOut, VersionOut, error_responses
 
 # The prefix lives on the router (not at include_router) so route templates, and the metrics
 # labels taken from them, carry the full path.
-router = APIRouter(prefix="/admin", tags=["admin"])
+# 401 / 403 come from the guard `service.main` attaches; 422 is always `{"detail": "..."}`
+# here (a refused bundle), never a list of validation entries.
+router = APIRouter(prefix="/admin", tags=["admin"], responses=error_responses(401, 403))
 
 
 def _active_out(model: LoadedModel | None) -> ActiveOut:
@@ -31,7 +33,9 @@ def _active_out(model: LoadedModel | None) -> ActiveOut:
     return ActiveOut(version=model.version, manifest=model.manifest.model_dump(mode="json"))
 
 
-@router.post("/bundles", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/bundles", status_code=status.HTTP_201_CREATED, responses=error_responses(409, 413, 422)
+)
 async def upload_bundle(
     request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> InstalledOut:
@@ -85,13 +89,13 @@ def list_bundles(registry: RegistryDep) -> BundlesOut:
     )
 
 
-@router.post("/bundles/{version}/activate")
+@router.post("/bundles/{version}/activate", responses=error_responses(404, 422, 503))
 def activate(version: str, registry: RegistryDep) -> ActiveOut:
     """Load, validate and warm the version, then switch every new request to it."""
     return _active_out(registry.activate(version))
 
 
-@router.post("/rollback")
+@router.post("/rollback", responses=error_responses(409, 422, 503))
 def rollback(registry: RegistryDep) -> ActiveOut:
     """Switch back to the version that was active before the current one."""
     return _active_out(registry.rollback())

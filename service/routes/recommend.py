@@ -24,7 +24,12 @@ from starlette.background import BackgroundTask
 from service.deps import AnswerCacheDep, BatcherDep, MetricsDep, ModelDep, SettingsDep
 from service.responses import OrjsonResponse
 from service.runner import RecRequest
-from service.schemas import RecommendRequest, RecommendResponse
+from service.schemas import (
+    RecommendRequest,
+    RecommendResponse,
+    ValidationErrorOut,
+    error_responses,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["recommend"])
@@ -69,6 +74,23 @@ async def recommend_body(request: Request, settings: SettingsDep) -> RecommendRe
         problems.append(_too_long("candidates", len(body.candidates), settings.max_candidates))
     if len(body.exclude) > settings.max_exclude:
         problems.append(_too_long("exclude", len(body.exclude), settings.max_exclude))
+    # The schema caps IDs at 256 characters; MAX_ITEM_ID_LENGTH may be stricter.
+    for field, ids in (
+        ("history", body.history),
+        ("candidates", body.candidates or []),
+        ("exclude", body.exclude),
+    ):
+        long_at = next((i for i, v in enumerate(ids) if len(v) > settings.max_item_id_length), None)
+        if long_at is not None:
+            problems.append(
+                {
+                    "type": "string_too_long",
+                    "loc": ("body", field, long_at),
+                    "msg": f"item IDs have at most {settings.max_item_id_length} characters",
+                    "input": None,
+                    "ctx": {"max_length": settings.max_item_id_length},
+                }
+            )
     if body.k > settings.max_k:
         problems.append(
             {
@@ -99,6 +121,7 @@ _OPENAPI_BODY = {
     response_model=RecommendResponse,
     response_class=OrjsonResponse,
     openapi_extra=_OPENAPI_BODY,
+    responses={**error_responses(413, 503), 422: {"model": ValidationErrorOut}},
 )
 async def recommend(
     body: RecommendBody,

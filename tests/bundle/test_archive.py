@@ -2,6 +2,7 @@ import io
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bundle import BundleError, extract_archive, pack_bundle
@@ -74,6 +75,31 @@ def test_extract_rejects_fifo(tmp_path: Path) -> None:
     info.type = tarfile.FIFOTYPE
     with pytest.raises(BundleError, match="not a regular file"):
         extract_archive(_tar([(info, None)]), tmp_path / "d")
+
+
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.DIRTYPE])
+def test_extract_rejects_devices_and_directories(tmp_path: Path, kind: bytes) -> None:
+    info = tarfile.TarInfo("model.onnx")
+    info.type = kind
+    with pytest.raises(BundleError, match="not a regular file"):
+        extract_archive(_tar([(info, None)]), tmp_path / "d")
+
+
+def test_extract_refuses_a_bomb_by_its_expansion_ratio_below_the_byte_limit(
+    tmp_path: Path,
+) -> None:
+    bomb = _tar([_file("zeros", bytes(64 << 20))])  # ~64 KiB compressed, 1000x
+    with pytest.raises(BundleError, match="expands more than 100x"):
+        extract_archive(bomb, tmp_path / "d", max_bytes=1 << 30)
+    written = sum(p.stat().st_size for p in (tmp_path / "d").iterdir())
+    assert written < 16 << 20  # stopped early, not after unpacking it all
+
+
+def test_extract_accepts_a_realistic_bundle_ratio(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.integers(-127, 128, size=8 << 20, dtype="int8").tobytes()
+    extract_archive(_tar([_file("items.npy", data)]), tmp_path / "d")
+    assert (tmp_path / "d" / "items.npy").stat().st_size == len(data)
 
 
 def test_extract_stops_a_decompression_bomb_at_the_limit(tmp_path: Path) -> None:

@@ -1,3 +1,4 @@
+import io
 import json
 from pathlib import Path
 
@@ -151,7 +152,82 @@ def test_read_refuses_pickled_arrays(tmp_path: Path) -> None:
     other = tmp_path / "obj.npy"
     np.save(other, np.array([object()] * (N_ITEMS + 1), dtype=object), allow_pickle=True)
     _rewrite_listed_file(path, POPULARITY_FILE, other.read_bytes())
-    with pytest.raises(BundleError, match=r"not a plain \.npy array"):
+    with pytest.raises(BundleError, match=r"popularity\.npy holds Python objects"):
+        read_bundle(path)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\x80\x04\x95 a raw pickle stream, not .npy", r"not a plain \.npy array"),
+        (b"PK\x03\x04 an .npz archive, which np.load would open", r"not a plain \.npy array"),
+    ],
+    ids=["pickle_stream", "npz"],
+)
+def test_read_refuses_files_that_are_not_npy(tmp_path: Path, payload: bytes, reason: str) -> None:
+    path, _ = _write(tmp_path)
+    _rewrite_listed_file(path, POPULARITY_FILE, payload)
+    with pytest.raises(BundleError, match=reason):
+        read_bundle(path)
+
+
+def test_read_refuses_a_header_that_claims_more_data_than_the_file_holds(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<i4", "fortran_order": False, "shape": (10**12,)}
+    )
+    _rewrite_listed_file(path, POPULARITY_FILE, buf.getvalue() + bytes(4 * (N_ITEMS + 1)))
+    with pytest.raises(BundleError, match=r"declares shape \(1000000000000,\)"):
+        read_bundle(path)
+
+
+def test_read_refuses_too_many_golden_pairs(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["golden"] = manifest["golden"] * 200  # 400 pairs
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="400 golden pairs; at most 256"):
+        read_bundle(path)
+
+
+def test_read_refuses_a_deeply_nested_vocab(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    _rewrite_listed_file(path, VOCAB_FILE, b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(BundleError, match="nested too deeply"):
+        read_bundle(path)
+
+
+def test_read_refuses_non_numeric_arrays(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    other = tmp_path / "str.npy"
+    np.save(other, np.array(["a"] * (N_ITEMS + 1)))
+    _rewrite_listed_file(path, POPULARITY_FILE, other.read_bytes())
+    with pytest.raises(BundleError, match="only numeric arrays"):
+        read_bundle(path)
+
+
+def test_read_rejects_empty_item_ids_other_than_padding(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    vocab = ["", "a", "", *(f"sku-{i}" for i in range(3, N_ITEMS + 1))]
+    _rewrite_listed_file(path, VOCAB_FILE, json.dumps(vocab).encode())
+    with pytest.raises(BundleError, match=r"empty item IDs at indices \[2\]"):
+        read_bundle(path)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_read_rejects_non_finite_golden_outputs_and_metrics(tmp_path: Path, value: str) -> None:
+    path, _ = _write(tmp_path)
+    text = (path / MANIFEST_FILE).read_text()
+    manifest = json.loads(text)
+    manifest["golden"][0]["output"][0] = float(value.replace("inity", ""))
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="golden output contains NaN or Inf"):
+        read_bundle(path)
+    manifest = json.loads(text)
+    manifest["metrics"]["ndcg@10"] = float(value.replace("inity", ""))
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"metrics \['ndcg@10'\] are NaN or Inf"):
         read_bundle(path)
 
 
