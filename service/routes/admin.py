@@ -1,4 +1,7 @@
-"""The admin API under /admin: upload, list, activate, roll back.
+"""The admin API under /admin: upload, list, activate, roll back, canary, status.
+
+With Redis every change is fleet-wide: it is taken under the fleet lock (409 while another
+admin call holds it), recorded in Redis and announced to every replica (`service.fleet`).
 
 Guarded once, where `service.main` includes this router (`dependencies=[AdminDep]`), and not
 mounted at all when no ADMIN_TOKEN is configured. Upload example:
@@ -18,7 +21,14 @@ from service.deps import RegistryDep, SettingsDep
 from service.errors import InvalidBundle, UploadTooLarge
 from service.registry import Registry
 from service.runner import LoadedModel
-from service.schemas import ActiveOut, BundlesOut, InstalledOut, VersionOut
+from service.schemas import (
+    ActivateIn,
+    ActiveOut,
+    BundlesOut,
+    InstalledOut,
+    StatusOut,
+    VersionOut,
+)
 
 # The prefix lives on the router (not at include_router) so route templates, and the metrics
 # labels taken from them, carry the full path.
@@ -100,3 +110,48 @@ def rollback(registry: RegistryDep) -> ActiveOut:
 @router.get("/active")
 def active(registry: RegistryDep) -> ActiveOut:
     return _active_out(registry.current)
+
+
+@router.post("/activate")
+def activate_or_canary(body: ActivateIn, registry: RegistryDep) -> StatusOut:
+    """Make `version` active everywhere or, with `canary_percent`, serve it to that share of
+    the traffic (sticky per `user_id`) while the active version serves the rest."""
+    if body.canary_percent is None:
+        registry.activate(body.version)
+    else:
+        registry.start_canary(body.version, percent=body.canary_percent)
+    return status_out(registry)
+
+
+@router.post("/canary/promote")
+def promote_canary(registry: RegistryDep) -> StatusOut:
+    """Make the canary the active version everywhere."""
+    registry.promote_canary()
+    return status_out(registry)
+
+
+@router.post("/canary/abort")
+def abort_canary(registry: RegistryDep) -> StatusOut:
+    """Drop the canary: the active version serves all traffic again."""
+    registry.abort_canary()
+    return status_out(registry)
+
+
+@router.get("/status")
+def replica_status(registry: RegistryDep) -> StatusOut:
+    """This replica against the fleet's stored state, with the error if it lags behind."""
+    return status_out(registry)
+
+
+def status_out(registry: Registry) -> StatusOut:
+    s = registry.status()
+    return StatusOut(
+        replica=s.replica,
+        serving=s.serving,
+        canary=s.canary,
+        canary_percent=s.canary_percent,
+        fleet_active=s.fleet_active,
+        fleet_canary=s.fleet_canary,
+        error=s.error,
+        subscriber_connected=s.subscriber_connected,
+    )
