@@ -20,8 +20,9 @@ class VersionNotFound(ServiceError):
 
 
 class VersionExists(ServiceError):
-    def __init__(self, version: str) -> None:
-        super().__init__(f"model version {version!r} is already installed")
+    def __init__(self, version: str, *, in_fleet: bool = False) -> None:
+        where = "exists in the fleet with another archive" if in_fleet else "is already installed"
+        super().__init__(f"model version {version!r} {where}")
         self.version = version
 
 

@@ -264,7 +264,7 @@ class RedisFleet:
         except redis.RedisError as e:
             raise StoreUnavailable(str(e)) from e
         if existing is not None and _text(existing) != digest:
-            raise VersionExists(version)  # another archive already owns this version name
+            raise VersionExists(version, in_fleet=True)  # one version name, one archive
 
     def has_archive(self, version: str) -> bool:
         try:
