@@ -42,7 +42,16 @@ def free_port() -> int:
 
 ROOT = Path(__file__).resolve().parents[1]
 # Settings a test's service process must not inherit from the developer's shell.
-SERVICE_ENV_VARS = ("REDIS_URL", "ADMIN_TOKEN", "BOOTSTRAP_BUNDLE", "MODEL_DIR", "HOST", "PORT")
+SERVICE_ENV_VARS = (
+    "REDIS_URL",
+    "REDIS_KEY_PREFIX",
+    "REPLICA_ID",
+    "ADMIN_TOKEN",
+    "BOOTSTRAP_BUNDLE",
+    "MODEL_DIR",
+    "HOST",
+    "PORT",
+)
 
 
 @contextmanager
