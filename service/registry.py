@@ -459,6 +459,11 @@ class Registry:
         if self._error:
             log.error("not following the fleet: %s", self._error)
 
+    @property
+    def fleet_error(self) -> str | None:
+        """Why this replica does not serve the fleet's stored state; None when it does."""
+        return self._error
+
     def status(self) -> ReplicaStatus:
         serving = self._serving
         error = self._error

@@ -79,7 +79,12 @@ class StoreState(BaseModel):
 class ReadyOut(BaseModel):
     status: Literal["ready", "degraded", "not_ready"]
     model_version: str | None
+    canary_version: str | None = None
+    replica: str
     store: StoreState
+    fleet_error: str | None = Field(
+        default=None, description="Why this replica does not serve the fleet's version."
+    )
 
 
 class ActivateIn(BaseModel):

@@ -181,7 +181,10 @@ def test_a_replica_that_cannot_load_the_new_version_keeps_serving_and_reports_it
     assert s["serving"] == "v1" and s["fleet_active"] == "v2"
     assert "'v2'" in s["error"] and reason in s["error"]
     assert version_of(b) == "v1"  # never crashed, still answering
-    assert b.get("/readyz").status_code == 200
+    ready = b.get("/readyz")
+    assert ready.status_code == 200  # it answers: degraded, not out of the rotation
+    assert ready.json()["status"] == "degraded"
+    assert ready.json()["model_version"] == "v1" and reason in ready.json()["fleet_error"]
     assert not (Path(b.app.state.settings.model_dir) / "v2").exists()  # type: ignore[attr-defined]
 
 
@@ -305,6 +308,7 @@ def test_a_canary_splits_traffic_by_user_id_the_same_way_on_every_replica(
     body = start_canary(a, admin_headers, 10)
     assert body["serving"] == "v1" and body["canary"] == "v2" and body["canary_percent"] == 10
     assert body["fleet_active"] == "v1" and body["fleet_canary"] == "v2"
+    assert a.get("/readyz").json()["canary_version"] == "v2"
     assert eventually(lambda: status(b, admin_headers)["canary"] == "v2")
 
     users = [f"user-{i}" for i in range(1000)]
