@@ -390,3 +390,13 @@ def test_canary_works_on_the_embedded_store_too(embedded_client, admin_headers, 
     assert 0.12 <= versions.count("v2") / 300 <= 0.28
     assert c.post("/admin/canary/promote", headers=admin_headers).json()["serving"] == "v2"
     assert version_of(c, "u1") == "v2"
+
+
+def test_the_subscriber_runs_with_the_lifespan_and_stops_at_shutdown(replica_settings, v1_dir):
+    app = create_app(replica_settings("a", bootstrap_bundle=v1_dir))
+    with TestClient(app):
+        fleet = app.state.registry.fleet
+        assert eventually(lambda: fleet.connected is True)
+        assert any(t.name == "fleet-subscriber" for t in threading.enumerate())
+    assert fleet.connected is False
+    assert not any(t.name == "fleet-subscriber" for t in threading.enumerate())
