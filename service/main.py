@@ -63,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         max_unpacked_bytes=settings.max_unpacked_bytes,
         on_activate=metrics.on_activate,
+        on_canary=metrics.on_canary,
     )
     batcher = MicroBatcher(
         max_batch_size=settings.batch_max_size,

@@ -74,6 +74,7 @@ UPLOAD_PREFIX = ".upload-"
 _VERSION_RE = re.compile(VERSION_PATTERN)
 
 ActivateHook = Callable[[str | None, str], None]  # (previous version, new version)
+CanaryHook = Callable[[str | None, float], None]  # (canary version or None, percent)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class Registry:
         options: ModelOptions | None = None,
         max_unpacked_bytes: int = 1 << 30,
         on_activate: ActivateHook | None = None,
+        on_canary: CanaryHook | None = None,
     ) -> None:
         self.model_dir = model_dir
         self._store = store
@@ -154,6 +156,7 @@ class Registry:
         self._options = options or ModelOptions()
         self._max_unpacked = max_unpacked_bytes
         self._on_activate = on_activate
+        self._on_canary = on_canary
         # Serializes this replica's changes; the fleet lock (taken first) serializes replicas.
         self._lock = threading.Lock()
         self._serving = Serving()
@@ -451,10 +454,8 @@ class Registry:
             except (VersionNotFound, InvalidBundle, StoreUnavailable) as e:
                 errors.append(f"cannot serve the canary {state.canary!r}: {e}")
         target = Serving(stable, canary, state.canary_percent if canary is not None else 0.0)
-        if target.stable is not serving.stable or target.canary is not serving.canary:
+        if target != serving:  # models compare by identity: a reload is a change
             self._set_serving_locked(target)
-        elif target.canary_percent != serving.canary_percent:
-            self._serving = target
         self._error = "; ".join(errors) or None
         if self._error:
             log.error("not following the fleet: %s", self._error)
@@ -485,10 +486,14 @@ class Registry:
     # --- models ---------------------------------------------------------------------------
 
     def _set_serving_locked(self, serving: Serving) -> None:
-        previous = self._serving.stable
+        before = self._serving
+        previous = before.stable
         self._serving = serving  # the atomic swap: one reference assignment
-        if serving.canary is not None:
-            log.info("canary %s on %g%% of traffic", serving.canary.version, serving.canary_percent)
+        if (serving.canary, serving.canary_percent) != (before.canary, before.canary_percent):
+            version = serving.canary.version if serving.canary else None
+            log.info("canary: %s on %g%% of traffic", version, serving.canary_percent)
+            if self._on_canary is not None:
+                self._on_canary(version, serving.canary_percent)
         if serving.stable is not None and serving.stable is not previous:
             log.info("activated model version %s", serving.stable.version)
             if self._on_activate is not None:
