@@ -214,13 +214,26 @@ class Registry:
         if bootstrap is not None:
             version = self._install_bootstrap(bootstrap)
             try:
-                self.activate(version)
+                self._activate_bootstrap(version)
             except (StoreUnavailable, AdminBusy) as e:
                 # Serve locally rather than not at all; readiness reports the store as down.
                 log.warning("cannot record %s as active (%s): serving it locally", version, e)
+            if self.current is None:
                 with self._lock:
                     self._set_serving_locked(Serving(stable=self._load_locked(version)))
-            log.info("serving bootstrap bundle %s as version %s", bootstrap, version)
+            current = self.current
+            log.info("serving %s (bootstrap %s)", current.version if current else None, bootstrap)
+
+    def _activate_bootstrap(self, version: str) -> None:
+        """Activate the bootstrap version fleet-wide, unless a replica starting at the same
+        time activated something first: then follow that."""
+        with self._fleet.lock(f"activate {version}"), self._lock:
+            state = self._store.get_state()
+            if state.active is not None:
+                self._converge_locked(state)
+                return
+            self._activate_locked(version)
+            self._announce("activate", version)
 
     def _install_bootstrap(self, bootstrap: Path) -> str:
         try:

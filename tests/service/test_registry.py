@@ -17,7 +17,7 @@ from service.errors import (
 )
 from service.registry import Registry, load_model
 from service.runner import RecRequest
-from service.store import EmbeddedStore, RedisStore
+from service.store import ActiveState, EmbeddedStore, RedisStore
 from tests import factories as f
 from tests.conftest import V1, V2, free_port
 
@@ -360,3 +360,28 @@ def test_a_canary_needs_an_active_version_and_another_version(registry, v1_archi
         registry.start_canary("v1", percent=10)
     with pytest.raises(VersionNotFound):
         registry.start_canary("v9", percent=10)
+
+
+def test_a_bootstrap_does_not_override_a_version_another_replica_activated_first(
+    tmp_path, model_dir, v1_dir, v2_archive
+):
+    shared = EmbeddedStore(tmp_path / "shared")
+    first = Registry(model_dir=tmp_path / "a", store=shared)
+    first.start(bootstrap=v1_dir)
+
+    class SeesNothingAtFirst(EmbeddedStore):
+        """The state as read a moment before `first` activated v1."""
+
+        calls = 0
+
+        def get_state(self) -> ActiveState:
+            self.calls += 1
+            return ActiveState() if self.calls == 1 else super().get_state()
+
+    archive = tmp_path / "v2.tar.gz"
+    archive.write_bytes(v2_archive)
+    second = Registry(model_dir=model_dir, store=SeesNothingAtFirst(tmp_path / "shared"))
+    second.install_dir(v1_dir)  # it can serve v1 (no fleet archive without Redis)
+    second.start(bootstrap=archive)
+    assert second.current is not None and second.current.version == "v1"
+    assert shared.get_state().active == "v1"
