@@ -73,6 +73,9 @@ STAGING_PREFIX = ".staging-"
 UPLOAD_PREFIX = ".upload-"
 _VERSION_RE = re.compile(VERSION_PATTERN)
 
+# Why a replica may be unable to serve a version the fleet chose (reported, never raised).
+CANNOT_SERVE = (VersionNotFound, VersionExists, InvalidBundle, StoreUnavailable)
+
 ActivateHook = Callable[[str | None, str], None]  # (previous version, new version)
 CanaryHook = Callable[[str | None, float], None]  # (canary version or None, percent)
 
@@ -458,13 +461,13 @@ class Registry:
             try:
                 stable = self._load_locked(state.active)
                 self._publish_items(stable)
-            except (VersionNotFound, InvalidBundle, StoreUnavailable) as e:
+            except CANNOT_SERVE as e:
                 errors.append(f"cannot serve the active version {state.active!r}: {e}")
         canary: LoadedModel | None = None
         if state.canary is not None and stable is not None and state.canary != stable.version:
             try:
                 canary = self._load_locked(state.canary)
-            except (VersionNotFound, InvalidBundle, StoreUnavailable) as e:
+            except CANNOT_SERVE as e:
                 errors.append(f"cannot serve the canary {state.canary!r}: {e}")
         target = Serving(stable, canary, state.canary_percent if canary is not None else 0.0)
         if target != serving:  # models compare by identity: a reload is a change
