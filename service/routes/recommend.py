@@ -95,7 +95,8 @@ async def recommend_body(request: Request, settings: SettingsDep) -> RecommendRe
 RecommendBody = Annotated[RecommendRequest, Depends(recommend_body)]
 
 
-def request_model(body: RecommendBody, registry: RegistryDep) -> LoadedModel:
+async def request_model(body: RecommendBody, registry: RegistryDep) -> LoadedModel:
+    # async: an in-memory read, no reason to hop to the thread pool for it
     return get_current_model(registry, body.user_id)
 
 
