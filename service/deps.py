@@ -55,15 +55,16 @@ BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 AnswerCacheDep = Annotated[AnswerCache | None, Depends(get_answer_cache)]
 
 
-async def get_current_model(registry: RegistryDep) -> LoadedModel:
-    """The serving model, read once: the whole request runs on this reference."""
-    model = registry.current
+async def get_current_model(registry: Registry, user_id: str | None) -> LoadedModel:
+    """The model for one request, read once (the whole request runs on this reference): the
+    canary for the canary's share of traffic (sticky by `user_id`), else the active one. No
+    network call: the split is computed from the in-memory snapshot (`service.canary`).
+    The recommend route wraps it as its `ModelDep`, since the user id is in the body."""
+    model = registry.model_for(user_id)
     if model is None:
         raise NoModelLoaded()
     return model
 
-
-ModelDep = Annotated[LoadedModel, Depends(get_current_model)]
 
 _bearer = HTTPBearer(auto_error=False)
 

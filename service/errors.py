@@ -20,8 +20,9 @@ class VersionNotFound(ServiceError):
 
 
 class VersionExists(ServiceError):
-    def __init__(self, version: str) -> None:
-        super().__init__(f"model version {version!r} is already installed")
+    def __init__(self, version: str, *, in_fleet: bool = False) -> None:
+        where = "exists in the fleet with another archive" if in_fleet else "is already installed"
+        super().__init__(f"model version {version!r} {where}")
         self.version = version
 
 
@@ -53,3 +54,22 @@ class StoreUnavailable(ServiceError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"store unavailable: {detail}")
+
+
+class AdminBusy(ServiceError):
+    """Another admin operation holds the fleet-wide lock; nothing was changed."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(
+            f"another admin operation is in progress ({holder}); nothing was changed, try again"
+        )
+        self.holder = holder
+
+
+class CanaryConflict(ServiceError):
+    """A canary operation that does not fit the current state (none running, or the active
+    version itself as canary)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -6,6 +6,8 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse
 
 from service.errors import (
+    AdminBusy,
+    CanaryConflict,
     InvalidBundle,
     NoModelLoaded,
     NothingToRollBack,
@@ -22,6 +24,8 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     VersionNotFound: 404,
     VersionExists: 409,
     NothingToRollBack: 409,
+    AdminBusy: 409,
+    CanaryConflict: 409,
     InvalidBundle: 422,
     UploadTooLarge: 413,
 }

@@ -17,6 +17,7 @@ from service.answer_cache import AnswerCache
 from service.batcher import MicroBatcher
 from service.deps import AdminDep
 from service.exception_handlers import install_exception_handlers
+from service.fleet import open_fleet
 from service.gates import GateConfig
 from service.limits import BodySizeLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
@@ -31,8 +32,9 @@ from service.store import open_store
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the store, start the registry (active version or bootstrap bundle) and the
-    batcher, then serve; on shutdown answer what is queued and close the connections."""
+    """Open the store, start the registry (active version or bootstrap bundle), the fleet
+    subscriber and the batcher, then serve; on shutdown answer what is queued, stop
+    following the fleet and close the connections."""
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
     redis_url = str(settings.redis_url) if settings.redis_url else None
@@ -42,9 +44,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prefix=settings.redis_key_prefix,
         timeout_s=settings.redis_timeout_s,
     )
+    fleet = open_fleet(
+        redis_url=redis_url,
+        prefix=settings.redis_key_prefix,
+        replica_id=settings.replica_id,
+        timeout_s=settings.redis_timeout_s,
+        lock_wait_s=settings.fleet_lock_wait_s,
+        lock_ttl_s=settings.fleet_lock_ttl_s,
+    )
     registry = Registry(
         model_dir=settings.model_dir,
         store=store,
+        fleet=fleet,
         options=ModelOptions(
             intra_op_threads=settings.onnx_intra_op_threads,
             scoring_precision=settings.scoring_precision,
@@ -53,6 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         max_unpacked_bytes=settings.max_unpacked_bytes,
         on_activate=metrics.on_activate,
+        on_canary=metrics.on_canary,
         gates=GateConfig(
             metric=settings.gate_metric,
             max_metric_drop=settings.gate_max_ndcg_drop,
@@ -75,12 +87,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     try:
         await run_in_threadpool(registry.start, bootstrap=settings.bootstrap_bundle)
+        fleet.start(on_change=registry.sync)
         app.state.registry = registry
         app.state.answer_cache = answer_cache
         async with batcher:
             app.state.batcher = batcher
             yield
     finally:
+        fleet.stop()
         if answer_cache is not None:
             await answer_cache.close()
         store.close()

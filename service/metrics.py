@@ -63,6 +63,12 @@ class Metrics:
             ["version"],
             registry=self.registry,
         )
+        self.canary_info = Gauge(
+            "recsys_canary_percent",
+            "The canary version and the share of traffic (percent) it serves; absent without one.",
+            ["version"],
+            registry=self.registry,
+        )
         self.swaps = Counter(
             "recsys_model_swaps",
             "Model activations that replaced a serving model.",
@@ -80,6 +86,11 @@ class Metrics:
             self.model_info.remove(previous)
             self.swaps.inc()
         self.model_info.labels(version=version).set(1)
+
+    def on_canary(self, version: str | None, percent: float) -> None:
+        self.canary_info.clear()
+        if version is not None:
+            self.canary_info.labels(version=version).set(percent)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

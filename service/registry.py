@@ -9,18 +9,31 @@ the ONNX signature against the manifest, the golden outputs (`bundle.verify_gold
 dynamic batch axis, and one warm-up pass, then the optional accuracy and latency gates
 (`service.gates`, which also lists where each mandatory gate lives). Only then is the
 staging directory renamed into place, so a version directory always holds a good bundle.
-Activation runs the same checks again, the gates against the model serving at that moment;
-a rollback skips the optional gates (it is the operator's way back, whatever the numbers).
+Activation (and a canary's start) runs the same checks again, the gates against the model
+serving at that moment; a rollback skips the optional gates (it is the operator's way back,
+whatever the numbers), and so does a replica installing or following a version the fleet
+already chose (the replica that chose it ran them).
 
-Activating loads and warms the new model first and only then swaps `self._current`, a single
-reference assignment: requests read the reference once, so each one runs entirely on the old
-or entirely on the new model and names the version that answered. Admin operations are
-serialized by one lock; a failure at any step leaves the serving model untouched.
+Activating loads and warms the new model first and only then swaps `self._serving`, an
+immutable `Serving` snapshot (the active model and an optional canary with its share of the
+traffic), by a single reference assignment: requests read it once, so each one runs entirely
+on one model and names the version that answered. A failure at any step leaves the serving
+model untouched. After each switch the heap is settled (`_settle_heap`): the new model's
+objects are frozen out of the garbage collector's full collections.
+
+With Redis, replicas form a fleet (`service.fleet`): an admin operation takes the fleet-wide
+lock, then this registry's lock, records the new state in the store and announces it; every
+other replica's subscriber then calls `sync()`, which re-reads the stored state and converges
+to it, installing a version it lacks from the archive the fleet keeps (validated like an
+upload). A replica that cannot load the fleet's version keeps serving what it has and says
+why in `status()`. A restarted replica comes back on the stored state the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import logging
 import re
 import shutil
@@ -34,17 +47,28 @@ from typing import BinaryIO, cast
 import numpy as np
 from pydantic import ValidationError
 
-from bundle import BundleError, Manifest, extract_archive, read_bundle, verify_golden
+from bundle import (
+    BundleError,
+    Manifest,
+    extract_archive,
+    pack_bundle,
+    read_bundle,
+    verify_golden,
+)
 from bundle.manifest import VERSION_PATTERN
 from service.ann import build_for_catalog
+from service.canary import Serving
 from service.encoder import OnnxEncoder
 from service.errors import (
+    AdminBusy,
+    CanaryConflict,
     InvalidBundle,
     NothingToRollBack,
     StoreUnavailable,
     VersionExists,
     VersionNotFound,
 )
+from service.fleet import Event, Fleet, LocalFleet
 from service.gates import GateConfig, check_gates
 from service.runner import LoadedModel, ModelOptions
 from service.scorer import Scorer
@@ -57,7 +81,11 @@ STAGING_PREFIX = ".staging-"
 UPLOAD_PREFIX = ".upload-"
 _VERSION_RE = re.compile(VERSION_PATTERN)
 
+# Why a replica may be unable to serve a version the fleet chose (reported, never raised).
+CANNOT_SERVE = (VersionNotFound, VersionExists, InvalidBundle, StoreUnavailable)
+
 ActivateHook = Callable[[str | None, str], None]  # (previous version, new version)
+CanaryHook = Callable[[str | None, float], None]  # (canary version or None, percent)
 
 
 @dataclass(frozen=True)
@@ -117,39 +145,73 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """Where this replica stands against the fleet's stored state."""
+
+    replica: str
+    serving: str | None  # the active version this replica answers with
+    canary: str | None  # the canary it answers `canary_percent` % with
+    canary_percent: float
+    fleet_active: str | None  # what the store says (None when unknown)
+    fleet_canary: str | None
+    error: str | None  # why this replica does not serve the fleet's state
+    subscriber_connected: bool | None  # None: single process, no subscriber
+
+
 class Registry:
     def __init__(
         self,
         *,
         model_dir: Path,
         store: Store,
+        fleet: Fleet | None = None,
         options: ModelOptions | None = None,
         max_unpacked_bytes: int = 1 << 30,
         on_activate: ActivateHook | None = None,
+        on_canary: CanaryHook | None = None,
         gates: GateConfig | None = None,
     ) -> None:
         self.model_dir = model_dir
         self._store = store
+        self._fleet: Fleet = fleet or LocalFleet()
         self._options = options or ModelOptions()
         self._max_unpacked = max_unpacked_bytes
         self._on_activate = on_activate
+        self._on_canary = on_canary
         self._gates = gates or GateConfig()
+        # Serializes this replica's changes; the fleet lock (taken first) serializes replicas.
         self._lock = threading.Lock()
-        self._current: LoadedModel | None = None
+        self._serving = Serving()
+        self._error: str | None = None
 
     @property
     def current(self) -> LoadedModel | None:
-        """The serving model. Read it once per request and keep the reference."""
-        return self._current
+        """The active model (the canary aside). Read it once per request and keep it."""
+        return self._serving.stable
+
+    @property
+    def serving(self) -> Serving:
+        """The active model and the canary, one immutable snapshot."""
+        return self._serving
+
+    def model_for(self, user_id: str | None) -> LoadedModel | None:
+        """The model that answers this request: the canary for its share, else the active."""
+        return self._serving.pick(user_id)
 
     @property
     def store(self) -> Store:
         return self._store
 
+    @property
+    def fleet(self) -> Fleet:
+        return self._fleet
+
     # --- start-up -------------------------------------------------------------------------
 
     def start(self, *, bootstrap: Path | None = None) -> None:
-        """Come back on the active version, or install and activate `bootstrap`."""
+        """Come back on the fleet's active version (and canary), installing them from the
+        fleet if needed, or install and activate `bootstrap` when nothing is active."""
         self.model_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.model_dir.glob(f"{STAGING_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -159,33 +221,51 @@ class Registry:
             log.error("cannot read the active version from the store (%s); starting without", e)
             state = ActiveState()
         if state.active is not None:
-            try:
-                with self._lock:
-                    model = self._load_installed(state.active)
-                    self._publish_items(model)
-                    self._switch(model)
-                log.info("serving model version %s", state.active)
+            with self._lock:
+                self._converge_locked(state)
+            if self.current is not None:
+                log.info("serving model version %s", self.current.version)
                 return
-            except (VersionNotFound, InvalidBundle) as e:
-                log.error("active version %r cannot be loaded: %s", state.active, e)
-        if bootstrap is not None:
-            try:
-                manifest = (
-                    self.install_dir(bootstrap)
-                    if bootstrap.is_dir()
-                    else self._install_file(bootstrap)
-                )
-                version = manifest.model_version
-            except VersionExists as e:
-                version = e.version
-            try:
-                self.activate(version)
-            except StoreUnavailable as e:
-                # Serve locally rather than not at all; readiness reports the store as down.
-                log.warning("store unavailable (%s): serving %s without recording it", e, version)
+            log.error("active version %r cannot be loaded: %s", state.active, self._error)
+            if bootstrap is not None:
+                # Serve something, but never override the fleet's choice from here.
+                version = self._install_bootstrap(bootstrap)
                 with self._lock:
-                    self._switch(self._load_installed(version))
-            log.info("serving bootstrap bundle %s as version %s", bootstrap, version)
+                    self._set_serving_locked(Serving(stable=self._load_locked(version)))
+                log.warning("serving bootstrap bundle %s locally, unrecorded", version)
+            return
+        if bootstrap is not None:
+            version = self._install_bootstrap(bootstrap)
+            try:
+                self._activate_bootstrap(version)
+            except (StoreUnavailable, AdminBusy) as e:
+                # Serve locally rather than not at all; readiness reports the store as down.
+                log.warning("cannot record %s as active (%s): serving it locally", version, e)
+            if self.current is None:
+                with self._lock:
+                    self._set_serving_locked(Serving(stable=self._load_locked(version)))
+            current = self.current
+            log.info("serving %s (bootstrap %s)", current.version if current else None, bootstrap)
+
+    def _activate_bootstrap(self, version: str) -> None:
+        """Activate the bootstrap version fleet-wide, unless a replica starting at the same
+        time activated something first: then follow that."""
+        with self._fleet.lock(f"activate {version}"), self._lock:
+            state = self._store.get_state()
+            if state.active is not None:
+                self._converge_locked(state)
+                return
+            self._activate_locked(version)
+            self._announce("activate", version)
+
+    def _install_bootstrap(self, bootstrap: Path) -> str:
+        try:
+            manifest = (
+                self.install_dir(bootstrap) if bootstrap.is_dir() else self._install_file(bootstrap)
+            )
+        except VersionExists as e:
+            return e.version
+        return manifest.model_version
 
     def _install_file(self, archive: Path) -> Manifest:
         try:
@@ -203,13 +283,22 @@ class Registry:
         return cast(BinaryIO, tempfile.TemporaryFile(dir=self.model_dir, prefix=UPLOAD_PREFIX))
 
     def install_archive(self, src: BinaryIO) -> Manifest:
-        """Validate and install a bundle .tar.gz; return its manifest."""
-        return self._install(
-            lambda staging: extract_archive(src, staging, max_bytes=self._max_unpacked)
-        )
+        """Validate and install a bundle .tar.gz; return its manifest. With a Redis store the
+        archive is also shared with the fleet (`service.fleet`)."""
+
+        def read_back() -> bytes:
+            src.seek(0)
+            return src.read()
+
+        with self._lock:
+            return self._install_locked(
+                lambda staging: extract_archive(src, staging, max_bytes=self._max_unpacked),
+                share=read_back,
+            ).manifest
 
     def install_dir(self, src: Path) -> Manifest:
-        """Validate and install a copy of the bundle directory `src`."""
+        """Validate and install a copy of the bundle directory `src` (shared with the fleet
+        when first activated)."""
 
         def copy(staging: Path) -> None:
             if not src.is_dir():
@@ -218,26 +307,41 @@ class Registry:
                 if p.is_file() and not p.is_symlink():
                     shutil.copyfile(p, staging / p.name)
 
-        return self._install(copy)
+        with self._lock:
+            return self._install_locked(copy).manifest
 
-    def _install(self, fill: Callable[[Path], None]) -> Manifest:
+    def _install_locked(
+        self,
+        fill: Callable[[Path], None],
+        *,
+        share: Callable[[], bytes] | None = None,
+        expect: str | None = None,
+        gated: bool = True,
+    ) -> LoadedModel:
         self.model_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.model_dir))
         try:
-            with self._lock:
+            try:
+                fill(staging)
+                self._refuse_existing(staging)  # cheap, before the expensive checks
+                model = load_model(staging, self._options)
+            except BundleError as e:
+                raise InvalidBundle(str(e)) from e
+            if expect is not None and model.version != expect:
+                raise InvalidBundle(f"archive of {expect!r} holds version {model.version!r}")
+            if gated:  # before sharing: the fleet never holds a bundle the gates refused
+                check_gates(model, serving=self.current, config=self._gates)
+            target = self.model_dir / model.version
+            if target.exists():
+                raise VersionExists(model.version)
+            if share is not None:
                 try:
-                    fill(staging)
-                    self._refuse_existing(staging)  # cheap, before the expensive checks
-                    model = load_model(staging, self._options)
-                except BundleError as e:
-                    raise InvalidBundle(str(e)) from e
-                check_gates(model, serving=self._current, config=self._gates)
-                target = self.model_dir / model.version
-                if target.exists():
-                    raise VersionExists(model.version)
-                staging.rename(target)
-                log.info("installed model version %s", model.version)
-                return model.manifest
+                    self._fleet.share_archive(model.version, share)
+                except StoreUnavailable as e:  # activation shares it later
+                    log.warning("could not share %s with the fleet yet: %s", model.version, e)
+            staging.rename(target)
+            log.info("installed model version %s", model.version)
+            return model
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -252,10 +356,17 @@ class Registry:
         if (self.model_dir / version).exists():
             raise VersionExists(version)
 
-    # --- list / activate / rollback -------------------------------------------------------
+    def _ensure_shared_locked(self, version: str) -> None:
+        """Make sure the fleet can install `version` (bootstrap bundles were never uploaded)."""
+        if self._fleet.has_archive(version):
+            return
+        with contextlib.suppress(VersionExists):  # another replica shared it meanwhile
+            self._fleet.share_archive(version, lambda: pack_bundle(self.model_dir / version))
+
+    # --- list / activate / rollback / canary ----------------------------------------------
 
     def versions(self) -> list[VersionInfo]:
-        current = self._current
+        current = self.current
         active = current.version if current is not None else None
         out: list[VersionInfo] = []
         if not self.model_dir.is_dir():
@@ -272,39 +383,186 @@ class Registry:
         return out
 
     def activate(self, version: str) -> LoadedModel:
-        """Load, validate and warm `version`, then make it the serving model."""
-        with self._lock:
-            return self._activate_locked(version)
+        """Load, validate and warm `version`, then make it the serving model fleet-wide.
+        Ends any canary."""
+        with self._fleet.lock(f"activate {version}"), self._lock:
+            model = self._activate_locked(version)
+            self._announce("activate", version)
+        return model
 
     def rollback(self) -> LoadedModel:
         """Go back to the version that was active before the current one."""
-        with self._lock:
+        with self._fleet.lock("rollback"), self._lock:
             previous = self._store.get_state().previous
-            current = self._current
+            current = self.current
             if previous is None or (current is not None and previous == current.version):
                 raise NothingToRollBack()
-            return self._activate_locked(previous, gated=False)
+            model = self._activate_locked(previous, gated=False)
+            self._announce("rollback", previous)
+        return model
+
+    def start_canary(self, version: str, *, percent: float) -> Serving:
+        """Serve `version` to `percent` % of the traffic, the active version to the rest."""
+        if not 0 < percent < 100:
+            raise CanaryConflict(f"canary_percent must be in (0, 100), got {percent:g}")
+        with self._fleet.lock(f"canary {version}"), self._lock:
+            stable = self.current
+            if stable is None:
+                raise CanaryConflict("no version is active: activate one before a canary")
+            if stable.version == version:
+                raise CanaryConflict(f"{version!r} is the active version; canary another one")
+            model = self._load_locked(version)
+            check_gates(model, serving=stable, config=self._gates)
+            self._ensure_shared_locked(version)
+            self._publish_items(model)
+            self._store.set_canary(version, percent=percent)
+            self._set_serving_locked(Serving(stable, model, percent))
+            self._error = None
+            self._announce("canary", version)
+        return self._serving
+
+    def promote_canary(self) -> LoadedModel:
+        """Make the canary the active version everywhere."""
+        with self._fleet.lock("canary promote"), self._lock:
+            canary = self._store.get_state().canary
+            if canary is None:
+                raise CanaryConflict("no canary is running: nothing to promote")
+            model = self._activate_locked(canary)
+            self._announce("activate", canary)
+        return model
+
+    def abort_canary(self) -> Serving:
+        """Stop the canary: the active version serves all traffic again."""
+        with self._fleet.lock("canary abort"), self._lock:
+            if self._store.get_state().canary is None:
+                raise CanaryConflict("no canary is running: nothing to abort")
+            self._store.set_canary(None)
+            self._set_serving_locked(Serving(stable=self.current))
+            self._announce("canary", None)
+        return self._serving
 
     def _activate_locked(self, version: str, *, gated: bool = True) -> LoadedModel:
-        current = self._current
+        current = self.current
         if current is not None and current.version == version:
+            if self._serving.canary is not None:  # activating the active version ends a canary
+                self._store.set_canary(None)
+                self._set_serving_locked(Serving(stable=current))
             return current
-        model = self._load_installed(version)
+        model = self._load_locked(version)
         if gated:
             check_gates(model, serving=current, config=self._gates)
+        self._ensure_shared_locked(version)
         self._publish_items(model)
         # The store first: if it cannot record the switch, this replica does not switch either.
         self._store.set_active(version, previous=current.version if current else None)
-        self._switch(model)
+        self._set_serving_locked(Serving(stable=model))
+        self._error = None
         return model
 
-    def _switch(self, model: LoadedModel) -> None:
-        previous = self._current
-        self._current = model  # the atomic swap: one reference assignment
-        log.info("activated model version %s", model.version)
+    def _announce(self, event: Event, version: str | None) -> None:
+        try:
+            self._fleet.publish(event, version)
+        except StoreUnavailable as e:  # recorded already: replicas catch up when they reconnect
+            log.warning("could not notify the fleet of %s %s: %s", event, version, e)
+
+    # --- following the fleet --------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Converge to the fleet's stored state (the subscriber calls this on every change
+        and on reconnection). A version that cannot be loaded leaves the serving model as it
+        is and is reported by `status()`; nothing raises."""
+        with self._lock:  # the state is read under the lock: no older state wins a race
+            try:
+                state = self._store.get_state()
+            except StoreUnavailable as e:
+                log.warning("cannot read the fleet state: %s", e)
+                return
+            self._converge_locked(state)
+
+    def _converge_locked(self, state: ActiveState) -> None:
+        serving = self._serving
+        errors: list[str] = []
+        stable = serving.stable
+        if state.active is not None and (stable is None or stable.version != state.active):
+            try:
+                stable = self._load_locked(state.active)
+                self._publish_items(stable)
+            except CANNOT_SERVE as e:
+                errors.append(f"cannot serve the active version {state.active!r}: {e}")
+        canary: LoadedModel | None = None
+        if state.canary is not None and stable is not None and state.canary != stable.version:
+            try:
+                canary = self._load_locked(state.canary)
+            except CANNOT_SERVE as e:
+                errors.append(f"cannot serve the canary {state.canary!r}: {e}")
+        target = Serving(stable, canary, state.canary_percent if canary is not None else 0.0)
+        if target != serving:  # models compare by identity: a reload is a change
+            self._set_serving_locked(target)
+        self._error = "; ".join(errors) or None
+        if self._error:
+            log.error("not following the fleet: %s", self._error)
+
+    @property
+    def fleet_error(self) -> str | None:
+        """Why this replica does not serve the fleet's stored state; None when it does."""
+        return self._error
+
+    def status(self) -> ReplicaStatus:
+        serving = self._serving
+        error = self._error
+        try:
+            state: ActiveState | None = self._store.get_state()
+        except StoreUnavailable as e:
+            state, error = None, error or str(e)
+        return ReplicaStatus(
+            replica=self._fleet.replica_id,
+            serving=serving.stable.version if serving.stable else None,
+            canary=serving.canary.version if serving.canary else None,
+            canary_percent=serving.canary_percent,
+            fleet_active=state.active if state else None,
+            fleet_canary=state.canary if state else None,
+            error=error,
+            subscriber_connected=self._fleet.connected,
+        )
+
+    # --- models ---------------------------------------------------------------------------
+
+    def _set_serving_locked(self, serving: Serving) -> None:
+        before = self._serving
+        previous = before.stable
+        self._serving = serving  # the atomic swap: one reference assignment
         _settle_heap()
-        if self._on_activate is not None:
-            self._on_activate(previous.version if previous else None, model.version)
+        if (serving.canary, serving.canary_percent) != (before.canary, before.canary_percent):
+            version = serving.canary.version if serving.canary else None
+            log.info("canary: %s on %g%% of traffic", version, serving.canary_percent)
+            if self._on_canary is not None:
+                self._on_canary(version, serving.canary_percent)
+        if serving.stable is not None and serving.stable is not previous:
+            log.info("activated model version %s", serving.stable.version)
+            if self._on_activate is not None:
+                self._on_activate(previous.version if previous else None, serving.stable.version)
+
+    def _load_locked(self, version: str) -> LoadedModel:
+        """The model of `version`: the loaded one if it serves already, else from disk,
+        else installed from the fleet's archive (validated like an upload)."""
+        for model in (self._serving.stable, self._serving.canary):
+            if model is not None and model.version == version:
+                return model
+        if not _VERSION_RE.match(version):
+            raise VersionNotFound(version)
+        if (self.model_dir / version / MANIFEST_FILE).is_file():
+            return self._load_installed(version)
+        archive = self._fleet.fetch_archive(version)
+        if archive is None:
+            raise VersionNotFound(version)
+        log.info("installing model version %s from the fleet", version)
+        return self._install_locked(
+            lambda staging: extract_archive(
+                io.BytesIO(archive), staging, max_bytes=self._max_unpacked
+            ),
+            expect=version,
+            gated=False,  # the fleet chose it: the replica that did ran the gates
+        )
 
     def _load_installed(self, version: str) -> LoadedModel:
         path = self.model_dir / version
@@ -330,7 +588,7 @@ class Registry:
 
     def items_cached(self) -> bool | None:
         """Whether the active version's items are in the store; None when unknown."""
-        current = self._current
+        current = self.current
         if current is None:
             return None
         try:

@@ -23,7 +23,11 @@ class RecommendRequest(BaseModel):
     )
     exclude: list[ItemId] = Field(default_factory=list, description="Never return these items.")
     exclude_seen: bool = Field(default=True, description="Never return items from the history.")
-    user_id: str | None = Field(default=None, max_length=256, description="Logged, not used.")
+    user_id: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Logged; places the request in a canary split (sticky per user).",
+    )
 
 
 class ScoredItem(BaseModel):
@@ -93,4 +97,37 @@ class StoreState(BaseModel):
 class ReadyOut(BaseModel):
     status: Literal["ready", "degraded", "not_ready"]
     model_version: str | None
+    canary_version: str | None = None
+    replica: str
     store: StoreState
+    fleet_error: str | None = Field(
+        default=None, description="Why this replica does not serve the fleet's version."
+    )
+
+
+class ActivateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1, max_length=128)
+    canary_percent: float | None = Field(
+        default=None,
+        gt=0,
+        lt=100,
+        description="Serve the version to this share of traffic only (a canary); "
+        "omit to make it the active version.",
+    )
+
+
+class StatusOut(BaseModel):
+    """This replica against the fleet: what it serves, what the store says it should."""
+
+    replica: str
+    serving: str | None = Field(description="The active version this replica answers with.")
+    canary: str | None = Field(description="The canary version this replica answers with.")
+    canary_percent: float
+    fleet_active: str | None = Field(description="The active version recorded in the store.")
+    fleet_canary: str | None
+    error: str | None = Field(description="Why this replica does not serve the fleet's state.")
+    subscriber_connected: bool | None = Field(
+        description="Listening to the fleet's swap events; null without Redis."
+    )

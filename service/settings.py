@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field(default="recsys:v1", pattern=r"^[A-Za-z0-9:._-]+$")
     redis_timeout_s: float = Field(default=2.0, gt=0)
 
+    # The fleet (service.fleet; only with REDIS_URL): this replica's name in swap events and
+    # /admin/status (None: a random one per process), and the fleet-wide admin lock: how
+    # long an admin call waits for it (then 409) and when a crashed holder's lock expires.
+    replica_id: str | None = Field(default=None, max_length=128)
+    fleet_lock_wait_s: float = Field(default=10.0, ge=0)
+    fleet_lock_ttl_s: float = Field(default=300.0, gt=0)
+
     # None (or empty) disables the admin API: its routes answer 404.
     admin_token: SecretStr | None = None
 
@@ -96,7 +103,12 @@ class Settings(BaseSettings):
         return v
 
     @field_validator(
-        "bootstrap_bundle", "redis_url", "gate_max_ndcg_drop", "gate_max_latency_ms", mode="before"
+        "bootstrap_bundle",
+        "redis_url",
+        "replica_id",
+        "gate_max_ndcg_drop",
+        "gate_max_latency_ms",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, v: object) -> object:

@@ -1,5 +1,6 @@
 """Where the state shared by replicas lives: the active version, the previous one (for
-rollback) and the item scoring matrix of every activated version.
+rollback), the canary (a version and the share of traffic it serves) and the item scoring
+matrix of every activated version.
 
 Two implementations behind one `Store` protocol:
 
@@ -11,7 +12,9 @@ Two implementations behind one `Store` protocol:
 
 The request path never touches the store: a loaded model holds everything it needs in
 memory, so serving continues when Redis goes away. Store failures surface as
-`StoreUnavailable`. (Pub/sub swap notifications hang off the same interface later.)
+`StoreUnavailable`. Activating a version (`set_active`) ends any canary in the same write,
+so the stored state is never a mixture of two operations. Swap notifications, the fleet lock
+and bundle distribution live in `service.fleet`.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class ItemMatrix:
 class ActiveState:
     active: str | None = None
     previous: str | None = None
+    canary: str | None = None  # a version serving `canary_percent` % of the traffic
+    canary_percent: float = 0.0
 
 
 class Store(Protocol):
@@ -56,7 +61,11 @@ class Store(Protocol):
 
     def get_state(self) -> ActiveState: ...
 
-    def set_active(self, version: str, *, previous: str | None) -> None: ...
+    def set_active(self, version: str, *, previous: str | None) -> None:
+        """Record `version` as active (and `previous` for rollback); ends any canary."""
+
+    def set_canary(self, version: str | None, *, percent: float = 0.0) -> None:
+        """Start (or, with None, end) a canary of `version` on `percent` % of the traffic."""
 
     def put_items(self, version: str, matrix: ItemMatrix) -> None: ...
 
@@ -90,14 +99,31 @@ class EmbeddedStore:
             raise StoreUnavailable(f"cannot read {self._file}: {e}") from e
         if not isinstance(raw, dict):
             raise StoreUnavailable(f"{self._file} does not hold a JSON object")
-        active, previous = raw.get("active"), raw.get("previous")
+        active, previous, canary = raw.get("active"), raw.get("previous"), raw.get("canary")
+        percent = raw.get("canary_percent")
         return ActiveState(
             active=active if isinstance(active, str) else None,
             previous=previous if isinstance(previous, str) else None,
+            canary=canary if isinstance(canary, str) else None,
+            canary_percent=float(percent) if isinstance(percent, int | float) else 0.0,
         )
 
     def set_active(self, version: str, *, previous: str | None) -> None:
-        payload = json.dumps({"active": version, "previous": previous})
+        self._write({"active": version, "previous": previous})
+
+    def set_canary(self, version: str | None, *, percent: float = 0.0) -> None:
+        state = self.get_state()
+        self._write(
+            {
+                "active": state.active,
+                "previous": state.previous,
+                "canary": version,
+                "canary_percent": percent if version is not None else 0.0,
+            }
+        )
+
+    def _write(self, state: dict[str, object]) -> None:
+        payload = json.dumps(state)
         tmp = self._file.with_suffix(".tmp")
         with self._lock:
             try:
@@ -154,25 +180,52 @@ class RedisStore:
     def previous_key(self) -> str:
         return f"{self._prefix}:previous"
 
+    @property
+    def canary_key(self) -> str:
+        return f"{self._prefix}:canary"  # JSON {"version": ..., "percent": ...}
+
     def items_key(self, version: str) -> str:
         return f"{self._prefix}:items:{version}"
 
     def get_state(self) -> ActiveState:
         try:
-            active, previous = self._redis.mget([self.active_key, self.previous_key])
+            active, previous, canary = self._redis.mget(
+                [self.active_key, self.previous_key, self.canary_key]
+            )
         except redis.RedisError as e:
             raise StoreUnavailable(str(e)) from e
-        return ActiveState(active=_text(active), previous=_text(previous))
+        version, percent = None, 0.0
+        if canary is not None:
+            try:
+                raw = json.loads(canary)
+                version, percent = str(raw["version"]), float(raw["percent"])
+            except (ValueError, TypeError, KeyError) as e:
+                raise StoreUnavailable(f"{self.canary_key} is malformed: {e}") from e
+        return ActiveState(
+            active=_text(active), previous=_text(previous), canary=version, canary_percent=percent
+        )
 
     def set_active(self, version: str, *, previous: str | None) -> None:
         try:
-            with self._redis.pipeline(transaction=True) as pipe:  # both keys or neither
+            with self._redis.pipeline(transaction=True) as pipe:  # all keys or none
                 pipe.set(self.active_key, version)
                 if previous is None:
                     pipe.delete(self.previous_key)
                 else:
                     pipe.set(self.previous_key, previous)
+                pipe.delete(self.canary_key)
                 pipe.execute()
+        except redis.RedisError as e:
+            raise StoreUnavailable(str(e)) from e
+
+    def set_canary(self, version: str | None, *, percent: float = 0.0) -> None:
+        try:
+            if version is None:
+                self._redis.delete(self.canary_key)
+            else:
+                self._redis.set(
+                    self.canary_key, json.dumps({"version": version, "percent": percent})
+                )
         except redis.RedisError as e:
             raise StoreUnavailable(str(e)) from e
 

@@ -30,6 +30,7 @@ from tests.factories import BundleSpec, make_bundle_archive, make_bundle_dir
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 V1 = BundleSpec(version="v1", seed=0)
 V2 = BundleSpec(version="v2", seed=1)
+V3 = BundleSpec(version="v3", seed=2)
 
 
 def free_port() -> int:
@@ -41,7 +42,16 @@ def free_port() -> int:
 
 ROOT = Path(__file__).resolve().parents[1]
 # Settings a test's service process must not inherit from the developer's shell.
-SERVICE_ENV_VARS = ("REDIS_URL", "ADMIN_TOKEN", "BOOTSTRAP_BUNDLE", "MODEL_DIR", "HOST", "PORT")
+SERVICE_ENV_VARS = (
+    "REDIS_URL",
+    "REDIS_KEY_PREFIX",
+    "REPLICA_ID",
+    "ADMIN_TOKEN",
+    "BOOTSTRAP_BUNDLE",
+    "MODEL_DIR",
+    "HOST",
+    "PORT",
+)
 
 
 @contextmanager
@@ -93,13 +103,14 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        """Start on a free port, or again on the same port after `stop` (a restart)."""
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail(
                 "redis-server is not installed: tests use a real Redis "
                 "(apt-get install redis-server, or set REDIS_URL)"
             )
-        self.port = free_port()
+        self.port = self.port or free_port()
         self.proc = subprocess.Popen(
             [
                 exe,
@@ -191,6 +202,11 @@ def v1_archive(bundle_work: Path) -> bytes:
 @pytest.fixture(scope="session")
 def v2_archive(bundle_work: Path) -> bytes:
     return make_bundle_archive(bundle_work, V2)
+
+
+@pytest.fixture(scope="session")
+def v3_archive(bundle_work: Path) -> bytes:
+    return make_bundle_archive(bundle_work, V3)
 
 
 @pytest.fixture

@@ -1,10 +1,13 @@
 """End to end, real at every step: synthetic data -> compress (tiny settings) -> the real
 service process on a real Redis -> recommend -> upload and activate a second bundle ->
-recommend answers with the new version -> roll back."""
+recommend answers with the new version -> roll back. And a fleet of two real service
+processes on one Redis following each other's swaps (test bundles, no training)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -105,3 +108,66 @@ def test_compress_upload_activate_recommend_rollback(
         back = http.post("/admin/rollback", headers=auth)
         assert back.status_code == 200, back.text
         assert http.post("/recommend", json=body).json()["model_version"] == "e2e-a"
+
+
+def _served(url: str) -> str:
+    r = httpx.post(f"{url}/recommend", json={"history": ["i1", "i2"], "k": 3}, timeout=10)
+    assert r.status_code == 200, r.text
+    version: str = r.json()["model_version"]
+    return version
+
+
+def _within(seconds: float, condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_two_replica_processes_follow_each_others_swaps(
+    tmp_path: Path, redis_url: str, v1_archive: bytes, v2_archive: bytes
+) -> None:
+    bootstrap = tmp_path / "v1.tar.gz"
+    bootstrap.write_bytes(v1_archive)
+    common = {
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": f"fleet:{tmp_path.name}",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with ExitStack() as stack:
+        a = stack.enter_context(
+            service_process(
+                {
+                    **common,
+                    "MODEL_DIR": str(tmp_path / "a"),
+                    "BOOTSTRAP_BUNDLE": str(bootstrap),
+                    "REPLICA_ID": "a",
+                }
+            )
+        )
+        # b has no bundle of its own: it comes up on the fleet's version, from Redis.
+        b = stack.enter_context(
+            service_process({**common, "MODEL_DIR": str(tmp_path / "b"), "REPLICA_ID": "b"})
+        )
+        assert _served(a) == _served(b) == "v1"
+
+        up = httpx.post(
+            f"{a}/admin/bundles",
+            content=v2_archive,
+            headers={**auth, "Content-Type": "application/gzip"},
+            timeout=30,
+        )
+        assert up.status_code == 201, up.text
+        act = httpx.post(f"{a}/admin/bundles/v2/activate", headers=auth, timeout=30)
+        assert act.status_code == 200, act.text
+        assert _within(2.0, lambda: _served(b) == "v2"), "b did not follow a within 2 s"
+
+        back = httpx.post(f"{b}/admin/rollback", headers=auth, timeout=30)
+        assert back.status_code == 200, back.text
+        assert _within(2.0, lambda: _served(a) == "v1"), "a did not follow b within 2 s"
+        status = httpx.get(f"{a}/admin/status", headers=auth, timeout=10).json()
+        assert status["replica"] == "a" and status["error"] is None
+        assert status["serving"] == status["fleet_active"] == "v1"

@@ -1,4 +1,7 @@
-"""The admin API under /admin: upload, list, activate, roll back.
+"""The admin API under /admin: upload, list, activate, roll back, canary, status.
+
+With Redis every change is fleet-wide: it is taken under the fleet lock (409 while another
+admin call holds it), recorded in Redis and announced to every replica (`service.fleet`).
 
 Guarded once, where `service.main` includes this router (`dependencies=[AdminDep]`), and not
 mounted at all when no ADMIN_TOKEN is configured. Upload example:
@@ -18,12 +21,23 @@ from service.deps import RegistryDep, SettingsDep
 from service.errors import InvalidBundle, UploadTooLarge
 from service.registry import Registry
 from service.runner import LoadedModel
-from service.schemas import ActiveOut, BundlesOut, InstalledOut, VersionOut, error_responses
+from service.schemas import (
+    ActivateIn,
+    ActiveOut,
+    BundlesOut,
+    ErrorOut,
+    InstalledOut,
+    StatusOut,
+    ValidationErrorOut,
+    VersionOut,
+    error_responses,
+)
 
 # The prefix lives on the router (not at include_router) so route templates, and the metrics
 # labels taken from them, carry the full path.
-# 401 / 403 come from the guard `service.main` attaches; 422 is always `{"detail": "..."}`
-# here (a refused bundle), never a list of validation entries.
+# 401 / 403 come from the guard `service.main` attaches; 409 is also another admin call
+# holding the fleet lock. 422 is `{"detail": "..."}` here (a refused bundle), never a list of
+# validation entries, except on POST /admin/activate, whose JSON body may fail validation too.
 router = APIRouter(prefix="/admin", tags=["admin"], responses=error_responses(401, 403))
 
 
@@ -89,13 +103,13 @@ def list_bundles(registry: RegistryDep) -> BundlesOut:
     )
 
 
-@router.post("/bundles/{version}/activate", responses=error_responses(404, 422, 503))
+@router.post("/bundles/{version}/activate", responses=error_responses(404, 409, 422, 503))
 def activate(version: str, registry: RegistryDep) -> ActiveOut:
     """Load, validate and warm the version, then switch every new request to it."""
     return _active_out(registry.activate(version))
 
 
-@router.post("/rollback", responses=error_responses(409, 422, 503))
+@router.post("/rollback", responses=error_responses(404, 409, 422, 503))
 def rollback(registry: RegistryDep) -> ActiveOut:
     """Switch back to the version that was active before the current one."""
     return _active_out(registry.rollback())
@@ -104,3 +118,54 @@ def rollback(registry: RegistryDep) -> ActiveOut:
 @router.get("/active")
 def active(registry: RegistryDep) -> ActiveOut:
     return _active_out(registry.current)
+
+
+@router.post(
+    "/activate",
+    responses={
+        **error_responses(400, 404, 409, 503),  # 400: a body that is not UTF-8 JSON at all
+        422: {"model": ErrorOut | ValidationErrorOut},  # a refused bundle, or a bad body
+    },
+)
+def activate_or_canary(body: ActivateIn, registry: RegistryDep) -> StatusOut:
+    """Make `version` active everywhere or, with `canary_percent`, serve it to that share of
+    the traffic (sticky per `user_id`) while the active version serves the rest."""
+    if body.canary_percent is None:
+        registry.activate(body.version)
+    else:
+        registry.start_canary(body.version, percent=body.canary_percent)
+    return status_out(registry)
+
+
+@router.post("/canary/promote", responses=error_responses(404, 409, 422, 503))
+def promote_canary(registry: RegistryDep) -> StatusOut:
+    """Make the canary the active version everywhere."""
+    registry.promote_canary()
+    return status_out(registry)
+
+
+@router.post("/canary/abort", responses=error_responses(409, 503))
+def abort_canary(registry: RegistryDep) -> StatusOut:
+    """Drop the canary: the active version serves all traffic again."""
+    registry.abort_canary()
+    return status_out(registry)
+
+
+@router.get("/status")
+def replica_status(registry: RegistryDep) -> StatusOut:
+    """This replica against the fleet's stored state, with the error if it lags behind."""
+    return status_out(registry)
+
+
+def status_out(registry: Registry) -> StatusOut:
+    s = registry.status()
+    return StatusOut(
+        replica=s.replica,
+        serving=s.serving,
+        canary=s.canary,
+        canary_percent=s.canary_percent,
+        fleet_active=s.fleet_active,
+        fleet_canary=s.fleet_canary,
+        error=s.error,
+        subscriber_connected=s.subscriber_connected,
+    )

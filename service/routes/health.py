@@ -1,7 +1,9 @@
 """Liveness and readiness.
 
 /healthz: the process answers. /readyz: 200 when a model is loaded ("degraded" when the
-store cannot be reached: answers still come from memory), 503 when no model is loaded.
+store cannot be reached, or when this replica cannot load the version the fleet switched to:
+answers still come from the model in memory, and `fleet_error` says why), 503 when no model
+is loaded.
 """
 
 from __future__ import annotations
@@ -25,19 +27,24 @@ async def healthz() -> HealthOut:
 
 @router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
 async def readyz(registry: RegistryDep) -> OrjsonResponse:
-    model = registry.current
+    serving = registry.serving
+    model = serving.stable
+    fleet_error = registry.fleet_error
     store_ok = await run_in_threadpool(registry.store.ping)
     cached = await run_in_threadpool(registry.items_cached) if store_ok else None
     status: Literal["ready", "degraded", "not_ready"]
     if model is None:
         status = "not_ready"
-    elif not store_ok:
+    elif not store_ok or fleet_error is not None:
         status = "degraded"
     else:
         status = "ready"
     body = ReadyOut(
         status=status,
         model_version=model.version if model else None,
+        canary_version=serving.canary.version if serving.canary else None,
+        replica=registry.fleet.replica_id,
         store=StoreState(backend=registry.store.backend, ok=store_ok, items_cached=cached),
+        fleet_error=fleet_error,
     )
     return OrjsonResponse(body.model_dump(), status_code=200 if model is not None else 503)

@@ -4,7 +4,8 @@ The body is parsed here with orjson whatever the Content-Type says (so `curl -d 
 which sends form encoding, works), validated by pydantic, then checked against the configured
 limits. Errors come back as 422 with pydantic-style `detail` entries naming the field.
 
-The model is read once per request (`ModelDep`); the answer comes from the answer cache when
+The model is read once per request (`ModelDep`: the canary's for its share of traffic, by
+`user_id`, else the active one); the answer comes from the answer cache when
 it is on and holds it (`service.answer_cache`), else from the micro-batcher
 (`service.batcher`), which runs it together with concurrent requests. The route only awaits:
 no inference runs on the event loop.
@@ -21,9 +22,16 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
-from service.deps import AnswerCacheDep, BatcherDep, MetricsDep, ModelDep, SettingsDep
+from service.deps import (
+    AnswerCacheDep,
+    BatcherDep,
+    MetricsDep,
+    RegistryDep,
+    SettingsDep,
+    get_current_model,
+)
 from service.responses import OrjsonResponse
-from service.runner import RecRequest
+from service.runner import LoadedModel, RecRequest
 from service.schemas import (
     RecommendRequest,
     RecommendResponse,
@@ -107,6 +115,14 @@ async def recommend_body(request: Request, settings: SettingsDep) -> RecommendRe
 
 
 RecommendBody = Annotated[RecommendRequest, Depends(recommend_body)]
+
+
+async def request_model(body: RecommendBody, registry: RegistryDep) -> LoadedModel:
+    # async: an in-memory read, no reason to hop to the thread pool for it
+    return await get_current_model(registry, body.user_id)
+
+
+ModelDep = Annotated[LoadedModel, Depends(request_model)]
 
 _OPENAPI_BODY = {
     "requestBody": {

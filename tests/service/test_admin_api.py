@@ -18,6 +18,10 @@ ADMIN_CALLS = [
     ("post", "/admin/bundles/v1/activate"),
     ("post", "/admin/rollback"),
     ("get", "/admin/active"),
+    ("post", "/admin/activate"),
+    ("post", "/admin/canary/promote"),
+    ("post", "/admin/canary/abort"),
+    ("get", "/admin/status"),
 ]
 
 

@@ -1,8 +1,10 @@
 """The optional promotion gates (`service.gates`): accuracy against the serving version,
-batch-1 latency; on install and activation, not on rollback, off by default."""
+batch-1 latency; on install, activation and a canary's start, not on rollback nor on a
+replica following the fleet's choice, off by default."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,9 +14,10 @@ from pydantic import ValidationError
 
 from bundle import Manifest
 from service.errors import GateFailed
-from service.gates import check_accuracy, measure_latency_ms
-from service.registry import load_model
+from service.gates import GateConfig, check_accuracy, measure_latency_ms
+from service.registry import Registry, load_model
 from service.settings import Settings
+from service.store import EmbeddedStore
 from tests import factories as f
 
 GZIP = {"Content-Type": "application/gzip"}
@@ -107,6 +110,44 @@ def test_activation_checks_accuracy_against_the_model_serving_then_but_rollback_
 
     r = client.post("/admin/rollback", headers=admin_headers)  # base, 0.5: the way back stays open
     assert r.status_code == 200 and r.json()["version"] == "base"
+
+
+def test_a_canary_is_gated_against_the_active_version_like_an_activation(
+    client_for, make_settings, admin_headers, bundles
+):
+    client = client_for(make_settings(bootstrap_bundle=bundles["base"], gate_max_ndcg_drop=0.05))
+    assert _upload(client, bundles["mid"], admin_headers) == 201
+    assert _upload(client, bundles["high"], admin_headers) == 201
+    assert client.post("/admin/bundles/high/activate", headers=admin_headers).status_code == 200
+
+    r = client.post(
+        "/admin/activate", json={"version": "mid", "canary_percent": 10}, headers=admin_headers
+    )
+    assert r.status_code == 422
+    assert "0.4900 of 'mid'" in r.json()["detail"] and "0.6000" in r.json()["detail"]
+    status = client.get("/admin/status", headers=admin_headers).json()
+    assert (status["serving"], status["canary"], status["fleet_canary"]) == ("high", None, None)
+
+
+def test_a_replica_follows_the_fleets_choice_without_running_its_own_gates(model_dir, bundles):
+    """The replica that took the admin call ran the gates; the others follow the stored
+    state whatever their own gate settings say, so the fleet never splits over them."""
+    store = EmbeddedStore(model_dir)
+    strict = Registry(model_dir=model_dir, store=store, gates=GateConfig(max_metric_drop=0.05))
+    strict.start(bootstrap=bundles["base"])
+    lax = Registry(model_dir=model_dir, store=EmbeddedStore(model_dir))  # another replica
+    lax.start()
+    for version in ("high", "low"):
+        lax.install_archive(io.BytesIO(bundles[version]))  # type: ignore[arg-type]
+    lax.activate("high")
+    strict.sync()
+    assert strict.current is not None and strict.current.version == "high"
+    with pytest.raises(GateFailed):  # its own admin calls are gated: 0.1 < 0.6 * 0.95
+        strict.activate("low")
+    lax.activate("low")
+    strict.sync()
+    assert strict.current is not None and strict.current.version == "low"
+    assert strict.fleet_error is None
 
 
 def test_a_fast_enough_bundle_passes_the_latency_gate(

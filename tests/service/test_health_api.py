@@ -15,10 +15,14 @@ def test_readyz_is_200_with_version_and_store_state_when_a_model_is_loaded(
 ):
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {
+    body = r.json()
+    assert body.pop("replica")  # a random id per process unless REPLICA_ID names it
+    assert body == {
         "status": "ready",
         "model_version": "v1",
+        "canary_version": None,
         "store": {"backend": store_kind, "ok": True, "items_cached": True},
+        "fleet_error": None,
     }
 
 

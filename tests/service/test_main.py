@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
 import httpx
 import pytest
 
+from service import deps
 from service.main import create_app
+from service.routes import recommend
 from tests.conftest import ROOT, service_process
 
 
@@ -53,3 +56,16 @@ def test_python_m_service_serves_on_port_with_the_bootstrap_bundle(tmp_path, v1_
         assert r.status_code == 200
         assert r.json()["model_version"] == "v1" and len(r.json()["items"]) == 10
         assert httpx.get(f"{url}/admin/active").status_code == 404  # no ADMIN_TOKEN
+
+
+def test_every_dependency_is_async_so_none_costs_a_thread_pool_hop():
+    """A sync dependency runs in the thread pool: one hop per request for an in-memory read."""
+    functions = [
+        fn
+        for module in (deps, recommend)
+        for _, fn in inspect.getmembers(module, inspect.isfunction)
+        if fn.__module__ == module.__name__ and not fn.__name__.startswith("_")
+    ]
+    names = {fn.__name__ for fn in functions}
+    assert {"get_registry", "get_current_model", "require_admin", "request_model"} <= names
+    assert [fn.__name__ for fn in functions if not inspect.iscoroutinefunction(fn)] == []

@@ -77,6 +77,25 @@ def test_metrics_count_swaps_and_move_the_version_gauge(
     assert 'recsys_model_info{version="v1"}' not in text
 
 
+def test_metrics_show_the_canary_and_its_share_while_it_runs(
+    embedded_client: TestClient, admin_headers, v2_archive
+):
+    embedded_client.post(
+        "/admin/bundles",
+        content=v2_archive,
+        headers={**admin_headers, "Content-Type": "application/gzip"},
+    )
+    r = embedded_client.post(
+        "/admin/activate", json={"version": "v2", "canary_percent": 15}, headers=admin_headers
+    )
+    assert r.status_code == 200, r.text
+    text = embedded_client.get("/metrics").text
+    assert sample(text, "recsys_canary_percent", version="v2") == 15
+    assert sample(text, "recsys_model_info", version="v1") == 1
+    embedded_client.post("/admin/canary/abort", headers=admin_headers)
+    assert "recsys_canary_percent{" not in embedded_client.get("/metrics").text
+
+
 def test_metrics_endpoint_speaks_the_prometheus_text_format(embedded_client: TestClient):
     r = embedded_client.get("/metrics")
     assert r.status_code == 200

@@ -8,6 +8,7 @@ import pytest
 
 from bundle import BundleError
 from service.errors import (
+    CanaryConflict,
     InvalidBundle,
     NothingToRollBack,
     StoreUnavailable,
@@ -16,7 +17,7 @@ from service.errors import (
 )
 from service.registry import Registry, load_model
 from service.runner import RecRequest
-from service.store import EmbeddedStore, RedisStore
+from service.store import ActiveState, EmbeddedStore, RedisStore
 from tests import factories as f
 from tests.conftest import V1, V2, free_port
 
@@ -277,3 +278,129 @@ def test_a_bundle_sharing_its_item_table_installs_serves_and_survives_a_restart(
     f.corrupt_checksum(model_dir / "s1")  # the shared table changed on disk
     with pytest.raises(BundleError, match=r"items\.npy does not match its sha256"):
         load_model(model_dir / "s1")
+
+
+def test_sync_converges_to_the_stored_state(registry, model_dir, v1_archive, v2_archive, calls):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    registry.activate("v1")
+    other = Registry(model_dir=model_dir, store=EmbeddedStore(model_dir))  # another replica
+    other.start()
+    other.activate("v2")
+    registry.sync()
+    assert registry.current is not None and registry.current.version == "v2"
+    assert registry.fleet_error is None
+    assert calls == [(None, "v1"), ("v1", "v2")]
+    registry.sync()  # nothing changed: nothing happens
+    assert calls == [(None, "v1"), ("v1", "v2")]
+
+
+def test_sync_keeps_serving_and_reports_a_version_it_cannot_load(registry, v1_archive):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.activate("v1")
+    registry.store.set_active("v9", previous="v1")  # recorded elsewhere, never installed here
+    registry.sync()
+    assert registry.current is not None and registry.current.version == "v1"
+    status = registry.status()
+    assert (status.serving, status.fleet_active) == ("v1", "v9")
+    assert (
+        status.error == "cannot serve the active version 'v9': model version 'v9' is not installed"
+    )
+
+
+def test_start_with_an_unloadable_active_version_serves_the_bootstrap_without_recording_it(
+    model_dir, v1_dir
+):
+    store = EmbeddedStore(model_dir)
+    store.set_active("v9", previous=None)
+    reg = Registry(model_dir=model_dir, store=store)
+    reg.start(bootstrap=v1_dir)
+    assert reg.current is not None and reg.current.version == "v1"
+    assert store.get_state().active == "v9"  # the fleet's choice is not overridden
+    assert reg.fleet_error is not None and "'v9'" in reg.fleet_error
+
+
+def test_a_canary_serves_its_share_and_promote_makes_it_active(registry, v1_archive, v2_archive):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    registry.activate("v1")
+    registry.start_canary("v2", percent=25)
+    assert registry.store.get_state().canary == "v2"
+    picked = [registry.model_for(f"user-{i}") for i in range(400)]
+    share = sum(m is not None and m.version == "v2" for m in picked) / 400
+    assert 0.15 < share < 0.35
+    assert registry.current is not None and registry.current.version == "v1"
+    canary = registry.serving.canary
+    assert registry.promote_canary() is canary  # the warm canary model, not a reload
+    state = registry.store.get_state()
+    assert (state.active, state.previous, state.canary) == ("v2", "v1", None)
+    assert registry.serving.canary is None
+
+
+def test_abort_drops_the_canary_and_activate_ends_one(registry, v1_archive, v2_archive):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    registry.activate("v1")
+    registry.start_canary("v2", percent=50)
+    registry.abort_canary()
+    assert registry.serving.canary is None and registry.store.get_state().canary is None
+    with pytest.raises(CanaryConflict, match="no canary is running"):
+        registry.abort_canary()
+    registry.start_canary("v2", percent=50)
+    registry.activate("v1")  # activating the active version ends the canary too
+    assert registry.serving.canary is None and registry.store.get_state().canary is None
+
+
+def test_a_canary_needs_an_active_version_and_another_version(registry, v1_archive):
+    registry.install_archive(io.BytesIO(v1_archive))
+    with pytest.raises(CanaryConflict, match="no version is active"):
+        registry.start_canary("v1", percent=10)
+    registry.activate("v1")
+    with pytest.raises(CanaryConflict, match="is the active version"):
+        registry.start_canary("v1", percent=10)
+    with pytest.raises(VersionNotFound):
+        registry.start_canary("v9", percent=10)
+
+
+def test_a_bootstrap_does_not_override_a_version_another_replica_activated_first(
+    tmp_path, model_dir, v1_dir, v2_archive
+):
+    shared = EmbeddedStore(tmp_path / "shared")
+    first = Registry(model_dir=tmp_path / "a", store=shared)
+    first.start(bootstrap=v1_dir)
+
+    class SeesNothingAtFirst(EmbeddedStore):
+        """The state as read a moment before `first` activated v1."""
+
+        calls = 0
+
+        def get_state(self) -> ActiveState:
+            self.calls += 1
+            return ActiveState() if self.calls == 1 else super().get_state()
+
+    archive = tmp_path / "v2.tar.gz"
+    archive.write_bytes(v2_archive)
+    second = Registry(model_dir=model_dir, store=SeesNothingAtFirst(tmp_path / "shared"))
+    second.install_dir(v1_dir)  # it can serve v1 (no fleet archive without Redis)
+    second.start(bootstrap=archive)
+    assert second.current is not None and second.current.version == "v1"
+    assert shared.get_state().active == "v1"
+
+
+def test_the_heap_is_settled_once_per_switch_of_the_serving_snapshot(
+    registry, v1_archive, v2_archive, monkeypatch
+):
+    settled: list[str | None] = []
+    monkeypatch.setattr(
+        "service.registry._settle_heap",
+        lambda: settled.append(registry.serving.canary and registry.serving.canary.version),
+    )
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    assert settled == []  # installing switches nothing
+    registry.activate("v1")
+    registry.start_canary("v2", percent=10)
+    registry.abort_canary()
+    registry.sync()  # nothing changed: no switch, no collection
+    registry.activate("v2")
+    assert settled == [None, "v2", None, None]

@@ -74,6 +74,17 @@ def test_active_state_starts_empty_and_round_trips(store: Store):
     assert store.get_state().previous is None
 
 
+def test_a_canary_is_stored_with_its_share_and_ended_by_activating(store: Store):
+    store.set_active("v1", previous=None)
+    store.set_canary("v2", percent=12.5)
+    assert store.get_state() == ActiveState(active="v1", canary="v2", canary_percent=12.5)
+    store.set_canary(None)
+    assert store.get_state() == ActiveState(active="v1")
+    store.set_canary("v2", percent=50)
+    store.set_active("v2", previous="v1")  # one write: active, previous, no canary
+    assert store.get_state() == ActiveState(active="v2", previous="v1")
+
+
 def test_store_ping_is_true_when_reachable(store: Store):
     assert store.ping()
 
