@@ -8,9 +8,14 @@ Like Triton's dynamic batcher
 2. takes whatever else is already queued, up to `max_batch_size`,
 3. if the batch is not full, waits for more until `max_delay_s` after the first request
    arrived,
-4. runs the batch with one `LoadedModel.recommend_batch` call per model object, on a
-   dedicated single worker thread, so the event loop keeps accepting requests meanwhile
-   (numpy and onnxruntime release the GIL while they compute).
+4. runs the batch with one `LoadedModel.recommend_batch` call per model object, right on
+   the event loop. Requests that arrive meanwhile wait in the socket buffers and are read
+   as soon as the batch is answered, which is what forms the next batch under load.
+
+Why not a worker thread: the batch's Python work (ID lookups, building answers) and the event
+loop's (HTTP parsing) then fight over the GIL, and each hand-over can wait for the
+interpreter's 5 ms switch interval. Measured on one pinned core (wrk, 10 connections, the
+same /recommend body): 855 requests/s with a worker thread, 4,356 inline.
 
 A request carries the model it started with (read once by the route): if a swap happens while
 requests are queued, one batch holds several model objects and is split into one call per
@@ -29,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Self
@@ -57,30 +61,26 @@ class MicroBatcher:
         self.max_delay_s = max_delay_s
         self._metrics = metrics
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
 
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker task and its thread (call from inside the running event loop)."""
+        """Start the worker task (call from inside the running event loop)."""
         if self._worker is not None:
             raise RuntimeError("the batcher is already running")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-batch")
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="recsys-batcher")
 
     async def stop(self) -> None:
-        """Answer what is already queued, then end the worker and its thread."""
-        worker, executor = self._worker, self._executor
-        if worker is None or executor is None:
+        """Answer what is already queued, then end the worker."""
+        worker = self._worker
+        if worker is None:
             return
         self._worker = None  # submit refuses new requests from here on
         await self._queue.join()  # every queued request answered (or failed)
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await worker
-        executor.shutdown(wait=True)
-        self._executor = None
 
     async def __aenter__(self) -> Self:
         self.start()
@@ -115,6 +115,9 @@ class MicroBatcher:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+            # Let the loop read the sockets (and the answered requests respond) before the
+            # next batch, even when more requests are already queued.
+            await asyncio.sleep(0)
 
     async def _next_batch(self) -> list[_Pending]:
         batch = [await self._queue.get()]
@@ -138,13 +141,10 @@ class MicroBatcher:
         for p in batch:
             if not p.future.done():  # a cancelled waiter needs no answer
                 by_model.setdefault(p.model, []).append(p)
-        loop = asyncio.get_running_loop()
         for model, group in by_model.items():
             started = time.perf_counter()
             try:
-                recs = await loop.run_in_executor(
-                    self._executor, model.recommend_batch, [p.request for p in group]
-                )
+                recs = model.recommend_batch([p.request for p in group])
                 answers = [
                     replace(rec, queue_s=started - p.arrived)
                     for p, rec in zip(group, recs, strict=True)
