@@ -35,7 +35,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 import typing
@@ -45,6 +44,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.provenance import cpu_model, git, python_exe
 from bundle.io import sha256_file
 from models.cli import DEMO_OVERRIDES
 from models.compress import CompressConfig, run_compress
@@ -193,34 +193,8 @@ def build_config(
 
 
 # --- provenance ------------------------------------------------------------------------------
-def _git(*args: str) -> str | None:
-    try:
-        r = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _python() -> str:
-    exe = Path(sys.executable)
-    try:
-        return str(exe.relative_to(Path.cwd()))
-    except ValueError:
-        return str(exe)
-
-
 def command_line(argv: Sequence[str]) -> str:
-    return shlex.join([_python(), "-m", "benchmarks.compress", *argv])
+    return shlex.join([python_exe(), "-m", "benchmarks.compress", *argv])
 
 
 def _device_name(device: str) -> str:
@@ -356,8 +330,8 @@ def build_results(
     names = [s["name"] for s in stages]
     served_name = SERVED_STAGE if SERVED_STAGE in names else names[-1]
     served = stages[names.index(served_name)]
-    commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain")
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain")
     recipe_cfg = dict(report.get("recipe", {}).get("config", {}))
     pipeline = {k: v for k, v in report.get("recipe", {}).items() if k != "config"}
     return {

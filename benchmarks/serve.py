@@ -37,7 +37,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +49,7 @@ import numpy as np
 import orjson
 
 from benchmarks.loadgen import REPO, Server, can_pin, free_port, post, run_locust, run_wrk
+from benchmarks.provenance import cpu_model, git, python_exe
 from benchmarks.serve_report import flags, render_markdown, render_plot
 from benchmarks.workload import Workload, WorkloadConfig, build_workload, histories_from_data
 
@@ -145,33 +145,6 @@ def max_rps(levels: Sequence[dict[str, Any]], p99_limit_ms: float = P99_LIMIT_MS
 
 
 # --- provenance ------------------------------------------------------------------------------
-def _git(*args: str) -> str | None:
-    try:
-        r = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
-                           check=True, cwd=REPO)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _python() -> str:
-    exe = Path(sys.executable)
-    try:
-        return str(exe.relative_to(Path.cwd()))
-    except ValueError:
-        return str(exe)
-
-
 def _version(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -682,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bundle is not None and not (args.bundle / "manifest.json").is_file():
         parser.error(f"--bundle {args.bundle}: not a bundle directory")
 
-    command = shlex.join([_python(), "-m", "benchmarks.serve", *argv])
+    command = shlex.join([python_exe(), "-m", "benchmarks.serve", *argv])
     _log(command)
     work: Path = args.work
     run_dir = work / "serve"
@@ -742,8 +715,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_max_size=args.batch_max_size, extra_env=scale_env,
         )  # fmt: skip
 
-    commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain")
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain")
     ceiling_wrk = by.get("ceiling", {}).get("wrk")
     if wrk is None:
         ceiling_wrk = {"error": "skipped (--no-wrk)"}
