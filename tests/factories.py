@@ -17,6 +17,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -595,3 +597,13 @@ def hostile_corpus(
     as_good = set_manifest(metrics=dict([serving_metric])) if serving_metric else lambda d, s: None
     bundle_case("latency_gate", "latency gate", as_good, gate="latency", slow_layers=SLOW_LAYERS)
     return cases
+
+
+def poll_until(condition: Callable[[], bool], *, timeout_s: float = 5.0) -> bool:
+    """True as soon as `condition()` is; False if it still is not after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()

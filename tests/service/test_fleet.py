@@ -14,15 +14,7 @@ import redis
 from service.errors import AdminBusy, InvalidBundle, VersionExists
 from service.fleet import LocalFleet, RedisFleet
 from tests.conftest import RedisServer
-
-
-def wait_until(condition: Callable[[], bool], *, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
+from tests.factories import poll_until
 
 
 @pytest.fixture
@@ -111,10 +103,10 @@ def test_the_subscriber_hears_other_replicas_but_not_itself(make_fleet, redis_ur
     a, b = make_fleet(replica_id="a"), make_fleet(replica_id="b")
     calls: list[str] = []
     b.start(on_change=lambda: calls.append("change"))
-    assert wait_until(lambda: calls == ["change"])  # the initial re-read
+    assert poll_until(lambda: calls == ["change"])  # the initial re-read
     b.publish("activate", "v9")  # its own event: already applied
     a.publish("activate", "v2")
-    assert wait_until(lambda: len(calls) == 2)
+    assert poll_until(lambda: len(calls) == 2)
     time.sleep(0.2)
     assert calls == ["change", "change"]
 
@@ -141,11 +133,11 @@ def test_the_subscriber_reconnects_after_an_outage_and_re_reads_the_state(
     fleet = make_fleet(private_redis.url, timeout_s=0.3)
     calls: list[str] = []
     fleet.start(on_change=lambda: calls.append("change"))
-    assert wait_until(lambda: fleet.connected is True and len(calls) == 1)
+    assert poll_until(lambda: fleet.connected is True and len(calls) == 1)
     private_redis.stop()
-    assert wait_until(lambda: fleet.connected is False)
+    assert poll_until(lambda: fleet.connected is False)
     private_redis.start()  # the same port, an empty Redis: messages were missed
-    assert wait_until(lambda: fleet.connected is True and len(calls) == 2, timeout_s=10)
+    assert poll_until(lambda: fleet.connected is True and len(calls) == 2, timeout_s=10)
 
 
 def test_a_callback_that_fails_does_not_stop_the_subscriber(make_fleet):
@@ -157,9 +149,9 @@ def test_a_callback_that_fails_does_not_stop_the_subscriber(make_fleet):
         raise RuntimeError("bug in a callback")
 
     b.start(on_change=flaky)
-    assert wait_until(lambda: len(calls) == 1)
+    assert poll_until(lambda: len(calls) == 1)
     a.publish("activate", "v2")
-    assert wait_until(lambda: len(calls) == 2)
+    assert poll_until(lambda: len(calls) == 2)
     assert b.connected is True
 
 

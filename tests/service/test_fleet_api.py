@@ -4,6 +4,7 @@ serialized fleet-wide, a canary splits traffic the same way everywhere."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -35,13 +36,8 @@ def version_of(client: TestClient, user_id: str | None = None) -> str:
     return version
 
 
-def eventually(condition: Callable[[], bool], *, timeout_s: float = FLEET_DEADLINE_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
+# Polls for at most the fleet's swap deadline.
+eventually = functools.partial(f.poll_until, timeout_s=FLEET_DEADLINE_S)
 
 
 Replica = Callable[..., TestClient]
