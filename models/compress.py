@@ -36,7 +36,7 @@ import numpy.typing as npt
 import torch
 
 import bundle
-from models.distill import DistillConfig, distill_student, kl_to_teacher
+from models.distill import DistillConfig, distill_student, kl_to_teacher, teacher_top_k
 from models.evaluate import (
     Encoder,
     evaluate,
@@ -100,6 +100,7 @@ class CompressConfig:
     # distillation
     temperature: float = 2.0
     alpha: float = 0.7
+    distill_top_k: int = 0  # > 0: cache the teacher's top-K per position once (much faster)
     # pruning
     prune_ratio: float = 0.5
     prune_heads: bool = True
@@ -331,10 +332,18 @@ def run_compress(config: CompressConfig) -> CompressResult:
 
     t0 = time.perf_counter()
     _log(c, "distilling student")
-    distill_cfg = DistillConfig(temperature=c.temperature, alpha=c.alpha)
+    distill_cfg = DistillConfig(temperature=c.temperature, alpha=c.alpha, top_k=c.distill_top_k)
+    cached = None
+    if c.distill_top_k > 0:
+        t1 = time.perf_counter()
+        teacher.to(torch.device(c.device))
+        cached = teacher_top_k(
+            teacher, train_split.train, k=c.distill_top_k, temperature=c.temperature
+        )
+        phase("teacher_top_k", t1)
     student, student_fit = distill_student(
         teacher, c.student_config(data.n_items), train_split, c.train_config(c.student_epochs),
-        distill_cfg,
+        distill_cfg, cached=cached,
     )  # fmt: skip
     phase("student", t0)
 
@@ -357,7 +366,9 @@ def run_compress(config: CompressConfig) -> CompressResult:
         ),
         train_config=c.train_config(c.finetune_epochs),
         distill_config=distill_cfg,
+        cached=cached,
     )
+    del cached
     phase("prune_finetune", t0)
 
     t0 = time.perf_counter()
@@ -438,6 +449,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
         "distillation": {
             "temperature": c.temperature,
             "alpha": c.alpha,
+            "top_k": c.distill_top_k,
             "best_epoch": student_fit.best_epoch,
             "val_ndcg@10": student_fit.best_ndcg,
             "kl_to_teacher": kl["student"],

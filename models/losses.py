@@ -15,7 +15,11 @@ One function covers both uses:
   RecSys 2023, https://arxiv.org/abs/2309.07602);
 - knowledge distillation (Hinton et al. 2015): alpha · T² · KL(softmax(t/T) || softmax(s/T))
   + (1 - alpha) · CE, where the teacher's logits t come from its own hidden states and item
-  matrix, chunk by chunk, never stored whole.
+  matrix, chunk by chunk, never stored whole;
+- the same distillation against a teacher summarised by its top-K items (`TopK`, computed
+  once per run by `models.distill.teacher_top_k`): the teacher's exact probabilities at T
+  for its K best items, and the remaining mass spread evenly over the other items. Each
+  step then skips the teacher's catalog-wide product and two of the softmax passes.
 
 d loss / d logits is (softmax(s) - onehot(y)) for CE and T · (softmax(s/T) - softmax(t/T))
 for the T²-scaled KL term; both are averaged over tokens.
@@ -23,12 +27,52 @@ for the T²-scaled KL term; both are averaged over tokens.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 # Logit entries per chunk (tokens × items): 16M floats = 64 MB of scratch.
 CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class TopK:
+    """A teacher's next-item distribution at temperature T, summarised per token.
+
+    index (M, K) holds its K most likely items (0..n-1), log_prob (M, K) their exact log
+    probabilities under softmax(teacher logits / T) over the whole catalog. The other n - K
+    items share the remaining probability mass equally.
+    """
+
+    index: torch.Tensor
+    log_prob: torch.Tensor
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> TopK:
+        return TopK(self.index[rows], self.log_prob[rows])
+
+
+def _top_k_kl_and_grad(
+    log_q: torch.Tensor, teacher: TopK, weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ KL(teacher || student) over the chunk's rows, and weight · (q - p_teacher).
+
+    log_q (m, n) is the student's log-softmax at T; it is consumed (becomes the gradient)."""
+    n = log_q.shape[1]
+    idx = teacher.index.long()
+    log_pk = teacher.log_prob.to(log_q.dtype)
+    pk = log_pk.exp()  # (m, K)
+    n_tail = n - idx.shape[1]
+    tail_mass = (1.0 - pk.sum(1)).clamp_(min=0.0)  # (m,)
+    u = tail_mass / n_tail if n_tail > 0 else torch.zeros_like(tail_mass)  # (m,) per tail item
+    log_q_k = log_q.gather(1, idx)  # (m, K)
+    kl = (pk * (log_pk - log_q_k)).sum()
+    if n_tail > 0:
+        sum_tail_log_q = log_q.sum(1) - log_q_k.sum(1)
+        kl = kl + (torch.xlogy(tail_mass, u) - u * sum_tail_log_q).sum()
+    grad = log_q.exp_().sub_(u[:, None])
+    grad.scatter_add_(1, idx, u[:, None] - pk)
+    return kl, grad.mul_(weight)
 
 
 class _SoftmaxLoss(torch.autograd.Function):
@@ -39,6 +83,7 @@ class _SoftmaxLoss(torch.autograd.Function):
         items: torch.Tensor,  # (n, C) student item matrix, real items only
         targets: torch.Tensor,  # (M,) in 0..n-1
         teacher_logits_fn: Any,  # callable(start, stop) -> (m, n) teacher logits, or None
+        teacher_top_k: TopK | None,
         temperature: float,
         alpha: float,
         mm_dtype: torch.dtype,
@@ -51,7 +96,8 @@ class _SoftmaxLoss(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden)
         grad_items = torch.zeros_like(items)
         total = hidden.new_zeros(())
-        w_hard = 1.0 - alpha if teacher_logits_fn is not None else 1.0
+        distilling = teacher_logits_fn is not None or teacher_top_k is not None
+        w_hard = 1.0 - alpha if distilling else 1.0
         rows = torch.arange(min(chunk, M), device=hidden.device)
         for start in range(0, M, chunk):
             stop = min(start + chunk, M)
@@ -77,6 +123,13 @@ class _SoftmaxLoss(torch.autograd.Function):
                 soft = log_q.exp_().sub_(pt).mul_(alpha * T)
                 grad = soft if grad is None else grad.add_(soft)
                 del log_q, log_pt, pt, soft
+            if teacher_top_k is not None and alpha > 0:
+                T = temperature
+                log_q = torch.log_softmax(logits.div_(T), dim=1)  # student at T (logits spent)
+                kl, soft = _top_k_kl_and_grad(log_q, teacher_top_k[start:stop], alpha * T)
+                total += alpha * T * T * kl
+                grad = soft if grad is None else grad.add_(soft)
+                del log_q, soft
             assert grad is not None
             del logits
             grad_mm = grad.to(mm_dtype)
@@ -91,7 +144,7 @@ class _SoftmaxLoss(torch.autograd.Function):
         grad_hidden, grad_items = ctx.saved_tensors
         M = grad_hidden.shape[0]
         scale = grad_out / M
-        return grad_hidden * scale, grad_items * scale, None, None, None, None, None
+        return grad_hidden * scale, grad_items * scale, None, None, None, None, None, None
 
 
 def softmax_loss(
@@ -101,6 +154,7 @@ def softmax_loss(
     *,
     teacher_hidden: torch.Tensor | None = None,
     teacher_items: torch.Tensor | None = None,
+    teacher_top_k: TopK | None = None,
     temperature: float = 1.0,
     alpha: float = 0.0,
     mm_dtype: torch.dtype | None = None,
@@ -109,13 +163,20 @@ def softmax_loss(
 
     hidden (M, C) and items (n, C) give the student's logits hidden @ items.T; targets (M,)
     index into 0..n-1. With teacher_hidden (M, C_t) and teacher_items (n, C_t), the loss is
-    alpha · T² · KL(teacher || student at temperature T) + (1 - alpha) · CE.
+    alpha · T² · KL(teacher || student at temperature T) + (1 - alpha) · CE. With
+    teacher_top_k (rows aligned with hidden) instead, the teacher is that summary.
     `mm_dtype=torch.bfloat16` runs the three large matrix products in bfloat16 (about 3x
     faster on CPUs with AMX or AVX-512-BF16); the default keeps the parameters' dtype.
     """
     dtype = mm_dtype or hidden.dtype
     if (teacher_hidden is None) != (teacher_items is None):
         raise ValueError("give both teacher_hidden and teacher_items, or neither")
+    if teacher_top_k is not None and teacher_hidden is not None:
+        raise ValueError("give the teacher as hidden states and items, or as top-K, not both")
+    if teacher_top_k is not None and teacher_top_k.index.shape[0] != hidden.shape[0]:
+        raise ValueError(
+            f"teacher_top_k has {teacher_top_k.index.shape[0]} rows, hidden has {hidden.shape[0]}"
+        )
     teacher_fn = None
     if teacher_hidden is not None and teacher_items is not None:
         th, tw = teacher_hidden.detach().to(dtype), teacher_items.detach().to(dtype)
@@ -126,6 +187,6 @@ def softmax_loss(
     if hidden.shape[0] == 0:
         return (hidden.sum() + items.sum()) * 0.0  # keeps both in the graph
     loss: torch.Tensor = _SoftmaxLoss.apply(
-        hidden, items, targets, teacher_fn, float(temperature), float(alpha), dtype
+        hidden, items, targets, teacher_fn, teacher_top_k, float(temperature), float(alpha), dtype
     )
     return loss

@@ -38,7 +38,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from models.distill import DistillConfig, distillation_loss
+from models.distill import DistillConfig, TeacherTopK, distillation_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.split import Split
 from models.train import FitResult, LossFn, TrainConfig, fit, mm_dtype, training_arrays
@@ -99,7 +99,7 @@ def taylor_importance(
         idx = order[start : start + batch_size]
         x = torch.from_numpy(inputs[idx]).to(device)
         y = torch.from_numpy(targets[idx]).to(device)
-        loss_fn(model, x, y).backward()  # type: ignore[no-untyped-call]
+        loss_fn(model, x, y, torch.from_numpy(idx)).backward()  # type: ignore[no-untyped-call]
     out: list[BlockImportance] = []
     with torch.no_grad():
         hidden = torch.zeros(model.config.dim, device=device)
@@ -254,9 +254,13 @@ def prune_and_finetune(
     prune_config: PruneConfig,
     train_config: TrainConfig,
     distill_config: DistillConfig,
+    cached: TeacherTopK | None = None,
 ) -> tuple[SASRec, PruneInfo, FitResult]:
-    """Taylor-rank, physically prune, then fine-tune with distillation from `teacher`."""
-    loss_fn = distillation_loss(teacher, distill_config, mm_dtype=mm_dtype(train_config))
+    """Taylor-rank, physically prune, then fine-tune with distillation from `teacher` (or
+    from `cached`, its top-K summary on `split.train`)."""
+    loss_fn = distillation_loss(
+        teacher, distill_config, mm_dtype=mm_dtype(train_config), cached=cached
+    )
     work = copy.deepcopy(model)
     importance = taylor_importance(
         work,

@@ -18,9 +18,9 @@ from __future__ import annotations
 import copy
 import functools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +33,19 @@ from models.losses import softmax_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.split import EvalSet, Split, pad_left
 
-LossFn = Callable[[SASRec, torch.Tensor, torch.Tensor], torch.Tensor]
+
+class LossFn(Protocol):
+    """A training loss on one batch. `rows` (B,) are the batch's row numbers in
+    `training_arrays(train, max_len)`, for losses that keep per-position data (the cached
+    teacher of `models.distill`); inputs/targets may be cut to their last columns."""
+
+    def __call__(
+        self,
+        model: SASRec,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
 
 @dataclass
@@ -97,6 +109,7 @@ def full_softmax_loss(
     model: SASRec,
     inputs: torch.Tensor,
     targets: torch.Tensor,
+    rows: torch.Tensor | None = None,
     *,
     mm_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
@@ -109,7 +122,12 @@ def full_softmax_loss(
 def sampled_softmax_loss(n_negatives: int) -> LossFn:
     """Softmax over the positive and `n_negatives` uniform negatives shared by the batch."""
 
-    def loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(
+        model: SASRec,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         h = target_states(model, inputs, targets)  # (M, C)
         t = targets[targets > 0]  # (M,)
         w = model.item_matrix()
@@ -174,7 +192,7 @@ def fit(
             x, y = inputs[idx], targets[idx]
             keep = max(int((x > 0).sum(1).max()), 1)  # drop all-padding columns
             x, y = x[:, -keep:].to(device), y[:, -keep:].to(device)
-            loss = loss_fn(model, x, y)
+            loss = loss_fn(model, x, y, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)

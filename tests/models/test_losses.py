@@ -3,7 +3,7 @@ import torch
 from torch.nn import functional as F
 
 from models import losses
-from models.losses import softmax_loss
+from models.losses import TopK, softmax_loss
 
 M, N, C, C_T = 37, 211, 8, 12
 
@@ -109,3 +109,48 @@ def test_bfloat16_products_stay_close_to_float32() -> None:
     for a, b in zip(g_fast, g_exact, strict=True):
         cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
         assert float(cos) > 0.99
+
+
+def _teacher_top_k(th: torch.Tensor, tw: torch.Tensor, k: int, temperature: float) -> TopK:
+    log_p = torch.log_softmax((th @ tw.T) / temperature, dim=1)
+    top = torch.topk(log_p, k, dim=1)
+    return TopK(top.indices.to(torch.int32), top.values)
+
+
+def _top_k_dense(top: TopK, n: int) -> torch.Tensor:
+    """The distribution a TopK stands for: exact on its K items, the rest spread evenly."""
+    p_k = top.log_prob.exp()
+    tail = (1 - p_k.sum(1, keepdim=True)).clamp(min=0) / max(n - p_k.shape[1], 1)
+    dense = tail.expand(-1, n).clone()
+    return dense.scatter(1, top.index.long(), p_k)
+
+
+@pytest.mark.parametrize("k", [N, 17, 1])
+def test_top_k_teacher_loss_and_gradients_equal_dense_kl(k: int) -> None:
+    h, w, y, th, tw = _tensors()
+    T, alpha = 2.0, 0.7
+    top = _teacher_top_k(th, tw, k, T)
+    ours = softmax_loss(h, w, y, teacher_top_k=top, temperature=T, alpha=alpha)
+    p = _top_k_dense(top, N)
+    log_q = torch.log_softmax((h @ w.T) / T, dim=1)
+    kl = (torch.xlogy(p, p) - p * log_q).sum(1).mean()
+    ref = alpha * T * T * kl + (1 - alpha) * F.cross_entropy(h @ w.T, y)
+    assert float(ours.detach()) == pytest.approx(float(ref.detach()), rel=1e-10)
+    for a, b in zip(
+        torch.autograd.grad(ours, (h, w)), torch.autograd.grad(ref, (h, w)), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_top_k_of_the_whole_catalog_is_the_exact_teacher() -> None:
+    h, w, y, th, tw = _tensors()
+    kw = {"temperature": 2.0, "alpha": 0.7}
+    exact = softmax_loss(h, w, y, teacher_hidden=th, teacher_items=tw, **kw)  # type: ignore[arg-type]
+    cached = softmax_loss(h, w, y, teacher_top_k=_teacher_top_k(th, tw, N, 2.0), **kw)  # type: ignore[arg-type]
+    assert float(cached.detach()) == pytest.approx(float(exact.detach()), rel=1e-10)
+
+
+def test_top_k_rows_must_match_the_tokens() -> None:
+    h, w, y, th, tw = _tensors()
+    with pytest.raises(ValueError, match="rows"):
+        softmax_loss(h, w, y, teacher_top_k=_teacher_top_k(th[:5], tw, 4, 1.0), alpha=0.5)

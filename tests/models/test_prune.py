@@ -271,7 +271,12 @@ def test_every_slice_of_a_channel_counts_towards_its_importance(
     for name, axis in params:
         # L = sum of the slice: dL/dw = 1 there and 0 elsewhere, so I(c) = |sum of the slice|.
         def loss_fn(
-            m: SASRec, x: torch.Tensor, y: torch.Tensor, name: str = name, axis: int = axis
+            m: SASRec,
+            x: torch.Tensor,
+            y: torch.Tensor,
+            rows: torch.Tensor | None = None,
+            name: str = name,
+            axis: int = axis,
         ) -> torch.Tensor:
             return m.get_parameter(name).select(axis, target).sum()
 
@@ -290,7 +295,9 @@ def test_least_important_channels_are_removed(synthetic: Dataset, student: SASRe
     column_sums = model.item_emb.weight.detach().sum(0)  # (C,)
     coef = rank / column_sums  # I(c) = |coef_c · Σ_i E[i, c]| = rank_c
 
-    def loss_fn(m: SASRec, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_fn(
+        m: SASRec, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return (m.item_emb.weight * coef).sum()
 
     imp = taylor_importance(model, loss_fn, synthetic.split.train, n_batches=1, batch_size=8)
