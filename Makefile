@@ -10,13 +10,14 @@ DEMO_BUNDLE := $(DEMO_DIR)/demo.tar.gz
 
 export HOST PORT
 
-.PHONY: help venv demo serve test lint format clean bench-compress bench-serve
+.PHONY: help venv demo serve test lint format clean bench-compress bench-serve bench-swap
 
 help:
 	@echo "make serve   build the demo bundle if needed and serve on $$HOST:$$PORT (default 0.0.0.0:8000)"
 	@echo "make test    set up and run lint, type checks and the whole test suite"
 	@echo "make bench-compress DATA=../shared/data/amazon-beauty.txt   compression benchmark (long)"
 	@echo "make bench-serve [DATA=...] [SERVE_ARGS='--bundle DIR']        serving benchmark (~15 min)"
+	@echo "make bench-swap [DATA=...] [SWAP_ARGS='--cycles 100']          swap / fault benchmark (~10 min)"
 
 # The environment: serving deps + the offline pipeline (CPU torch, pinned) + dev and bench tools.
 $(VENV)/.installed: pyproject.toml
@@ -71,3 +72,11 @@ bench-serve: venv
 	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 \
 		|| echo "wrk not installed and not installable: its figures are skipped"
 	$(PY) -m benchmarks.serve --data $(DATA) $(SERVE_ARGS)
+
+# The swap benchmark (issue 5), never part of `make test`: a two-replica fleet on one Redis,
+# 20 swaps under load, 100 swap cycles of memory, Redis stopped under load, fuzzer and corpus.
+# Writes benchmarks/results/swap.{json,md,png}.
+SWAP_ARGS ?=
+
+bench-swap: venv
+	$(PY) -m benchmarks.swap --data $(DATA) $(SWAP_ARGS)

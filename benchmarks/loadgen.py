@@ -252,8 +252,10 @@ def run_locust(
     user_rps: float,
     cpu: str | None,
     server: Server | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One load level: headless locust at `offered_rps` for `duration_s`; the parsed result."""
+    """One load level: headless locust at `offered_rps` for `duration_s`; the parsed result.
+    `extra_env` adds locustfile settings (LOCUST_HOSTS, LOCUST_TRACE)."""
     users, per_user = users_for(offered_rps, user_rps)
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     locust = Path(sys.executable).with_name("locust")
@@ -273,8 +275,9 @@ def run_locust(
         "LOCUST_PATH": path,
         "LOCUST_USER_RPS": repr(per_user),
     }
-    env.pop("LOCUST_DATA", None)
-    env.pop("LOCUST_VOCAB", None)
+    for name in ("LOCUST_DATA", "LOCUST_VOCAB", "LOCUST_HOSTS", "LOCUST_TRACE"):
+        env.pop(name, None)
+    env.update(extra_env or {})
     server_cpu0 = server.cpu_s() if server else 0.0
     child_cpu0 = children_cpu_s()
     t0 = time.monotonic()

@@ -25,16 +25,24 @@ Environment:
     LOCUST_USER_RPS   requests per second per user (default 10)
     LOCUST_RERANK_SHARE  share of rerank requests (default 0.3)
     LOCUST_SEED       workload seed (default 0)
+    LOCUST_HOSTS      comma-separated base URLs: requests go round-robin over them (a fleet
+                      without a load balancer; `benchmarks.swap`), instead of --host
+    LOCUST_TRACE      write one line per request to this file when the run ends:
+                      start (unix s), milliseconds, HTTP status, answering model_version, host
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from locust import FastHttpUser, constant_throughput, task
+import orjson
+from locust import FastHttpUser, constant_throughput, events, task
 
 # Locust puts this file's directory on sys.path; the workload module is imported as part of
 # the `benchmarks` package, from the repository root.
@@ -52,6 +60,17 @@ PATH = os.environ.get("LOCUST_PATH", "/recommend")
 USER_RPS = float(os.environ.get("LOCUST_USER_RPS", "10"))
 RERANK_SHARE = float(os.environ.get("LOCUST_RERANK_SHARE", "0.3"))
 HEADERS = {"Content-Type": "application/json"}
+HOSTS = [h.rstrip("/") for h in os.environ.get("LOCUST_HOSTS", "").split(",") if h.strip()]
+TRACE_PATH = os.environ.get("LOCUST_TRACE")
+TRACE: list[tuple[float, float, int, str, int]] = []
+_next_host = itertools.cycle(range(len(HOSTS))) if HOSTS else None
+
+
+@events.quitting.add_listener
+def _write_trace(**_: Any) -> None:
+    if TRACE_PATH:
+        with open(TRACE_PATH, "w", encoding="utf-8") as f:
+            f.writelines(f"{t:.6f},{ms:.3f},{st},{v},{h}\n" for t, ms, st, v, h in TRACE)
 
 
 def _load_workload() -> Workload:
@@ -83,11 +102,23 @@ class Shopper(FastHttpUser):
         self.rng = random.Random()
 
     def _post(self, body: bytes, name: str) -> None:
+        host = next(_next_host) if _next_host is not None else 0
+        url = HOSTS[host] + PATH if HOSTS else PATH
+        started = time.time()
         with self.client.post(
-            PATH, data=body, headers=HEADERS, name=name, catch_response=True
+            url, data=body, headers=HEADERS, name=name, catch_response=True
         ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}")
+            if TRACE_PATH:
+                version = ""
+                if resp.status_code == 200:
+                    try:
+                        version = str(orjson.loads(resp.content).get("model_version", ""))
+                    except (orjson.JSONDecodeError, AttributeError):
+                        version = "?"
+                ms = float(resp.request_meta["response_time"])  # locust's own measurement
+                TRACE.append((started, ms, int(resp.status_code or 0), version, host))
 
     @task
     def page(self) -> None:

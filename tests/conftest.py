@@ -6,38 +6,33 @@ No torch here: tests/service must run where torch is not installed.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.settings import Settings
-from tests.factories import BundleSpec, make_bundle_archive, make_bundle_dir
+from tests.factories import (
+    BundleSpec,
+    RedisServer,
+    free_port,
+    make_bundle_archive,
+    make_bundle_dir,
+)
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 V1 = BundleSpec(version="v1", seed=0)
 V2 = BundleSpec(version="v2", seed=1)
 V3 = BundleSpec(version="v3", seed=2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,69 +83,6 @@ def service_process(env: dict[str, str], *, ready_timeout_s: float = 60) -> Iter
         proc.wait(timeout=20)
         if proc.stdout:
             proc.stdout.close()
-
-
-@dataclass
-class RedisServer:
-    """A private redis-server process in a temp dir (no persistence)."""
-
-    workdir: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        """Start on a free port, or again on the same port after `stop` (a restart)."""
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail(
-                "redis-server is not installed: tests use a real Redis "
-                "(apt-get install redis-server, or set REDIS_URL)"
-            )
-        self.port = self.port or free_port()
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    pytest.fail(f"redis-server did not start on port {self.port}")
-                time.sleep(0.05)
-            finally:
-                client.close()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="session")

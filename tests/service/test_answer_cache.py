@@ -12,7 +12,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.settings import Settings
-from tests.conftest import RedisServer
+from tests.factories import RedisServer
 
 BODY = {"history": ["i12", "i7", "i99"], "k": 5}
 TTL_S = 60

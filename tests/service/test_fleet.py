@@ -13,8 +13,7 @@ import redis
 
 from service.errors import AdminBusy, InvalidBundle, VersionExists
 from service.fleet import LocalFleet, RedisFleet
-from tests.conftest import RedisServer
-from tests.factories import poll_until
+from tests.factories import RedisServer, poll_until
 
 
 @pytest.fixture

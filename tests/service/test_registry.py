@@ -19,7 +19,8 @@ from service.registry import Registry, load_model
 from service.runner import RecRequest
 from service.store import ActiveState, EmbeddedStore, RedisStore
 from tests import factories as f
-from tests.conftest import V1, V2, free_port
+from tests.conftest import V1, V2
+from tests.factories import free_port
 
 # kind -> (corruption, words the rejection reason must contain)
 BAD_BUNDLES: dict[str, tuple[Callable[[Path, f.BundleSpec], None], str]] = {

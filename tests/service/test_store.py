@@ -18,7 +18,7 @@ from service.store import (
     Store,
     open_store,
 )
-from tests.conftest import free_port
+from tests.factories import free_port
 
 
 @pytest.fixture
