@@ -109,7 +109,9 @@ class Shopper(FastHttpUser):
             url, data=body, headers=HEADERS, name=name, catch_response=True
         ) as resp:
             if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}")
+                # status 0: no HTTP answer at all; the client's error says why.
+                error = f": {resp.error!r}"[:200] if getattr(resp, "error", None) else ""
+                resp.failure(f"HTTP {resp.status_code}{error}")
             if TRACE_PATH:
                 version = ""
                 if resp.status_code == 200:

@@ -55,7 +55,7 @@ PREFIX = "swapbench"
 VERSIONS = ("swap-a", "swap-b")
 APP = "service.main:create_app"
 # Gates on while the corpus runs (so each gate has a case): generous, so valid swaps pass.
-GATE_ENV = {"GATE_MAX_NDCG_DROP": "0.05", "GATE_MAX_LATENCY_MS": "200"}
+GATE_ENV = {"GATE_MAX_NDCG_DROP": "0.05", "GATE_MAX_LATENCY_MS": "50"}
 FLEET_WAIT_S = 5.0
 AFTER_SWAP_S = 0.5
 TARGET_P99_RATIO = 1.5

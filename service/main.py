@@ -61,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             scoring_precision=settings.scoring_precision,
             ann_min_items=settings.ann_min_items,
             ann=AnnConfig.from_settings(settings),
+            loader_nice=settings.model_loader_nice,
         ),
         max_unpacked_bytes=settings.max_unpacked_bytes,
         on_activate=metrics.on_activate,
@@ -95,6 +96,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
     finally:
         fleet.stop()
+        registry.close()
         if answer_cache is not None:
             await answer_cache.close()
         store.close()

@@ -48,6 +48,9 @@ class ModelOptions:
     # Catalogs of at least this many items answer full-catalog requests from an ANN index.
     ann_min_items: int = 200_000
     ann: AnnConfig = field(default_factory=AnnConfig)
+    # Niceness of the thread that loads and validates models (0 = as the request path): a
+    # swap's CPU work then yields to the requests being served (`service.registry`).
+    loader_nice: int = 10
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # Full-catalog scoring of int8 bundles: "int8" (int8 items x 7-bit users, fastest) or
     # "fp32" (the dequantized matrix, exactly the scores the pipeline evaluated).
     scoring_precision: Literal["int8", "fp32"] = "int8"
+    # Niceness added to the thread that loads and validates models, so that on a busy core a
+    # swap yields to the requests being served (0 = same priority as serving).
+    model_loader_nice: int = Field(default=10, ge=0, le=19)
 
     # Dynamic micro-batching (service.batcher): at most this many requests per encoder call
     # (1 = no batching), waiting at most this long after the first one for more to arrive.

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import gc
 import io
+import os
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -405,3 +409,37 @@ def test_the_heap_is_settled_once_per_switch_of_the_serving_snapshot(
     registry.sync()  # nothing changed: no switch, no collection
     registry.activate("v2")
     assert settled == [None, "v2", None, None]
+
+
+def test_a_dropped_model_is_freed_by_reference_counting_alone(v1_dir):
+    """No reference cycle keeps a model (and its catalog arrays) alive: why a swap can skip
+    the full garbage collection (`_settle_heap`)."""
+    model = load_model(v1_dir)
+    model.warm_up()
+    gone = weakref.ref(model)
+    items = weakref.ref(model.items)
+    gc.disable()
+    try:
+        del model
+        assert gone() is None and items() is None
+    finally:
+        gc.enable()
+
+
+def test_models_load_on_one_low_priority_thread(registry, v1_archive, v2_archive, monkeypatch):
+    seen: list[tuple[str, int]] = []
+    real = load_model
+
+    def spy(path, options=None):
+        tid = threading.get_native_id()
+        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, tid)))
+        return real(path, options)
+
+    monkeypatch.setattr("service.registry.load_model", spy)
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    registry.activate("v1")
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert len(seen) == 3
+    assert {name.split("_")[0] for name, _ in seen} == {"model-loader"}
+    assert {nice for _, nice in seen} == {min(base + 10, 19)}
