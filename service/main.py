@@ -20,6 +20,7 @@ from service.exception_handlers import install_exception_handlers
 from service.fleet import open_fleet
 from service.gates import GateConfig
 from service.limits import BodySizeLimitMiddleware
+from service.logs import RequestContextMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import Registry
 from service.responses import OrjsonResponse
@@ -117,7 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return settings.max_body_bytes
 
     app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees 413s
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # sees 413s
+    app.add_middleware(RequestContextMiddleware)  # outermost: every answer has a request ID
     install_exception_handlers(app)
 
     app.include_router(recommend.router)
