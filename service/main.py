@@ -24,7 +24,7 @@ from service.logs import RequestContextMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import Registry
 from service.responses import OrjsonResponse
-from service.routes import admin, health, recommend
+from service.routes import admin, demo, health, recommend
 from service.routes import metrics as metrics_routes
 from service.runner import ModelOptions
 from service.settings import Settings, get_settings
@@ -127,4 +127,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_routes.router)
     if settings.admin_enabled:
         app.include_router(admin.router, dependencies=[AdminDep])
+    if settings.demo_enabled:
+        app.include_router(demo.router)
     return app
