@@ -1,25 +1,25 @@
-"""`python -m service`: serve on HOST:PORT (defaults 0.0.0.0:8000) with uvicorn."""
+"""`python -m service`: serve on HOST:PORT (defaults 0.0.0.0:8000) with uvicorn, logging
+in LOG_FORMAT (JSON lines by default, `service.logs`)."""
 
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 
+from service.logs import configure_logging
 from service.main import create_app
 from service.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # configure_logging's handler formats uvicorn's records too
+        access_log=False,  # service.logs writes the access line, with the request ID
         proxy_headers=True,
     )
 

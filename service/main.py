@@ -20,10 +20,11 @@ from service.exception_handlers import install_exception_handlers
 from service.fleet import open_fleet
 from service.gates import GateConfig
 from service.limits import BodySizeLimitMiddleware
+from service.logs import RequestContextMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import Registry
 from service.responses import OrjsonResponse
-from service.routes import admin, health, recommend
+from service.routes import admin, demo, health, recommend
 from service.routes import metrics as metrics_routes
 from service.runner import ModelOptions
 from service.settings import Settings, get_settings
@@ -119,7 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return settings.max_body_bytes
 
     app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees 413s
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # sees 413s
+    app.add_middleware(RequestContextMiddleware)  # outermost: every answer has a request ID
     install_exception_handlers(app)
 
     app.include_router(recommend.router)
@@ -127,4 +129,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_routes.router)
     if settings.admin_enabled:
         app.include_router(admin.router, dependencies=[AdminDep])
+    if settings.demo_enabled:
+        app.include_router(demo.router)
     return app

@@ -1,5 +1,11 @@
 """Prometheus metrics, one `CollectorRegistry` per app (several apps can live in one test
-process), and the ASGI middleware that times every request by route template and status."""
+process), and the ASGI middleware that times every request by route template, method,
+status and answering model version.
+
+Names follow the Prometheus conventions: base units (seconds), `_total` on counters (added
+by prometheus_client), `_info` for the version gauge. Labels stay bounded: route templates,
+never raw paths; model versions are the few installed ones. README "Observability" lists them.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,21 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "NO_MODEL_VERSION",
+    "Metrics",
+    "MetricsMiddleware",
+    "model_version_label",
+    "route_label",
+    "set_model_version",
+]
+
+# The model_version label of requests no model answered (admin, health, errors, /metrics).
+NO_MODEL_VERSION = "none"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -28,8 +46,9 @@ class Metrics:
         )
         self.latency = Histogram(
             "recsys_http_request_duration_seconds",
-            "HTTP request latency in seconds, by route template, method and status code.",
-            ["route", "method", "status"],
+            "HTTP request latency in seconds, by route template, method, status code and the "
+            "model version that answered ('none' where no model did).",
+            ["route", "method", "status", "model_version"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -74,6 +93,12 @@ class Metrics:
             "Model activations that replaced a serving model.",
             registry=self.registry,
         )
+        self.last_swap = Gauge(
+            "recsys_last_swap_duration_seconds",
+            "Duration of the last activation, from its start (load, validate, warm up) to the "
+            "switch, seconds.",
+            registry=self.registry,
+        )
         self.recommendations = Counter(
             "recsys_recommendations",
             "Recommendations computed by a model (answer cache hits excluded), by strategy.",
@@ -81,11 +106,12 @@ class Metrics:
             registry=self.registry,
         )
 
-    def on_activate(self, previous: str | None, version: str) -> None:
+    def on_activate(self, previous: str | None, version: str, duration_s: float) -> None:
         if previous is not None:
             self.model_info.remove(previous)
             self.swaps.inc()
         self.model_info.labels(version=version).set(1)
+        self.last_swap.set(duration_s)
 
     def on_canary(self, version: str | None, percent: float) -> None:
         self.canary_info.clear()
@@ -96,9 +122,27 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def set_model_version(request: Request, version: str) -> None:
+    """Name the model version that answered this request (latency histogram, access log)."""
+    request.state.model_version = version
+
+
+def model_version_label(scope: Scope) -> str:
+    state = scope.get("state")
+    version = state.get("model_version") if isinstance(state, dict) else None
+    return version if isinstance(version, str) else NO_MODEL_VERSION
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route's path template, or "unmatched": never the raw path."""
+    route: Any = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
 class MetricsMiddleware:
     """Counts and times HTTP requests; the route label is the matched path template
-    (`/admin/bundles/{version}/activate`), so label cardinality stays bounded."""
+    (`/admin/bundles/{version}/activate`), so label cardinality stays bounded, and the
+    latency's model_version label is what the route named with `set_model_version`."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
@@ -120,8 +164,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route: Any = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            labels = (path, scope.get("method", ""), str(status))
+            labels = (route_label(scope), scope.get("method", ""), str(status))
             self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(*labels, model_version_label(scope)).observe(
+                time.perf_counter() - start
+            )

@@ -44,6 +44,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,7 +91,8 @@ _VERSION_RE = re.compile(VERSION_PATTERN)
 # Why a replica may be unable to serve a version the fleet chose (reported, never raised).
 CANNOT_SERVE = (VersionNotFound, VersionExists, InvalidBundle, StoreUnavailable)
 
-ActivateHook = Callable[[str | None, str], None]  # (previous version, new version)
+# (previous version, new version, seconds from the start of the activation to the switch)
+ActivateHook = Callable[[str | None, str, float], None]
 CanaryHook = Callable[[str | None, float], None]  # (canary version or None, percent)
 
 
@@ -267,7 +269,7 @@ class Registry:
                 # Serve something, but never override the fleet's choice from here.
                 version = self._install_bootstrap(bootstrap)
                 with self._lock:
-                    self._set_serving_locked(Serving(stable=self._load_locked(version)))
+                    self._serve_locally_locked(version)
                 log.warning("serving bootstrap bundle %s locally, unrecorded", version)
             return
         if bootstrap is not None:
@@ -279,9 +281,14 @@ class Registry:
                 log.warning("cannot record %s as active (%s): serving it locally", version, e)
             if self.current is None:
                 with self._lock:
-                    self._set_serving_locked(Serving(stable=self._load_locked(version)))
+                    self._serve_locally_locked(version)
             current = self.current
             log.info("serving %s (bootstrap %s)", current.version if current else None, bootstrap)
+
+    def _serve_locally_locked(self, version: str) -> None:
+        """Serve `version` on this replica without recording it in the store."""
+        started = time.perf_counter()
+        self._set_serving_locked(Serving(stable=self._load_locked(version)), started=started)
 
     def _activate_bootstrap(self, version: str) -> None:
         """Activate the bootstrap version fleet-wide, unless a replica starting at the same
@@ -478,6 +485,7 @@ class Registry:
         return self._serving
 
     def _activate_locked(self, version: str, *, gated: bool = True) -> LoadedModel:
+        started = time.perf_counter()
         current = self.current
         if current is not None and current.version == version:
             if self._serving.canary is not None:  # activating the active version ends a canary
@@ -491,7 +499,7 @@ class Registry:
         self._publish_items(model)
         # The store first: if it cannot record the switch, this replica does not switch either.
         self._store.set_active(version, previous=current.version if current else None)
-        self._set_serving_locked(Serving(stable=model))
+        self._set_serving_locked(Serving(stable=model), started=started)
         self._error = None
         return model
 
@@ -516,6 +524,7 @@ class Registry:
             self._converge_locked(state)
 
     def _converge_locked(self, state: ActiveState) -> None:
+        started = time.perf_counter()
         serving = self._serving
         errors: list[str] = []
         stable = serving.stable
@@ -533,7 +542,7 @@ class Registry:
                 errors.append(f"cannot serve the canary {state.canary!r}: {e}")
         target = Serving(stable, canary, state.canary_percent if canary is not None else 0.0)
         if target != serving:  # models compare by identity: a reload is a change
-            self._set_serving_locked(target)
+            self._set_serving_locked(target, started=started)
         self._error = "; ".join(errors) or None
         if self._error:
             log.error("not following the fleet: %s", self._error)
@@ -563,10 +572,13 @@ class Registry:
 
     # --- models ---------------------------------------------------------------------------
 
-    def _set_serving_locked(self, serving: Serving) -> None:
+    def _set_serving_locked(self, serving: Serving, *, started: float | None = None) -> None:
+        """Switch to `serving`; `started` (perf_counter) is when the operation that loaded a
+        new active model began, for the activation hook's duration."""
         before = self._serving
         previous = before.stable
         self._serving = serving  # the atomic swap: one reference assignment
+        took_s = time.perf_counter() - started if started is not None else 0.0
         _settle_heap()
         if (serving.canary, serving.canary_percent) != (before.canary, before.canary_percent):
             version = serving.canary.version if serving.canary else None
@@ -574,9 +586,11 @@ class Registry:
             if self._on_canary is not None:
                 self._on_canary(version, serving.canary_percent)
         if serving.stable is not None and serving.stable is not previous:
-            log.info("activated model version %s", serving.stable.version)
+            log.info("activated model version %s in %.3fs", serving.stable.version, took_s)
             if self._on_activate is not None:
-                self._on_activate(previous.version if previous else None, serving.stable.version)
+                self._on_activate(
+                    previous.version if previous else None, serving.stable.version, took_s
+                )
 
     def _load_locked(self, version: str) -> LoadedModel:
         """The model of `version`: the loaded one if it serves already, else from disk,

@@ -131,3 +131,15 @@ class StatusOut(BaseModel):
     subscriber_connected: bool | None = Field(
         description="Listening to the fleet's swap events; null without Redis."
     )
+
+
+class SampleHistory(BaseModel):
+    name: str
+    history: list[str] = Field(description="External item IDs, most recent last.")
+
+
+class DemoSamplesOut(BaseModel):
+    """Browsing histories for the demo page to offer, from the active model's vocabulary."""
+
+    model_version: str
+    histories: list[SampleHistory]

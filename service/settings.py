@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # "json": one JSON object per line, for log collectors; "text": readable, for a terminal.
+    log_format: Literal["json", "text"] = "json"
+    # The storefront demo page at /demo (`service.routes.demo`); off hides it (404).
+    demo_enabled: bool = True
 
     # Each installed version lives in <model_dir>/<version>/.
     model_dir: Path = Path("var/models")

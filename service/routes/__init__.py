@@ -1,1 +1,1 @@
-"""HTTP routes, one module per group: recommend, admin, health, metrics."""
+"""HTTP routes, one module per group: recommend, admin, health, metrics, demo."""

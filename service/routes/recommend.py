@@ -30,6 +30,7 @@ from service.deps import (
     SettingsDep,
     get_current_model,
 )
+from service.metrics import set_model_version
 from service.responses import OrjsonResponse
 from service.runner import LoadedModel, RecRequest
 from service.schemas import (
@@ -140,6 +141,7 @@ _OPENAPI_BODY = {
     responses={**error_responses(413, 503), 422: {"model": ValidationErrorOut}},
 )
 async def recommend(
+    http_request: Request,
     body: RecommendBody,
     model: ModelDep,
     batcher: BatcherDep,
@@ -156,6 +158,7 @@ async def recommend(
     if answer_cache is not None:
         cached = await answer_cache.get(model.version, request)
         if cached is not None:
+            set_model_version(http_request, model.version)
             if body.user_id is not None:
                 log.info(
                     "recommend user_id=%s version=%s answer_cache=hit", body.user_id, model.version
@@ -163,6 +166,7 @@ async def recommend(
             return Response(cached, media_type=OrjsonResponse.media_type)
 
     rec = await batcher.submit(model, request)
+    set_model_version(http_request, rec.model_version)
     metrics.recommendations.labels(strategy=rec.strategy).inc()
     if body.user_id is not None:
         log.info(

@@ -29,8 +29,9 @@ def test_metrics_count_requests_by_route_template_and_status(embedded_client: Te
         sample(text, "recsys_http_requests_total", route="unmatched", method="GET", status="404")
         == 1
     )
-    assert sample(text, "recsys_http_request_duration_seconds_count", **ok) == 1
-    assert sample(text, "recsys_http_request_duration_seconds_bucket", **ok, le="+Inf") == 1
+    timed = {**ok, "model_version": "v1"}
+    assert sample(text, "recsys_http_request_duration_seconds_count", **timed) == 1
+    assert sample(text, "recsys_http_request_duration_seconds_bucket", **timed, le="+Inf") == 1
 
 
 def test_metrics_use_path_templates_not_raw_paths(embedded_client: TestClient, admin_headers):
@@ -75,6 +76,46 @@ def test_metrics_count_swaps_and_move_the_version_gauge(
     assert sample(text, "recsys_model_swaps_total") == 1
     assert sample(text, "recsys_model_info", version="v2") == 1
     assert 'recsys_model_info{version="v1"}' not in text
+
+
+def test_latency_is_labelled_by_the_model_version_that_answered(
+    embedded_client: TestClient, admin_headers, v2_archive
+):
+    embedded_client.post("/recommend", json={"history": ["i1"]})
+    embedded_client.post("/recommend", json={"history": ["i1"], "k": 0})  # 422: no model answered
+    embedded_client.get("/healthz")
+    embedded_client.post(
+        "/admin/bundles",
+        content=v2_archive,
+        headers={**admin_headers, "Content-Type": "application/gzip"},
+    )
+    embedded_client.post("/admin/bundles/v2/activate", headers=admin_headers)
+    embedded_client.post("/recommend", json={"history": ["i1"]})
+    text = embedded_client.get("/metrics").text
+    count = "recsys_http_request_duration_seconds_count"
+    ok = {"route": "/recommend", "method": "POST", "status": "200"}
+    assert sample(text, count, **ok, model_version="v1") == 1
+    assert sample(text, count, **ok, model_version="v2") == 1
+    assert sample(text, count, **{**ok, "status": "422"}, model_version="none") == 1
+    assert sample(text, count, route="/healthz", method="GET", status="200", model_version="none")
+
+
+def test_last_swap_duration_is_set_by_every_activation(
+    embedded_client: TestClient, admin_headers, v2_archive
+):
+    first = sample(embedded_client.get("/metrics").text, "recsys_last_swap_duration_seconds")
+    assert 0 < first < 60  # the bootstrap activation: load, validate, warm up, switch
+    embedded_client.post(
+        "/admin/bundles",
+        content=v2_archive,
+        headers={**admin_headers, "Content-Type": "application/gzip"},
+    )
+    embedded_client.post("/admin/bundles/v2/activate", headers=admin_headers)
+    text = embedded_client.get("/metrics").text
+    assert sample(text, "recsys_model_swaps_total") == 1
+    swap = sample(text, "recsys_last_swap_duration_seconds")
+    assert 0 < swap < 60 and swap != first
+    assert "# TYPE recsys_last_swap_duration_seconds gauge" in text
 
 
 def test_metrics_show_the_canary_and_its_share_while_it_runs(

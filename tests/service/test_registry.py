@@ -56,7 +56,7 @@ def registry(model_dir: Path, calls: list[tuple[str | None, str]]) -> Registry:
         model_dir=model_dir,
         store=EmbeddedStore(model_dir),
         max_unpacked_bytes=1 << 20,
-        on_activate=lambda prev, new: calls.append((prev, new)),
+        on_activate=lambda prev, new, _took_s: calls.append((prev, new)),
     )
     reg.start()
     return reg
