@@ -639,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     histories = histories_from_data(data, vocab=vocab) if data is not None else None
     workload = build_workload(vocab, histories, WorkloadConfig(), source=str(data))
     workload_path = workload.save(work / "workload.json")
-    _log(f"bundle {shipped} ({len(vocab) - 1} items); starting Redis and two replicas")
+    _log(f"bundle {shipped} ({len(vocab)} items); starting Redis and two replicas")
     fleet = start_fleet(work, archives, cpu=args.server_cpu)
 
     def load(name: str, rps: float, seconds: float) -> LoadRun:
@@ -698,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bundle": {
             "source": provenance.get("bundle_source"),
             "dir": str(shipped),
-            "items": len(vocab) - 1,
+            "items": len(vocab),
             "versions": list(VERSIONS),
         },
         "pinning": {"replicas": args.server_cpu, "locust": args.load_cpu},
