@@ -11,9 +11,13 @@
 
 About 70% of requests are full-catalog recommendations (`{"history": [...], "k": 10}`), 30%
 rerank 50-200 search candidates (`{"history": [...], "k": 10, "candidates": [...]}`); see
-`benchmarks/workload.py`. Offered load is open-ended per user: each user runs at
-`constant_throughput(LOCUST_USER_RPS)`, so users × LOCUST_USER_RPS is the offered rate (as
-long as a response comes back within 1 / LOCUST_USER_RPS seconds; a slower server gets less).
+`benchmarks/workload.py`. Offered load is open-ended per user: each user starts its requests
+as a Poisson process of rate LOCUST_USER_RPS (exponential gaps, first one at a random phase),
+so users × LOCUST_USER_RPS is the offered rate and all users together are a Poisson process,
+as independent shoppers are. (locust's `constant_throughput` with users spawned together
+sends them in synchronized bursts, every user once per period: a queue that real traffic
+does not make.) A user whose answer comes back after its next start time sends the next
+request at once, without catching up on the ones it missed, so a slower server gets less.
 Any answer other than 200 is a failure.
 
 Environment:
@@ -41,8 +45,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gevent
 import orjson
-from locust import FastHttpUser, constant_throughput, events, task
+from locust import FastHttpUser, events, task
 
 # Locust puts this file's directory on sys.path; the workload module is imported as part of
 # the `benchmarks` package, from the repository root.
@@ -96,10 +101,16 @@ WORKLOAD = _load_workload()
 class Shopper(FastHttpUser):
     """One shopper's page views, paced at USER_RPS requests per second."""
 
-    wait_time = constant_throughput(USER_RPS)
-
     def on_start(self) -> None:
         self.rng = random.Random()
+        gevent.sleep(self.rng.uniform(0.0, 1.0 / USER_RPS))  # a random phase
+        self.next_start = time.monotonic()
+
+    def wait_time(self) -> float:
+        """Until this user's next Poisson arrival (never to catch up on missed ones)."""
+        now = time.monotonic()
+        self.next_start = max(self.next_start + self.rng.expovariate(USER_RPS), now)
+        return self.next_start - now
 
     def _post(self, body: bytes, name: str) -> None:
         host = next(_next_host) if _next_host is not None else 0

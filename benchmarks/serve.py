@@ -8,7 +8,7 @@
 Each variant's server runs pinned to core 0 (`taskset -c 0`); headless locust
 (`benchmarks/locustfile.py`, ~70% full-catalog /recommend, ~30% reranking of 50-200 search
 candidates, histories of real users) drives it from core 1, at a ladder of offered loads
-(users × `constant_throughput` per user), `--duration` seconds per level. A variant's ladder
+(users × a Poisson process of `--user-rps` each), `--duration` seconds per level. A variant's ladder
 stops after the first level whose p99 exceeds 200 ms or whose failures exceed 1%; then the
 boundary of p99 <= 50 ms is narrowed (`--refine` levels between the last level within it and
 the first beyond). Variants:
@@ -598,7 +598,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", type=int, default=2,
                    help="extra levels narrowing each variant's p99 ≤ 50 ms bound")  # fmt: skip
     p.add_argument("--user-rps", type=float, default=10.0,
-                   help="constant_throughput of one locust user; users = offered / this")  # fmt: skip
+                   help="request rate of one locust user (Poisson); users = offered / this")  # fmt: skip
     p.add_argument("--min-rps", type=float, default=MIN_RPS,
                    help="lowest load tried below the ladder for a variant over 50 ms at its "
                    "first level")  # fmt: skip
@@ -789,7 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 NOTES = [
-    "Offered load: users × constant_throughput per user (open loop while answers come back "
+    "Offered load: users × Poisson arrivals of user_rps each (open loop while answers come back "
     "within 1/user_rps s; a slower server gets less than offered: see rps).",
     "p50/p99: locust's Aggregated row (whole level, ramp-up included), whole milliseconds.",
     "max_rps_at_p99_50ms: the highest achieved rps among levels with p99 ≤ 50 ms and ≤ 1% "
