@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -601,6 +602,17 @@ def hostile_corpus(
     as_good = set_manifest(metrics=dict([serving_metric])) if serving_metric else lambda d, s: None
     bundle_case("latency_gate", "latency gate", as_good, gate="latency", slow_layers=SLOW_LAYERS)
     return cases
+
+
+def answered_version(client: httpx.Client, user_id: str | None = None) -> str:
+    """The model_version that answers a small /recommend (with `user_id` for a canary split)."""
+    body: dict[str, Any] = {"history": ["i1", "i2"], "k": 3}
+    if user_id is not None:
+        body["user_id"] = user_id
+    r = client.post("/recommend", json=body)
+    assert r.status_code == 200, r.text
+    version: str = r.json()["model_version"]
+    return version
 
 
 def poll_until(condition: Callable[[], bool], *, timeout_s: float = 5.0) -> bool:

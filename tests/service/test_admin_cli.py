@@ -59,23 +59,13 @@ def v2_file(tmp_path: Path, v2_archive: bytes) -> Path:
     return path
 
 
-def recommended_version(client: TestClient, user_id: str | None = None) -> str:
-    body: dict[str, Any] = {"history": ["i1", "i2"], "k": 3}
-    if user_id is not None:
-        body["user_id"] = user_id
-    r = client.post("/recommend", json=body)
-    assert r.status_code == 200, r.text
-    version: str = r.json()["model_version"]
-    return version
-
-
 def test_push_then_list_shows_the_version_installed_but_not_active(
     cli: Cli, embedded_client, v2_file
 ):
     code, out, _ = cli("push", str(v2_file))
     assert code == 0
     assert out.startswith("installed v2 (")
-    assert recommended_version(embedded_client) == "v1"
+    assert f.answered_version(embedded_client) == "v1"
 
     code, out, _ = cli("list")
     assert code == 0
@@ -94,18 +84,18 @@ def test_push_with_activate_switches_the_answering_version(cli: Cli, embedded_cl
     body = cli.json("push", str(v2_file), "--activate")
     assert body["installed"]["version"] == "v2"
     assert body["activated"]["version"] == "v2"
-    assert recommended_version(embedded_client) == "v2"
+    assert f.answered_version(embedded_client) == "v2"
 
 
 def test_activate_and_rollback_change_the_answering_version(cli: Cli, embedded_client, v2_file):
     cli("push", str(v2_file))
     code, out, _ = cli("activate", "v2")
     assert (code, out) == (0, "active version: v2\n")
-    assert recommended_version(embedded_client) == "v2"
+    assert f.answered_version(embedded_client) == "v2"
 
     code, out, _ = cli("rollback")
     assert (code, out) == (0, "rolled back; active version: v1\n")
-    assert recommended_version(embedded_client) == "v1"
+    assert f.answered_version(embedded_client) == "v1"
 
 
 def test_canary_then_promote(cli: Cli, embedded_client, v2_file):
@@ -113,12 +103,12 @@ def test_canary_then_promote(cli: Cli, embedded_client, v2_file):
     code, out, _ = cli("activate", "v2", "--canary", "50")
     assert code == 0
     assert "v2 (50%)" in out.splitlines()[1]
-    versions = {recommended_version(embedded_client, f"user-{i}") for i in range(40)}
+    versions = {f.answered_version(embedded_client, f"user-{i}") for i in range(40)}
     assert versions == {"v1", "v2"}  # half of the users each, sticky by user_id
 
     status = cli.json("promote")
     assert (status["serving"], status["canary"]) == ("v2", None)
-    assert {recommended_version(embedded_client, f"user-{i}") for i in range(40)} == {"v2"}
+    assert {f.answered_version(embedded_client, f"user-{i}") for i in range(40)} == {"v2"}
 
 
 def test_push_as_a_canary_then_abort(cli: Cli, embedded_client, v2_file):
@@ -128,7 +118,7 @@ def test_push_as_a_canary_then_abort(cli: Cli, embedded_client, v2_file):
     assert code == 0
     _, row = out.splitlines()
     assert row.split()[2:4] == ["v1", "-"]  # SERVING v1, no CANARY
-    assert recommended_version(embedded_client, "user-1") == "v1"
+    assert f.answered_version(embedded_client, "user-1") == "v1"
 
 
 def test_status_of_one_server(cli: Cli):

@@ -26,16 +26,6 @@ GZIP = {"Content-Type": "application/gzip"}
 FLEET_DEADLINE_S = 2.0  # a swap must reach every replica within this
 
 
-def version_of(client: TestClient, user_id: str | None = None) -> str:
-    body: dict[str, Any] = {"history": ["i1", "i2"], "k": 3}
-    if user_id is not None:
-        body["user_id"] = user_id
-    r = client.post("/recommend", json=body)
-    assert r.status_code == 200, r.text
-    version: str = r.json()["model_version"]
-    return version
-
-
 # Polls for at most the fleet's swap deadline.
 eventually = functools.partial(f.poll_until, timeout_s=FLEET_DEADLINE_S)
 
@@ -92,8 +82,8 @@ def status(client: TestClient, headers: dict[str, str]) -> dict[str, Any]:
 
 def test_a_replica_that_starts_with_nothing_serves_the_fleets_active_version(pair):
     a, b = pair
-    assert version_of(a) == "v1"
-    assert version_of(b) == "v1"
+    assert f.answered_version(a) == "v1"
+    assert f.answered_version(b) == "v1"
 
 
 def test_activate_on_one_replica_reaches_the_other_within_2s(pair, admin_headers, v2_archive):
@@ -104,8 +94,8 @@ def test_activate_on_one_replica_reaches_the_other_within_2s(pair, admin_headers
     )
     start = time.monotonic()
     assert a.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
-    assert version_of(a) == "v2"
-    assert eventually(lambda: version_of(b) == "v2"), "b did not follow within 2 s"
+    assert f.answered_version(a) == "v2"
+    assert eventually(lambda: f.answered_version(b) == "v2"), "b did not follow within 2 s"
     assert time.monotonic() - start < FLEET_DEADLINE_S + 1
     # b never had v2 uploaded: it installed it from the fleet's archive.
     listed = b.get("/admin/bundles", headers=admin_headers).json()
@@ -126,11 +116,11 @@ def test_rollback_on_either_replica_reaches_both(pair, admin_headers, v2_archive
     a, b = pair
     a.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
     a.post("/admin/bundles/v2/activate", headers=admin_headers)
-    assert eventually(lambda: version_of(b) == "v2")
+    assert eventually(lambda: f.answered_version(b) == "v2")
     r = b.post("/admin/rollback", headers=admin_headers)
     assert r.status_code == 200 and r.json()["version"] == "v1"
-    assert version_of(b) == "v1"
-    assert eventually(lambda: version_of(a) == "v1")
+    assert f.answered_version(b) == "v1"
+    assert eventually(lambda: f.answered_version(a) == "v1")
 
 
 def test_a_restarted_replica_comes_up_on_the_active_version(
@@ -138,13 +128,13 @@ def test_a_restarted_replica_comes_up_on_the_active_version(
 ):
     a = replica("a", bootstrap_bundle=v1_dir)
     with TestClient(create_app(replica_settings("b"))) as b:
-        assert version_of(b) == "v1"
+        assert f.answered_version(b) == "v1"
     # b is down while v2 is uploaded and activated: it hears no event.
     a.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
     assert a.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
     with TestClient(create_app(replica_settings("b"))) as b:
-        assert version_of(b) == "v2"
-    assert version_of(replica("c")) == "v2"  # a new replica, empty model directory
+        assert f.answered_version(b) == "v2"
+    assert f.answered_version(replica("c")) == "v2"  # a new replica, empty model directory
 
 
 def test_a_replica_installs_and_follows_the_fleets_version_without_its_own_gates(
@@ -156,12 +146,12 @@ def test_a_replica_installs_and_follows_the_fleets_version_without_its_own_gates
     low = f.make_bundle_archive(tmp_path, f.BundleSpec(version="low", ndcg=0.1))
     a = replica("a", bootstrap_bundle=base)
     b = replica("b", gate_max_ndcg_drop=0.05)  # would refuse low (0.1 < 0.5 * 0.95) itself
-    assert version_of(b) == "base"
+    assert f.answered_version(b) == "base"
     assert (
         a.post("/admin/bundles", content=low, headers={**admin_headers, **GZIP}).status_code == 201
     )
     assert a.post("/admin/bundles/low/activate", headers=admin_headers).status_code == 200
-    assert eventually(lambda: version_of(b) == "low"), "b did not follow"
+    assert eventually(lambda: f.answered_version(b) == "low"), "b did not follow"
     assert status(b, admin_headers)["error"] is None
     # b's own admin calls stay gated: back to base passes, low again is refused there.
     assert b.post("/admin/bundles/base/activate", headers=admin_headers).status_code == 200
@@ -193,12 +183,12 @@ def test_a_replica_that_cannot_load_the_new_version_keeps_serving_and_reports_it
     client.close()
 
     assert a.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
-    assert version_of(a) == "v2"
+    assert f.answered_version(a) == "v2"
     assert eventually(lambda: status(b, admin_headers)["error"] is not None)
     s = status(b, admin_headers)
     assert s["serving"] == "v1" and s["fleet_active"] == "v2"
     assert "'v2'" in s["error"] and reason in s["error"]
-    assert version_of(b) == "v1"  # never crashed, still answering
+    assert f.answered_version(b) == "v1"  # never crashed, still answering
     ready = b.get("/readyz")
     assert ready.status_code == 200  # it answers: degraded, not out of the rotation
     assert ready.json()["status"] == "degraded"
@@ -246,9 +236,13 @@ def test_concurrent_activations_from_both_replicas_end_on_one_requested_version(
             r.result()
 
     assert eventually(
-        lambda: version_of(a) == version_of(b) == status(a, admin_headers)["fleet_active"]
+        lambda: (
+            f.answered_version(a)
+            == f.answered_version(b)
+            == status(a, admin_headers)["fleet_active"]
+        )
     )
-    assert version_of(a) in {"v2", "v3"}
+    assert f.answered_version(a) in {"v2", "v3"}
     assert status(b, admin_headers)["error"] is None
     assert {code for code, _ in answers} == {200}
     assert {v for _, v in answers} <= {"v1", "v2", "v3"}
@@ -264,10 +258,10 @@ def test_uploading_while_a_swap_is_in_flight_is_safe(pair, admin_headers, v2_arc
         )
         assert swap.result().status_code == 200
         assert up.result().status_code == 201
-    assert eventually(lambda: version_of(b) == "v2")
+    assert eventually(lambda: f.answered_version(b) == "v2")
     r = a.post("/admin/bundles/v3/activate", headers=admin_headers)  # uploaded to b only
     assert r.status_code == 200, r.text
-    assert eventually(lambda: version_of(b) == "v3")
+    assert eventually(lambda: f.answered_version(b) == "v3")
 
 
 def test_a_version_name_holds_one_archive_fleet_wide(
@@ -303,7 +297,7 @@ def test_an_admin_call_while_another_holds_the_fleet_lock_is_409(
         "another admin operation is in progress (activate v9 on replica z); "
         "nothing was changed, try again"
     )
-    assert version_of(a) == "v1"
+    assert f.answered_version(a) == "v1"
 
 
 # --- canary -------------------------------------------------------------------------------
@@ -330,14 +324,16 @@ def test_a_canary_splits_traffic_by_user_id_the_same_way_on_every_replica(
     assert eventually(lambda: status(b, admin_headers)["canary"] == "v2")
 
     users = [f"user-{i}" for i in range(1000)]
-    on_a = {u: version_of(a, u) for u in users}
+    on_a = {u: f.answered_version(a, u) for u in users}
     share = sum(v == "v2" for v in on_a.values()) / len(users)
     assert 0.06 <= share <= 0.14, share
     assert set(on_a.values()) == {"v1", "v2"}
     sample = users[::10]
-    assert {u: version_of(a, u) for u in sample} == {u: on_a[u] for u in sample}  # sticky
-    assert {u: version_of(b, u) for u in sample} == {u: on_a[u] for u in sample}  # same split
-    anonymous = {version_of(b) for _ in range(100)}
+    assert {u: f.answered_version(a, u) for u in sample} == {u: on_a[u] for u in sample}  # sticky
+    assert {u: f.answered_version(b, u) for u in sample} == {
+        u: on_a[u] for u in sample
+    }  # same split
+    anonymous = {f.answered_version(b) for _ in range(100)}
     assert anonymous == {"v1", "v2"}  # random without a user_id (P(miss) = 0.9^100)
 
 
@@ -351,7 +347,7 @@ def test_promoting_a_canary_makes_it_active_everywhere(pair, admin_headers, v2_a
     assert r.json()["serving"] == "v2" and r.json()["canary"] is None
     for client in (a, b):
         assert eventually(lambda c=client: status(c, admin_headers)["serving"] == "v2")
-        assert {version_of(client, f"u{i}") for i in range(50)} == {"v2"}
+        assert {f.answered_version(client, f"u{i}") for i in range(50)} == {"v2"}
     assert a.post("/admin/rollback", headers=admin_headers).json()["version"] == "v1"
 
 
@@ -366,7 +362,7 @@ def test_aborting_a_canary_returns_all_traffic_to_the_active_version(
     assert r.status_code == 200 and r.json()["canary"] is None
     for client in (a, b):
         assert eventually(lambda c=client: status(c, admin_headers)["canary"] is None)
-        assert {version_of(client, f"u{i}") for i in range(50)} == {"v1"}
+        assert {f.answered_version(client, f"u{i}") for i in range(50)} == {"v1"}
     r = a.post("/admin/canary/abort", headers=admin_headers)
     assert r.status_code == 409 and "no canary is running" in r.json()["detail"]
     assert a.post("/admin/canary/promote", headers=admin_headers).status_code == 409
@@ -380,7 +376,7 @@ def test_a_replica_restarted_during_a_canary_comes_up_with_the_same_split(
     start_canary(a, admin_headers, 30)
     c = replica("c")
     users = [f"u{i}" for i in range(100)]
-    assert [version_of(c, u) for u in users] == [version_of(a, u) for u in users]
+    assert [f.answered_version(c, u) for u in users] == [f.answered_version(a, u) for u in users]
 
 
 def test_the_active_version_cannot_be_its_own_canary(embedded_client, admin_headers):
@@ -404,10 +400,10 @@ def test_canary_works_on_the_embedded_store_too(embedded_client, admin_headers, 
     c.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
     body = start_canary(c, admin_headers, 20)
     assert body["replica"] and body["subscriber_connected"] is None
-    versions = [version_of(c, f"u{i}") for i in range(300)]
+    versions = [f.answered_version(c, f"u{i}") for i in range(300)]
     assert 0.12 <= versions.count("v2") / 300 <= 0.28
     assert c.post("/admin/canary/promote", headers=admin_headers).json()["serving"] == "v2"
-    assert version_of(c, "u1") == "v2"
+    assert f.answered_version(c, "u1") == "v2"
 
 
 def test_the_subscriber_runs_with_the_lifespan_and_stops_at_shutdown(replica_settings, v1_dir):

@@ -63,15 +63,21 @@ def test_metrics_report_model_version_inference_queue_time_and_batch_size(
     assert sample(text, "recsys_model_swaps_total") == 0
 
 
+def swap_to_v2(client: TestClient, headers: dict[str, str], v2_archive: bytes) -> None:
+    r = client.post(
+        "/admin/bundles",
+        content=v2_archive,
+        headers={**headers, "Content-Type": "application/gzip"},
+    )
+    assert r.status_code == 201, r.text
+    r = client.post("/admin/bundles/v2/activate", headers=headers)
+    assert r.status_code == 200, r.text
+
+
 def test_metrics_count_swaps_and_move_the_version_gauge(
     embedded_client: TestClient, admin_headers, v2_archive
 ):
-    embedded_client.post(
-        "/admin/bundles",
-        content=v2_archive,
-        headers={**admin_headers, "Content-Type": "application/gzip"},
-    )
-    embedded_client.post("/admin/bundles/v2/activate", headers=admin_headers)
+    swap_to_v2(embedded_client, admin_headers, v2_archive)
     text = embedded_client.get("/metrics").text
     assert sample(text, "recsys_model_swaps_total") == 1
     assert sample(text, "recsys_model_info", version="v2") == 1
@@ -84,12 +90,7 @@ def test_latency_is_labelled_by_the_model_version_that_answered(
     embedded_client.post("/recommend", json={"history": ["i1"]})
     embedded_client.post("/recommend", json={"history": ["i1"], "k": 0})  # 422: no model answered
     embedded_client.get("/healthz")
-    embedded_client.post(
-        "/admin/bundles",
-        content=v2_archive,
-        headers={**admin_headers, "Content-Type": "application/gzip"},
-    )
-    embedded_client.post("/admin/bundles/v2/activate", headers=admin_headers)
+    swap_to_v2(embedded_client, admin_headers, v2_archive)
     embedded_client.post("/recommend", json={"history": ["i1"]})
     text = embedded_client.get("/metrics").text
     count = "recsys_http_request_duration_seconds_count"
@@ -105,12 +106,7 @@ def test_last_swap_duration_is_set_by_every_activation(
 ):
     first = sample(embedded_client.get("/metrics").text, "recsys_last_swap_duration_seconds")
     assert 0 < first < 60  # the bootstrap activation: load, validate, warm up, switch
-    embedded_client.post(
-        "/admin/bundles",
-        content=v2_archive,
-        headers={**admin_headers, "Content-Type": "application/gzip"},
-    )
-    embedded_client.post("/admin/bundles/v2/activate", headers=admin_headers)
+    swap_to_v2(embedded_client, admin_headers, v2_archive)
     text = embedded_client.get("/metrics").text
     assert sample(text, "recsys_model_swaps_total") == 1
     swap = sample(text, "recsys_last_swap_duration_seconds")
