@@ -71,7 +71,7 @@ ADD_CHUNK_ROWS = 65536
 @dataclass(frozen=True)
 class AnnConfig:
     nlist: int = 0  # inverted lists; 0 = auto, round(sqrt(n_items))
-    nprobe: int = 16  # lists scanned per query; >= nlist scans everything (exact)
+    nprobe: int = 64  # lists scanned per query; >= nlist scans everything (exact)
     threads: int = 1  # faiss OpenMP threads (process-wide)
     seed: int = 0  # k-means sample and initialisation
 

@@ -167,7 +167,7 @@ def test_catalogs_below_ann_min_items_are_scored_exactly(
 
 def test_ann_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert (defaults.ann_min_items, defaults.ann_nlist, defaults.ann_nprobe) == (200_000, 0, 16)
+    assert (defaults.ann_min_items, defaults.ann_nlist, defaults.ann_nprobe) == (200_000, 0, 64)
     for name, value in {"ANN_MIN_ITEMS": "1000", "ANN_NLIST": "64", "ANN_NPROBE": "8"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("ANN_THREADS", "2")
