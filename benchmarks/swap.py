@@ -123,8 +123,6 @@ class Fleet:
     redis: Any  # tests.factories.RedisServer
     replicas: list[Server]
     token: str
-    log_dir: Path
-    envs: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def urls(self) -> list[str]:
@@ -205,7 +203,7 @@ def start_fleet(work: Path, archives: dict[str, Path], *, cpu: str | None) -> Fl
     (work / "redis").mkdir(parents=True)
     redis = RedisServer(work / "redis", persist=True).start()
     token = secrets.token_hex(16)
-    fleet = Fleet(redis=redis, replicas=[], token=token, log_dir=work)
+    fleet = Fleet(redis=redis, replicas=[], token=token)
     try:
         for name in ("r1", "r2"):
             port = free_port()
@@ -213,7 +211,6 @@ def start_fleet(work: Path, archives: dict[str, Path], *, cpu: str | None) -> Fl
                 redis_url=redis.url, replica=name, port=port, model_dir=work / name / "models",
                 token=token, bootstrap=archives[VERSIONS[0]] if name == "r1" else None,
             )  # fmt: skip
-            fleet.envs.append(env)
             fleet.replicas.append(
                 Server.start(
                     server_command(APP, port),

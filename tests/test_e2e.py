@@ -5,8 +5,7 @@ processes on one Redis following each other's swaps (test bundles, no training).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from models.compress import CompressConfig, CompressResult, run_compress
 from models.synthetic import SyntheticConfig, write_synthetic
 from tests.conftest import ADMIN_TOKEN, service_process
+from tests.factories import poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -117,15 +117,6 @@ def _served(url: str) -> str:
     return version
 
 
-def _within(seconds: float, condition: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 def test_two_replica_processes_follow_each_others_swaps(
     tmp_path: Path, redis_url: str, v1_archive: bytes, v2_archive: bytes
 ) -> None:
@@ -163,11 +154,15 @@ def test_two_replica_processes_follow_each_others_swaps(
         assert up.status_code == 201, up.text
         act = httpx.post(f"{a}/admin/bundles/v2/activate", headers=auth, timeout=30)
         assert act.status_code == 200, act.text
-        assert _within(2.0, lambda: _served(b) == "v2"), "b did not follow a within 2 s"
+        assert poll_until(lambda: _served(b) == "v2", timeout_s=2.0), (
+            "b did not follow a within 2 s"
+        )
 
         back = httpx.post(f"{b}/admin/rollback", headers=auth, timeout=30)
         assert back.status_code == 200, back.text
-        assert _within(2.0, lambda: _served(a) == "v1"), "a did not follow b within 2 s"
+        assert poll_until(lambda: _served(a) == "v1", timeout_s=2.0), (
+            "a did not follow b within 2 s"
+        )
         status = httpx.get(f"{a}/admin/status", headers=auth, timeout=10).json()
         assert status["replica"] == "a" and status["error"] is None
         assert status["serving"] == status["fleet_active"] == "v1"
