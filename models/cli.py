@@ -65,7 +65,7 @@ def _print_result(result: CompressResult) -> None:
     print()
     print(result.table)
     print()
-    print("sizes: teacher/student/pruned = fp32 ONNX file; pruned+int8 = whole bundle directory")
+    print("sizes: teacher/student/pruned = fp32 ONNX file; pruned+int8 = bundle archive (.tar.gz)")
     print("latency: onnxruntime, 1 thread; µs per call at batch 1, µs per row at batch 32")
     print(f"bundle:  {result.bundle_dir}")
     print(f"archive: {result.archive} ({r['archive_bytes']:,} bytes)")

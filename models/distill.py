@@ -14,6 +14,11 @@ and the loss spreads the remaining mass evenly over the other items. A step then
 what a plain cross-entropy step costs (on Amazon Beauty the exact loss recomputes a 256-wide
 teacher's logits over 54,542 items at every step of every epoch). `top_k=0` is the exact loss.
 
+With `DistillConfig(init="teacher_pca")` the student does not start from random embeddings:
+its item and position embeddings are the teacher's, projected onto their top principal
+directions (`pca_embeddings`), so the student begins with the teacher's item geometry and
+distillation has only the blocks to teach from scratch.
+
     student, result = distill_student(teacher, student_config, split, TrainConfig(),
                                       DistillConfig(temperature=2.0, alpha=0.7))
     kl_to_teacher(teacher, student, split.test.inputs(max_len=50))
@@ -21,7 +26,9 @@ teacher's logits over 54,542 items at every step of every epoch). `top_k=0` is t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +55,7 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha goes to hard-label CE
     top_k: int = 0  # > 0: distill from the teacher's cached top-K per position (see module doc)
+    init: Literal["random", "teacher_pca"] = "random"  # the student's starting embeddings
 
 
 @dataclass
@@ -153,6 +161,36 @@ def distillation_loss(
     return loss
 
 
+def pca_embeddings(teacher: SASRec, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's item embeddings (N, C_t) and position embeddings (L, C_t) projected onto
+    the `dim` principal directions of its (uncentred) item matrix: (N, dim), (L, dim).
+
+    Scores keep their meaning: item·item products are the teacher's, up to the discarded
+    directions. The input scale of the student (sqrt(dim), not sqrt(C_t)) is compensated so
+    the first block sees item and position terms in the teacher's proportion.
+    """
+    items = teacher.item_matrix().detach().float().cpu()  # (N, C_t), row 0 = padding (zeros)
+    if dim > items.shape[1]:
+        raise ValueError(f"student dim {dim} exceeds the teacher's {items.shape[1]}")
+    _, _, vh = torch.linalg.svd(items[1:], full_matrices=False)  # (C_t, C_t)
+    basis = vh[:dim].T  # (C_t, dim)
+    pos = teacher.pos_emb.detach().float().cpu() @ basis  # (L, dim)
+    ratio = teacher.config.embedding_scale / math.sqrt(dim)
+    return items @ basis, pos / ratio
+
+
+def init_from_teacher(student: SASRec, teacher: SASRec) -> None:
+    """Start `student` from `pca_embeddings(teacher, student's dim)` (in place)."""
+    if student.config.max_len != teacher.config.max_len or (
+        student.config.n_items != teacher.config.n_items
+    ):
+        raise ValueError("student and teacher differ in catalog size or max_len")
+    items, pos = pca_embeddings(teacher, student.config.dim)
+    with torch.no_grad():
+        student.item_emb.weight.copy_(items)
+        student.pos_emb.copy_(pos)
+
+
 def distill_student(
     teacher: SASRec,
     student_config: SASRecConfig,
@@ -166,6 +204,8 @@ def distill_student(
     `cached`, its top-K summary on the same training data)."""
     seed_everything(train_config.seed + 1)
     student = SASRec(student_config)
+    if distill_config.init == "teacher_pca":
+        init_from_teacher(student, teacher)
     teacher.to(torch.device(train_config.device))
     loss_fn = distillation_loss(
         teacher, distill_config, mm_dtype=mm_dtype(train_config), cached=cached

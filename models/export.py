@@ -4,6 +4,11 @@ Signature (the bundle contract): input "item_seq" int64 (batch, seq) left-padded
 output "user_vec" float32 (batch, dim). Both the batch and the sequence axes are dynamic,
 so the service may trim padding to the longest history of a micro-batch.
 
+The graph is `SASRec.last_state`: the user vector depends only on the last position, so the
+final block computes that position's query, attention row and FFN and nothing else (every
+position still gives keys and values). `check_parity` compares it with the model's full
+`forward`, the computation it was trained with.
+
 We use the TorchScript-based exporter (`dynamo=False`): for this small, static-control-flow
 model it is ~20x faster than the torch.export path and needs no shape constraints. Its
 deprecation warning is silenced only around the call.
@@ -37,6 +42,8 @@ class ParityError(RuntimeError):
 def export_onnx(model: SASRec, *, opset: int = OPSET) -> bytes:
     """Serialize the encoder (eval mode, CPU copy) as ONNX bytes."""
     m = copy.deepcopy(model).cpu().eval()
+    # Export the served computation under the model's own parameter names (item_emb.weight...).
+    m.forward = m.last_state  # type: ignore[method-assign]
     L = m.config.max_len
     example = torch.zeros(2, L, dtype=torch.int64)
     example[:, -3:] = torch.tensor([1, 2, 3])

@@ -84,18 +84,23 @@ class CausalSelfAttention(nn.Module):
         # No dropout on the (B, H, T, T) attention weights: on CPU sampling that mask costs
         # about a quarter of a training step, and dropout on the residual branches suffices.
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, C); mask: (B, 1, T, T) bool, True = may attend
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, query: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # x: (B, T, C) keys and values; query: (B, Q, C), default x; mask: (B, 1, Q, T) bool,
+        # True = may attend.
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
-        q = self.q(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = self.k(x).view(B, T, H, D).transpose(1, 2)
+        xq = x if query is None else query
+        Q = xq.shape[1]
+        q = self.q(xq).view(B, Q, H, D).transpose(1, 2)  # (B, H, Q, D)
+        k = self.k(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         v = self.v(x).view(B, T, H, D).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))  # (B, H, T, T)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))  # (B, H, Q, T)
         att = att.masked_fill(~mask, MASK_VALUE)
         att = F.softmax(att, dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
-        out: torch.Tensor = self.o(y)  # (B, T, C)
+        y = (att @ v).transpose(1, 2).reshape(B, Q, H * D)  # (B, Q, H*D)
+        out: torch.Tensor = self.o(y)  # (B, Q, C)
         return out
 
 
@@ -125,6 +130,15 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x), mask))
         out: torch.Tensor = x + self.ffn(self.ln2(x))  # (B, T, C)
+        return out
+
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`forward(x, mask)[:, -1:]` computed for the last position only: every position
+        still provides keys and values, but only the last one is a query and goes through
+        the FFN. (B, T, C) -> (B, 1, C)."""
+        h = self.ln1(x)
+        last = x[:, -1:] + self.drop(self.attn(h, mask[:, :, -1:], query=h[:, -1:]))
+        out: torch.Tensor = last + self.ffn(self.ln2(last))  # (B, 1, C)
         return out
 
 
@@ -164,6 +178,33 @@ class SASRec(nn.Module):
 
     def hidden_states(self, item_seq: torch.Tensor) -> torch.Tensor:
         """All positions' hidden states (training uses every position): (B, T) -> (B, T, C)."""
+        x, mask, keep = self._block_inputs(item_seq)
+        for block in self.block_list():
+            x = block(x, mask) * keep
+        out: torch.Tensor = self.ln_f(x)  # (B, T, C)
+        return out
+
+    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """The model as trained: every position through every block, the last one returned.
+        int64 (B, T) left-padded -> user vector float32 (B, C)."""
+        return self.hidden_states(item_seq)[:, -1, :]
+
+    def last_state(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """What `forward` returns, computed the way it is served (the exported encoder): the
+        final block runs only the last position's query and FFN, which is all the user vector
+        depends on. (B, T) -> (B, C)."""
+        x, mask, keep = self._block_inputs(item_seq)
+        *first, final = self.block_list()
+        for block in first:
+            x = block(x, mask) * keep
+        x = final.forward_last(x, mask) * keep[:, -1:]  # (B, 1, C)
+        out: torch.Tensor = self.ln_f(x[:, 0, :])  # (B, C)
+        return out
+
+    def _block_inputs(
+        self, item_seq: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embedded input (B, T, C), attention mask (B, 1, T, T) and real-item mask (B, T, 1)."""
         T = item_seq.shape[1]
         keep = item_seq > 0  # (B, T) real items
         # Positions relative to the end: the last item always gets pos_emb[max_len - 1].
@@ -175,15 +216,7 @@ class SASRec(nn.Module):
         # so no softmax row is all-masked (no NaN); their outputs are zeroed below anyway.
         eye = self.eye[:T, :T]  # (T, T)
         mask = (causal & keep.unsqueeze(1)) | eye  # (B, T, T)
-        mask = mask.unsqueeze(1)  # (B, 1, T, T)
-        for block in self.block_list():
-            x = block(x, mask) * keep.unsqueeze(-1)
-        out: torch.Tensor = self.ln_f(x)  # (B, T, C)
-        return out
-
-    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """The exported encoder: int64 (B, T) left-padded -> user vector float32 (B, C)."""
-        return self.hidden_states(item_seq)[:, -1, :]
+        return x, mask.unsqueeze(1), keep.unsqueeze(-1)
 
     def block_list(self) -> list[Block]:
         """The blocks, typed (nn.ModuleList iterates as plain Modules)."""

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -58,6 +60,9 @@ class TrainConfig:
     loss: Literal["full", "sampled"] = "full"
     n_negatives: int = 256  # sampled softmax only
     max_grad_norm: float = 1.0
+    # "cosine": the learning rate falls from `lr` to 0 along a half cosine over `epochs`
+    # (per step); the last epochs then settle into a minimum instead of hovering around it.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     # Run the catalog-wide matrix products of the softmax losses in bfloat16 (about 3x faster
     # on CPUs with AMX / AVX-512-BF16 and on GPUs); softmax and optimizer stay float32.
     bf16: bool = False
@@ -76,6 +81,33 @@ class FitResult:
 
 def mm_dtype(config: TrainConfig) -> torch.dtype | None:
     return torch.bfloat16 if config.bf16 else None
+
+
+def bf16_speedup(
+    dim: int, n_items: int, *, device: str = "cpu", rows: int = 2048, repeats: int = 3
+) -> float:
+    """How many times faster the losses' catalog-wide product (rows × dim @ dim × n_items)
+    runs in bfloat16 than in float32 here: > 1 on CPUs with native bf16 (AVX512-BF16, AMX)
+    and on GPUs, far below 1 where bf16 is emulated."""
+    dev = resolve_device(device)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, dim, generator=gen).to(dev)
+    b = torch.randn(n_items, dim, generator=gen).to(dev)
+    best: dict[torch.dtype, float] = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y.T  # warm-up
+        times = []
+        for _ in range(repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            x @ y.T
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            times.append(time.perf_counter() - t0)
+        best[dtype] = min(times)
+    return best[torch.float32] / best[torch.bfloat16]
 
 
 def seed_everything(seed: int) -> None:
@@ -178,6 +210,8 @@ def fit(
         ],
         lr=config.lr,
     )
+    steps = config.epochs * -(-len(inputs) // config.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=_lr_factor(config.lr_schedule, steps))
     best_state = copy.deepcopy(model.state_dict())
     best = FitResult(best_epoch=0, best_ndcg=validation_ndcg(model, valid), epochs_run=0)
     bad_epochs = 0
@@ -197,6 +231,7 @@ def fit(
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             opt.step()
+            sched.step()
             total += float(loss.detach())
             n_batches += 1
         ndcg = validation_ndcg(model, valid)
@@ -217,6 +252,15 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return best
+
+
+def _lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
+    """The multiplier of the base learning rate at optimizer step `step` of `steps`."""
+    if schedule == "constant":
+        return lambda step: 1.0
+    if schedule == "cosine":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+    raise ValueError(f"unknown lr_schedule {schedule!r}")
 
 
 def train_teacher(

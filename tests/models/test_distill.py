@@ -10,7 +10,9 @@ from models.distill import (
     DistillConfig,
     distill_student,
     distillation_loss,
+    init_from_teacher,
     kl_to_teacher,
+    pca_embeddings,
     teacher_top_k,
 )
 from models.sasrec import SASRec
@@ -96,3 +98,36 @@ def test_cached_teacher_refuses_rows_it_was_not_built_on(
         loss(student, x, y, wrong_rows)
     with pytest.raises(ValueError, match="row numbers"):
         loss(student, x, y)
+
+
+def test_pca_embeddings_keep_the_teachers_item_geometry(teacher: SASRec) -> None:
+    items = teacher.item_matrix().detach()
+    full, _ = pca_embeddings(teacher, teacher.config.dim)  # a rotation: products unchanged
+    torch.testing.assert_close(full @ full.T, items @ items.T, atol=1e-4, rtol=1e-4)
+    half, pos = pca_embeddings(teacher, teacher.config.dim // 2)
+    assert half.shape == (items.shape[0], teacher.config.dim // 2)
+    assert pos.shape == (teacher.config.max_len, teacher.config.dim // 2)
+    # The kept directions carry most of the item-item scores.
+    want, got = (items @ items.T)[1:, 1:], (half @ half.T)[1:, 1:]
+    corr = np.corrcoef(want.flatten().numpy(), got.flatten().numpy())[0, 1]
+    assert corr > 0.8
+    with pytest.raises(ValueError, match="exceeds"):
+        pca_embeddings(teacher, teacher.config.dim + 1)
+
+
+def test_student_started_from_teacher_pca_learns_faster(
+    synthetic: Dataset, teacher: SASRec
+) -> None:
+    inputs = synthetic.split.test.inputs(max_len=MAX_LEN)
+    seed_everything(1)
+    started = SASRec(student_config(synthetic.n_items))
+    init_from_teacher(started, teacher)
+    torch.testing.assert_close(started.item_matrix()[0], torch.zeros(started.config.dim))
+    kl = {}
+    for init in ("random", "teacher_pca"):
+        model, _ = distill_student(
+            teacher, student_config(synthetic.n_items), synthetic.split, quick_train(epochs=1),
+            DistillConfig(init=init),  # type: ignore[arg-type]
+        )  # fmt: skip
+        kl[init] = kl_to_teacher(teacher, model, inputs)
+    assert kl["teacher_pca"] < 0.8 * kl["random"]

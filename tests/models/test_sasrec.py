@@ -29,6 +29,21 @@ def test_forward_returns_last_position_user_vector() -> None:
     torch.testing.assert_close(out, hidden[:, -1])
 
 
+def test_last_state_computes_only_the_last_position_yet_equals_forward() -> None:
+    model = make(n_blocks=3)
+    x = batch()
+    x[3] = 0  # an empty history too
+    with torch.no_grad():
+        torch.testing.assert_close(model.last_state(x), model(x), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(model.last_state(x[:, -8:])[:2], model(x)[:2])
+    # The final block's FFN sees one position per row, not T.
+    seen: list[tuple[int, ...]] = []
+    model.block_list()[-1].ffn.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    with torch.no_grad():
+        model.last_state(x)
+    assert seen == [(4, 1, 16)]
+
+
 def test_left_trimmed_input_gives_the_same_user_vector() -> None:
     model = make()
     x = batch()
