@@ -58,7 +58,7 @@ from models.quantize import (
 from models.readers import read_interactions
 from models.sasrec import SASRec, SASRecConfig, build_model
 from models.split import EvalSet, Split, leave_one_out, pad_left
-from models.train import TrainConfig, train_teacher
+from models.train import LrSchedule, TrainConfig, train_teacher
 
 ACCEPTANCE_RATIO = 2.0  # served NDCG@10 must be at least this multiple of popularity's
 
@@ -95,7 +95,7 @@ class CompressConfig:
     patience: int = 3
     # Learning-rate schedule of the student's training and fine-tuning (the teacher's is
     # constant): see models.train.TrainConfig.lr_schedule.
-    student_lr_schedule: Literal["constant", "cosine"] = "constant"
+    student_lr_schedule: LrSchedule = "constant"
     loss: Literal["full", "sampled"] = "full"
     bf16: bool = False  # catalog-wide products of the training losses in bfloat16
     n_negatives: int = 256
@@ -152,7 +152,7 @@ class CompressConfig:
         )
 
     def train_config(
-        self, epochs: int, lr_schedule: Literal["constant", "cosine"] = "constant"
+        self, epochs: int, lr_schedule: LrSchedule = "constant"
     ) -> TrainConfig:
         return TrainConfig(
             epochs=epochs,

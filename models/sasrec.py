@@ -19,6 +19,11 @@ full max_len padding (the service trims padding; `tests/models/test_sasrec.py` c
     from models.sasrec import SASRec, SASRecConfig
     model = SASRec(SASRecConfig(n_items=1000, max_len=50, dim=64))
     user_vec = model(item_seq)          # int64 (B, T) left-padded -> float32 (B, C)
+    same = model.last_state(item_seq)   # the same vector, the way the exported encoder computes it
+
+`forward` is the model as trained (every position through every block); `last_state` skips
+what the user vector does not depend on: in the final block only the last position is a
+query and goes through the FFN (the other positions still give keys and values).
 """
 
 from __future__ import annotations

@@ -50,6 +50,9 @@ class LossFn(Protocol):
     ) -> torch.Tensor: ...
 
 
+LrSchedule = Literal["constant", "cosine"]
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 30
@@ -62,7 +65,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     # "cosine": the learning rate falls from `lr` to 0 along a half cosine over `epochs`
     # (per step); the last epochs then settle into a minimum instead of hovering around it.
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: LrSchedule = "constant"
     # Run the catalog-wide matrix products of the softmax losses in bfloat16 (about 3x faster
     # on CPUs with AMX / AVX-512-BF16 and on GPUs); softmax and optimizer stay float32.
     bf16: bool = False
@@ -254,7 +257,7 @@ def fit(
     return best
 
 
-def _lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
+def _lr_factor(schedule: LrSchedule, steps: int) -> Callable[[int], float]:
     """The multiplier of the base learning rate at optimizer step `step` of `steps`."""
     if schedule == "constant":
         return lambda step: 1.0

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.compress import (
     RECIPES,
+    build_config,
     TARGET_QUANT_LOSS,
     _clear_previous,
     evaluate_targets,
@@ -244,6 +245,21 @@ def test_bad_arguments_exit_with_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--data", str(tmp_path / "missing.txt")])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(("speedup", "on"), [(3.0, True), (1.1, False), (0.01, False)])
+def test_bf16_auto_is_decided_by_the_measured_speedup(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, speedup: float, on: bool
+) -> None:
+    import benchmarks.compress as bench
+
+    monkeypatch.setattr(bench, "bf16_speedup", lambda *a, **k: speedup)
+    assert RECIPES["beauty"]["bf16"] == "auto"
+    config = build_config(data="x", work=tmp_path, recipe="beauty")
+    assert config.bf16 is on
+    # An explicit setting is kept as given, without measuring.
+    monkeypatch.setattr(bench, "bf16_speedup", lambda *a, **k: pytest.fail("measured"))
+    assert build_config(data="x", work=tmp_path, recipe="beauty", overrides={"bf16": on}).bf16 is on
 
 
 def test_recipes_are_valid_configs() -> None:

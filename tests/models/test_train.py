@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from models.evaluate import evaluate, popularity_stage, torch_encoder
 from models.sasrec import SASRec
 from models.train import (
+    _lr_factor,
+    bf16_speedup,
     TrainConfig,
     full_softmax_loss,
     sampled_softmax_loss,
@@ -60,3 +63,28 @@ def test_full_softmax_loss_ignores_padding_targets(teacher: SASRec) -> None:
     assert torch.isfinite(loss)
     assert not torch.isclose(loss, full_softmax_loss(teacher, x, y_more_pad))
     assert torch.isfinite(sampled_softmax_loss(8)(teacher, x, y))
+
+
+def test_cosine_schedule_falls_from_full_to_zero_and_constant_stays() -> None:
+    cosine = _lr_factor("cosine", 100)
+    assert cosine(0) == 1.0
+    assert abs(cosine(50) - 0.5) < 1e-9
+    assert cosine(100) == 0.0 and cosine(150) == 0.0  # never negative past the end
+    assert all(cosine(i) >= cosine(i + 1) for i in range(100))
+    assert {_lr_factor("constant", 100)(i) for i in (0, 50, 100)} == {1.0}
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        _lr_factor("step", 100)  # type: ignore[arg-type]
+
+
+def test_cosine_training_ends_at_a_different_minimum_than_constant(synthetic: Dataset) -> None:
+    states = {}
+    for schedule in ("constant", "cosine"):
+        config = TrainConfig(epochs=2, batch_size=64, lr=5e-3, patience=10, progress=False,
+                             lr_schedule=schedule)  # type: ignore[arg-type]  # fmt: skip
+        model, _ = train_teacher(teacher_config(synthetic.n_items), synthetic.split, config)
+        states[schedule] = model.item_matrix().detach().clone()
+    assert not torch.allclose(states["constant"], states["cosine"])
+
+
+def test_bf16_speedup_is_a_positive_ratio() -> None:
+    assert bf16_speedup(8, 64, rows=16, repeats=1) > 0
