@@ -151,9 +151,7 @@ class CompressConfig:
             dropout=self.dropout,
         )
 
-    def train_config(
-        self, epochs: int, lr_schedule: LrSchedule = "constant"
-    ) -> TrainConfig:
+    def train_config(self, epochs: int, lr_schedule: LrSchedule = "constant") -> TrainConfig:
         return TrainConfig(
             epochs=epochs,
             batch_size=self.batch_size,

@@ -13,9 +13,9 @@ import pytest
 
 from benchmarks.compress import (
     RECIPES,
-    build_config,
     TARGET_QUANT_LOSS,
     _clear_previous,
+    build_config,
     evaluate_targets,
     main,
     parse_sets,

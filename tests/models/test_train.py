@@ -7,9 +7,9 @@ import torch
 from models.evaluate import evaluate, popularity_stage, torch_encoder
 from models.sasrec import SASRec
 from models.train import (
+    TrainConfig,
     _lr_factor,
     bf16_speedup,
-    TrainConfig,
     full_softmax_loss,
     sampled_softmax_loss,
     train_teacher,
