@@ -36,7 +36,13 @@ import numpy.typing as npt
 import torch
 
 import bundle
-from models.distill import DistillConfig, distill_student, kl_to_teacher, teacher_top_k
+from models.distill import (
+    DistillConfig,
+    StudentInit,
+    distill_student,
+    kl_to_teacher,
+    teacher_top_k,
+)
 from models.evaluate import (
     Encoder,
     evaluate,
@@ -104,7 +110,7 @@ class CompressConfig:
     temperature: float = 2.0
     alpha: float = 0.7
     distill_top_k: int = 0  # > 0: cache the teacher's top-K per position once (much faster)
-    student_init: Literal["random", "teacher_pca"] = "random"  # see models.distill
+    student_init: StudentInit = "random"  # see models.distill
     # pruning
     prune_ratio: float = 0.5
     prune_heads: bool = True

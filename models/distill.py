@@ -49,13 +49,15 @@ from models.train import (
     training_arrays,
 )
 
+StudentInit = Literal["random", "teacher_pca"]  # the student's starting embeddings
+
 
 @dataclass
 class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha goes to hard-label CE
     top_k: int = 0  # > 0: distill from the teacher's cached top-K per position (see module doc)
-    init: Literal["random", "teacher_pca"] = "random"  # the student's starting embeddings
+    init: StudentInit = "random"
 
 
 @dataclass
