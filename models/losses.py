@@ -32,8 +32,10 @@ from typing import Any
 
 import torch
 
-# Logit entries per chunk (tokens × items): 16M floats = 64 MB of scratch.
-CHUNK_ELEMENTS = 1 << 24
+# Logit entries per chunk (tokens × items): 8M floats = 32 MB of scratch, about one L3 cache.
+# One-off timing on a 2-core AMD EPYC (AVX2), 1,500 tokens × 54,542 items, fp32: a 64-wide
+# top-K distillation step took 1.33-1.37 s against 1.48-1.62 s with 16M-float chunks.
+CHUNK_ELEMENTS = 1 << 23
 
 
 @dataclass
