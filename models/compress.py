@@ -344,7 +344,9 @@ def run_compress(config: CompressConfig) -> CompressResult:
     t0 = time.perf_counter()
     _log(c, "training teacher")
     teacher, teacher_fit = train_teacher(
-        c.teacher_config(data.n_items), train_split, c.train_config(c.teacher_epochs, bf16=c.bf16_teacher)
+        c.teacher_config(data.n_items),
+        train_split,
+        c.train_config(c.teacher_epochs, bf16=c.bf16_teacher),
     )
     phase("teacher", t0)
 
