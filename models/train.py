@@ -135,9 +135,34 @@ def training_arrays(
     return inputs, targets
 
 
-def target_states(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    h = model.hidden_states(inputs)  # (B, T, C)
-    return h[targets > 0]  # (M, C): only positions with a next item
+# A batch's rows go through the Transformer in this many groups of similar history length.
+LENGTH_GROUPS = 8
+
+
+def target_states(
+    model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, groups: int = LENGTH_GROUPS
+) -> torch.Tensor:
+    """Hidden states at the positions that have a next item, (M, C), in the row-major order
+    of `targets > 0`.
+
+    The rows are sorted by history length and run through the model in `groups` groups,
+    each trimmed to its own longest history. Positions count from the end of the sequence,
+    so these are the states one padded pass computes, at a fraction of the cost when lengths
+    vary: a random batch of Amazon Beauty histories (9 items on average) almost always holds
+    one of 50, and one pass would run every row over 50 positions.
+    """
+    B = inputs.shape[0]
+    if groups <= 1 or B <= 1:
+        return model.hidden_states(inputs)[targets > 0]
+    lengths = (inputs > 0).sum(1)
+    flat = torch.arange(inputs.numel(), device=inputs.device).view(inputs.shape)
+    states, where = [], []
+    for rows in torch.tensor_split(torch.argsort(lengths, stable=True), min(groups, B)):
+        keep = max(int(lengths[rows].max()), 1)
+        has = targets[rows, -keep:] > 0
+        states.append(model.hidden_states(inputs[rows, -keep:])[has])
+        where.append(flat[rows, -keep:][has])
+    return torch.cat(states)[torch.argsort(torch.cat(where))]
 
 
 def full_softmax_loss(

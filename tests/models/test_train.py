@@ -12,6 +12,7 @@ from models.train import (
     bf16_speedup,
     full_softmax_loss,
     sampled_softmax_loss,
+    target_states,
     train_teacher,
     training_arrays,
 )
@@ -88,3 +89,16 @@ def test_cosine_training_ends_at_a_different_minimum_than_constant(synthetic: Da
 
 def test_bf16_speedup_is_a_positive_ratio() -> None:
     assert bf16_speedup(8, 64, rows=16, repeats=1) > 0
+
+
+def test_target_states_in_length_groups_equal_one_padded_pass(teacher: SASRec) -> None:
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, teacher.config.n_items + 1, size=n) for n in (2, 3, 9, 4, 21, 5, 2)]
+    inputs_np, targets_np = training_arrays(seqs, teacher.config.max_len)
+    inputs, targets = torch.from_numpy(inputs_np), torch.from_numpy(targets_np)
+    teacher.eval()
+    with torch.no_grad():
+        one_pass = target_states(teacher, inputs, targets, groups=1)
+        grouped = target_states(teacher, inputs, targets, groups=3)
+    assert one_pass.shape == (int((targets > 0).sum()), teacher.config.dim)
+    torch.testing.assert_close(grouped, one_pass, atol=1e-5, rtol=1e-5)
