@@ -17,9 +17,10 @@ under three version names, `swap-a`, `swap-b` and `swap-c`. Phases, in order:
 3. swaps: `--duration` seconds at that load with `--swaps` activations alternating swap-b /
    swap-a, sent alternately to each replica; each waits until the other replica serves it too.
    "During swaps" = requests started between an activation call and 0.5 s after the whole
-   fleet served the new version. The first swap is cold (swap-b is loaded then, on both
-   replicas at once: `prepare`); every later one is warm, the version being each replica's
-   standby (the previously active model, kept loaded); the report gives both;
+   fleet served the new version. The first swap is cold: swap-b, uploaded to r1 last, is
+   still loaded there from the upload's validation, and r2 loads it when r1 announces it
+   (`prepare`). Every later swap is warm, the version being each replica's standby (the
+   previously active model, kept loaded). The report gives both;
 4. memory: `--cycles` cycles of two activations rotating swap-b, swap-c, swap-a (no load),
    so every activation loads from disk; resident size of both replicas after every cycle;
 5. Redis outage: `--outage-run` seconds at the load, Redis stopped for `--outage` seconds in
@@ -227,7 +228,9 @@ def start_fleet(work: Path, archives: dict[str, Path], *, cpu: str | None) -> Fl
                     log=work / name / "server.log",
                 )
             )
-        for version in MEMORY_VERSIONS[1:]:
+        # swap-b last: as in an operator's upload-then-activate, the swap phase's first
+        # activation (of swap-b, through r1) finds it loaded by the upload's validation.
+        for version in reversed(MEMORY_VERSIONS[1:]):
             r = httpx.post(
                 fleet.urls[0] + "/admin/bundles",
                 content=archives[version].read_bytes(),

@@ -21,7 +21,10 @@ on one model and names the version that answered. A failure at any step leaves t
 model untouched. After each switch the heap is settled (`_settle_heap`): the new model's
 objects are frozen out of the garbage collector's full collections.
 
-A replica about to activate a version first announces it (`prepare`): the other replicas
+An upload leaves the model it validated loaded as the prepared model (one at most, dropped at
+the next switch unless it became the serving one), so activating it on the replica it was
+uploaded to does not load it again. A replica about to activate a version first announces
+it (`prepare`): the other replicas
 load it at the same time (`prepare()`), so the fleet pays for one load, not one per replica
 in turn, before every replica serves the new version.
 
@@ -347,10 +350,12 @@ class Registry:
             return src.read()
 
         with self._lock:
-            return self._install_locked(
+            model = self._install_locked(
                 lambda staging: extract_archive(src, staging, max_bytes=self._max_unpacked),
                 share=read_back,
-            ).manifest
+            )
+            self._prepared = model  # validating it loaded it: activating it next is instant
+            return model.manifest
 
     def install_dir(self, src: Path) -> Manifest:
         """Validate and install a copy of the bundle directory `src` (shared with the fleet

@@ -552,3 +552,17 @@ def test_a_prepared_model_that_is_not_activated_is_dropped_at_the_next_switch(
     registry.activate("v3")
     gc.collect()
     assert prepared() is None and registry.status().standby == "v1"
+
+
+def test_activating_the_version_just_uploaded_does_not_load_it_again(
+    registry, v1_archive, v2_archive, monkeypatch
+):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.activate("v1")
+    loaded = _count_loads(monkeypatch)
+    registry.install_archive(io.BytesIO(v2_archive))
+    assert registry.current.version == "v1"  # installed, not serving
+    registry.activate("v2")
+    assert loaded == ["v2"]  # the load that validated the upload
+    rec = registry.current.recommend(RecRequest(history=["i3", "i7"], k=5))
+    assert rec.model_version == "v2" and len(rec.item_ids) == 5
