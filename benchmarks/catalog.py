@@ -300,7 +300,8 @@ def serving_recall(
     from service.runner import ModelOptions, RecRequest
     from service.settings import Settings
 
-    settings = Settings(_env_file=None, **{key.lower(): v for key, v in (env or {}).items()})  # type: ignore[call-arg]
+    values: dict[str, Any] = {key.lower(): v for key, v in (env or {}).items()}
+    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
     options = ModelOptions(
         scoring_precision=settings.scoring_precision,
         ann_min_items=settings.ann_min_items,

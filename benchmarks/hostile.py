@@ -74,7 +74,7 @@ def run_malicious_corpus(
         skipped = [c.name for c in corpus if c.gate != "mandatory" and c.gate not in gates]
         if serving_metric is None:  # the corpus then has no accuracy case at all
             skipped.append("accuracy_gate")
-        cases = []
+        cases: list[dict[str, Any]] = []
         for case in corpus:
             if case.name in skipped:
                 continue

@@ -71,7 +71,7 @@ TRACE: list[tuple[float, float, int, str, int]] = []
 _next_host = itertools.cycle(range(len(HOSTS))) if HOSTS else None
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
 def _write_trace(**_: Any) -> None:
     if TRACE_PATH:
         with open(TRACE_PATH, "w", encoding="utf-8") as f:
@@ -117,7 +117,11 @@ class Shopper(FastHttpUser):
         url = HOSTS[host] + PATH if HOSTS else PATH
         started = time.time()
         with self.client.post(
-            url, data=body, headers=HEADERS, name=name, catch_response=True
+            url,
+            data=body,  # type: ignore[arg-type]  # bytes are sent as they are
+            headers=HEADERS,
+            name=name,
+            catch_response=True,
         ) as resp:
             if resp.status_code != 200:
                 # status 0: no HTTP answer at all; the client's error says why.

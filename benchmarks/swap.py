@@ -9,7 +9,7 @@ service replicas sharing it, both pinned to core 0; locust pinned to core 1 send
 request round-robin to the two replicas (`LOCUST_HOSTS`) and records each answer's status,
 latency and model version (`LOCUST_TRACE`). The served model is the bundle `make
 bench-compress` shipped (else a speed-only one, as `benchmarks.serve` picks it), installed
-twice under two version names, `swap-a` and `swap-b`. Phases, in order:
+under three version names, `swap-a`, `swap-b` and `swap-c`. Phases, in order:
 
 1. capacity: a saturating locust run; the load of the later phases is `--load` (70%) of the
    throughput it achieved;
@@ -17,9 +17,12 @@ twice under two version names, `swap-a` and `swap-b`. Phases, in order:
 3. swaps: `--duration` seconds at that load with `--swaps` activations alternating swap-b /
    swap-a, sent alternately to each replica; each waits until the other replica serves it too.
    "During swaps" = requests started between an activation call and 0.5 s after the whole
-   fleet served the new version;
-4. memory: `--cycles` cycles of swap-b then swap-a (no load), resident size of both replicas
-   after every cycle;
+   fleet served the new version. The first swap is cold: swap-b, uploaded to r1 last, is
+   still loaded there from the upload's validation, and r2 loads it when r1 announces it
+   (`prepare`). Every later swap is warm, the version being each replica's standby (the
+   previously active model, kept loaded). The report gives both;
+4. memory: `--cycles` cycles of two activations rotating swap-b, swap-c, swap-a (no load),
+   so every activation loads from disk; resident size of both replicas after every cycle;
 5. Redis outage: `--outage-run` seconds at the load, Redis stopped for `--outage` seconds in
    the middle, /readyz polled on both replicas;
 6. hostile input: the malicious-bundle corpus (`benchmarks.hostile`, the replicas run with
@@ -32,6 +35,7 @@ the swaps marked; resident size over the swap cycles).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -53,6 +57,10 @@ from benchmarks.provenance import cpu_model, git, python_exe
 
 PREFIX = "swapbench"
 VERSIONS = ("swap-a", "swap-b")
+# The memory phase rotates through three versions: each replica keeps the previous version
+# loaded (its standby), so with two every activation after the first would be a reference
+# swap; with three, every activation loads its version from disk.
+MEMORY_VERSIONS = (*VERSIONS, "swap-c")
 APP = "service.main:create_app"
 # Gates on while the corpus runs (so each gate has a case): generous, so valid swaps pass.
 GATE_ENV = {"GATE_MAX_NDCG_DROP": "0.05", "GATE_MAX_LATENCY_MS": "50"}
@@ -220,14 +228,17 @@ def start_fleet(work: Path, archives: dict[str, Path], *, cpu: str | None) -> Fl
                     log=work / name / "server.log",
                 )
             )
-        r = httpx.post(
-            fleet.urls[0] + "/admin/bundles",
-            content=archives[VERSIONS[1]].read_bytes(),
-            headers={**fleet.headers, "Content-Type": "application/gzip"},
-            timeout=300,
-        )
-        if r.status_code != 201:
-            raise RuntimeError(f"uploading {VERSIONS[1]} answered {r.status_code}: {r.text}")
+        # swap-b last: as in an operator's upload-then-activate, the swap phase's first
+        # activation (of swap-b, through r1) finds it loaded by the upload's validation.
+        for version in reversed(MEMORY_VERSIONS[1:]):
+            r = httpx.post(
+                fleet.urls[0] + "/admin/bundles",
+                content=archives[version].read_bytes(),
+                headers={**fleet.headers, "Content-Type": "application/gzip"},
+                timeout=300,
+            )
+            if r.status_code != 201:
+                raise RuntimeError(f"uploading {version} answered {r.status_code}: {r.text}")
         if fleet.wait_serving(VERSIONS[0], 30) is None:
             raise RuntimeError(f"the fleet does not serve {VERSIONS[0]}")
     except BaseException:
@@ -308,26 +319,31 @@ def swap_phase(fleet: Fleet, n_swaps: int, duration_s: float, t0: float) -> list
     for i in range(n_swaps):
         time.sleep(max(0.0, t0 + start_at + i * spacing - time.time()))
         version, replica = VERSIONS[(i + 1) % 2], i % 2
+        # Warm: every replica holds the version loaded already (the standby, service.registry).
+        warm = all(fleet.status(r)["standby"] == version for r in range(len(fleet.replicas)))
         t_call = time.time()
         status, body = fleet.activate(replica, version)
         t_answer = time.time()
         fleet_s = fleet.wait_serving(version) if status == 200 else None
         swaps.append({
-            "i": i, "version": version, "via": f"r{replica + 1}", "status": status,
+            "i": i, "version": version, "via": f"r{replica + 1}", "warm": warm, "status": status,
             "body": body if status != 200 else "", "start": t_call,
             "activate_s": round(t_answer - t_call, 3),
             "fleet_s": None if fleet_s is None else round(t_answer - t_call + fleet_s, 3),
         })  # fmt: skip
-        _log(f"swap {i + 1}/{n_swaps} to {version} via r{replica + 1}: {status}, "
+        _log(f"swap {i + 1}/{n_swaps} to {version} ({'warm' if warm else 'cold'}) "
+             f"via r{replica + 1}: {status}, "
              f"{t_answer - t_call:.2f} s, whole fleet {swaps[-1]['fleet_s']} s")  # fmt: skip
     return swaps
 
 
 def memory_phase(fleet: Fleet, cycles: int) -> list[dict[str, Any]]:
-    """`cycles` × (activate swap-b, activate swap-a) through r1; both replicas' RSS after each."""
+    """`cycles` × 2 activations through r1, rotating swap-b, swap-c, swap-a, ... (each one a
+    load from disk on every replica); both replicas' RSS after each cycle."""
     curve = [{"cycle": 0, "rss_mb": [r.rss_mb() for r in fleet.replicas]}]
+    rotation = itertools.cycle(MEMORY_VERSIONS[1:] + MEMORY_VERSIONS[:1])
     for c in range(1, cycles + 1):
-        for version in (VERSIONS[1], VERSIONS[0]):
+        for version in (next(rotation), next(rotation)):
             status, body = fleet.activate(0, version)
             if status != 200 or fleet.wait_serving(version) is None:
                 raise RuntimeError(f"cycle {c}: activating {version} gave {status}: {body}")
@@ -468,6 +484,16 @@ def swap_summary(
         "statuses": whole["statuses"],
         "activate_s_max": max((s["activate_s"] for s in swaps), default=None),
         "fleet_propagation_max_s": max(props) if len(props) == len(swaps) and props else None,
+        # Cold: a version some replica had to load (the first swap to each version); warm:
+        # every replica held it as its standby (the previous active version).
+        "cold_swaps": sum(1 for s in swaps if not s["warm"]),
+        "fleet_propagation_cold_max_s": max(
+            (s["fleet_s"] for s in swaps if not s["warm"] and s["fleet_s"] is not None),
+            default=None,
+        ),
+        "fleet_propagation_warm_max_s": max(
+            (s["fleet_s"] for s in swaps if s["warm"] and s["fleet_s"] is not None), default=None
+        ),
         "swap_log": swaps,
     }
 
@@ -525,6 +551,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"| versions seen | {', '.join(s['versions_seen'])} |",
         f"| slowest activation call / whole fleet | {s['activate_s_max']} s / "
         f"{s['fleet_propagation_max_s']} s |",
+        f"| whole fleet, slowest cold swap ({s['cold_swaps']}) / warm swap "
+        f"({s['swaps'] - s['cold_swaps']}) | {s['fleet_propagation_cold_max_s']} s / "
+        f"{s['fleet_propagation_warm_max_s']} s |",
         f"| RSS after 5 / {m['cycles']} swap cycles ({m['replica']}) | "
         f"{m['rss_mb_after_5']} / {m['rss_mb_after_100']} MiB |",
         f"| Redis outage run: requests / failed | {o['requests']:,} / {o['failed']} |",
@@ -628,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True)
     data, shipped, provenance = resolve_inputs(args.data, args.bundle, args.work)
     archives = {}
-    for v in VERSIONS:
+    for v in MEMORY_VERSIONS:
         d = retag(shipped, work / "bundles" / v, v)
         archives[v] = work / "bundles" / f"{v}.tar.gz"
         pack_bundle(d, archives[v])
@@ -697,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dir": str(shipped),
             "items": len(vocab),
             "versions": list(VERSIONS),
+            "memory_phase_versions": list(MEMORY_VERSIONS),
         },
         "pinning": {"replicas": args.server_cpu, "locust": args.load_cpu},
         "gates": GATE_ENV,

@@ -130,7 +130,7 @@ def distillation_loss(
     teacher.eval()
 
     def loss(
-        student: SASRec,
+        model: SASRec,
         inputs: torch.Tensor,
         targets: torch.Tensor,
         rows: torch.Tensor | None = None,
@@ -139,8 +139,8 @@ def distillation_loss(
             if rows is None:
                 raise ValueError("a cached teacher needs the batch's row numbers")
             return softmax_loss(
-                target_states(student, inputs, targets),
-                student.item_matrix()[1:],
+                target_states(model, inputs, targets),
+                model.item_matrix()[1:],
                 targets[targets > 0] - 1,
                 teacher_top_k=cached.lookup(rows, targets),
                 temperature=T,
@@ -150,8 +150,8 @@ def distillation_loss(
         with torch.no_grad():
             t_hidden = target_states(teacher, inputs, targets)  # (M, C_t)
         return softmax_loss(
-            target_states(student, inputs, targets),  # (M, C)
-            student.item_matrix()[1:],
+            target_states(model, inputs, targets),  # (M, C)
+            model.item_matrix()[1:],
             targets[targets > 0] - 1,
             teacher_hidden=t_hidden,
             teacher_items=teacher.item_matrix()[1:].detach(),

@@ -79,7 +79,7 @@ def _top_k_kl_and_grad(
 
 class _SoftmaxLoss(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: torch.Tensor,  # (M, C) student states at target positions
         items: torch.Tensor,  # (n, C) student item matrix, real items only
@@ -142,7 +142,7 @@ class _SoftmaxLoss(torch.autograd.Function):
         return total / M
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         grad_hidden, grad_items = ctx.saved_tensors
         M = grad_hidden.shape[0]
         scale = grad_out / M
@@ -188,7 +188,7 @@ def softmax_loss(
 
     if hidden.shape[0] == 0:
         return (hidden.sum() + items.sum()) * 0.0  # keeps both in the graph
-    loss: torch.Tensor = _SoftmaxLoss.apply(
+    loss: torch.Tensor = _SoftmaxLoss.apply(  # type: ignore[no-untyped-call]
         hidden, items, targets, teacher_fn, teacher_top_k, float(temperature), float(alpha), dtype
     )
     return loss

@@ -28,6 +28,7 @@ registry's own, no notifications, nothing to distribute.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -44,7 +45,7 @@ from service.errors import AdminBusy, InvalidBundle, StoreUnavailable, VersionEx
 
 log = logging.getLogger(__name__)
 
-Event = Literal["activate", "rollback", "canary"]
+Event = Literal["activate", "rollback", "canary", "prepare"]
 
 # Compare-and-delete: release the lock only while it still holds our token.
 _RELEASE = """
@@ -87,7 +88,12 @@ class Fleet(Protocol):
         """The archive of `version`, sha256-verified; None when the fleet has none."""
         ...
 
-    def start(self, on_change: Callable[[], None]) -> None: ...
+    def start(
+        self, on_change: Callable[[], None], on_prepare: Callable[[str], None] | None = None
+    ) -> None:
+        """Listen to the other replicas: `on_change()` after a swap, `on_prepare(version)`
+        when one is about to activate `version`."""
+        ...
 
     def stop(self) -> None: ...
 
@@ -118,7 +124,9 @@ class LocalFleet:
     def fetch_archive(self, version: str) -> bytes | None:
         return None
 
-    def start(self, on_change: Callable[[], None]) -> None:
+    def start(
+        self, on_change: Callable[[], None], on_prepare: Callable[[str], None] | None = None
+    ) -> None:
         pass
 
     def stop(self) -> None:
@@ -198,10 +206,15 @@ class RedisFleet:
         except redis.RedisError as e:
             raise StoreUnavailable(str(e)) from e
 
-    def start(self, on_change: Callable[[], None]) -> None:
+    def start(
+        self, on_change: Callable[[], None], on_prepare: Callable[[str], None] | None = None
+    ) -> None:
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self._listen, args=(on_change,), name="fleet-subscriber", daemon=True
+            target=self._listen,
+            args=(on_change, on_prepare),
+            name="fleet-subscriber",
+            daemon=True,
         )
         self._thread.start()
 
@@ -216,7 +229,9 @@ class RedisFleet:
     def connected(self) -> bool | None:
         return self._connected
 
-    def _listen(self, on_change: Callable[[], None]) -> None:
+    def _listen(
+        self, on_change: Callable[[], None], on_prepare: Callable[[str], None] | None
+    ) -> None:
         backoff = BACKOFF_MIN_S
         while not self._stop.is_set():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
@@ -229,8 +244,14 @@ class RedisFleet:
                 _call(on_change)  # anything missed while not listening
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
-                    if message is not None and self._from_elsewhere(message.get("data")):
+                    event = self._from_elsewhere(message.get("data")) if message else None
+                    if event is None:
+                        continue
+                    version = event.get("version")
+                    if event.get("event") != "prepare":
                         _call(on_change)
+                    elif on_prepare is not None and isinstance(version, str):
+                        _call(functools.partial(on_prepare, version))
             except redis.RedisError as e:
                 if self._connected or backoff == BACKOFF_MIN_S:
                     log.warning("fleet subscriber lost Redis (%s); retrying", e)
@@ -242,17 +263,18 @@ class RedisFleet:
                     pubsub.close()
         self._connected = False
 
-    def _from_elsewhere(self, data: object) -> bool:
-        """Whether a message is one another replica sent (ours are applied already)."""
+    def _from_elsewhere(self, data: object) -> dict[str, object] | None:
+        """The event of a message another replica sent; None for ours (applied already) and
+        for malformed ones."""
         try:
             payload = json.loads(data) if isinstance(data, bytes | str) else None
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
             log.warning("ignoring a malformed fleet event: %r", data)
-            return False
+            return None
         log.info("fleet event %s", payload)
-        return payload.get("origin") != self.replica_id
+        return payload if payload.get("origin") != self.replica_id else None
 
     # --- bundle distribution ----------------------------------------------------------------
 

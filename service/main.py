@@ -63,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             ann_min_items=settings.ann_min_items,
             ann=AnnConfig.from_settings(settings),
             loader_nice=settings.model_loader_nice,
+            keep_previous=settings.model_keep_previous,
         ),
         max_unpacked_bytes=settings.max_unpacked_bytes,
         on_activate=metrics.on_activate,
@@ -89,7 +90,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     try:
         await run_in_threadpool(registry.start, bootstrap=settings.bootstrap_bundle)
-        fleet.start(on_change=registry.sync)
+        fleet.start(on_change=registry.sync, on_prepare=registry.prepare)
         app.state.registry = registry
         app.state.answer_cache = answer_cache
         async with batcher:

@@ -21,6 +21,19 @@ on one model and names the version that answered. A failure at any step leaves t
 model untouched. After each switch the heap is settled (`_settle_heap`): the new model's
 objects are frozen out of the garbage collector's full collections.
 
+An upload leaves the model it validated loaded as the prepared model (one at most, dropped at
+the next switch unless it became the serving one), so activating it on the replica it was
+uploaded to does not load it again. A replica about to activate a version first announces
+it (`prepare`): the other replicas
+load it at the same time (`prepare()`), so the fleet pays for one load, not one per replica
+in turn, before every replica serves the new version.
+
+The model that was active before the current one stays loaded as the standby
+(`ModelOptions.keep_previous`, on by default; one more model's memory): a rollback, or
+activating that version again, reuses it (the optional gates still run) and every replica
+following the fleet swaps to it by reference instead of loading it from disk. At most one
+standby is kept; the one it replaces is freed.
+
 Loading and validating a model (the CPU-heavy part of an install, an activation or a fleet
 sync) runs on one dedicated thread whose niceness is `ModelOptions.loader_nice`, so on a busy
 core the requests being served go first and a swap does not show in their latency.
@@ -177,6 +190,7 @@ class ReplicaStatus:
     serving: str | None  # the active version this replica answers with
     canary: str | None  # the canary it answers `canary_percent` % with
     canary_percent: float
+    standby: str | None  # the previous active version, kept loaded for an instant swap back
     fleet_active: str | None  # what the store says (None when unknown)
     fleet_canary: str | None
     error: str | None  # why this replica does not serve the fleet's state
@@ -207,6 +221,8 @@ class Registry:
         # Serializes this replica's changes; the fleet lock (taken first) serializes replicas.
         self._lock = threading.Lock()
         self._serving = Serving()
+        self._standby: LoadedModel | None = None  # the previous active model, kept loaded
+        self._prepared: LoadedModel | None = None  # loaded for another replica's activation
         self._error: str | None = None
         self._loader = ThreadPoolExecutor(
             max_workers=1,
@@ -334,10 +350,12 @@ class Registry:
             return src.read()
 
         with self._lock:
-            return self._install_locked(
+            model = self._install_locked(
                 lambda staging: extract_archive(src, staging, max_bytes=self._max_unpacked),
                 share=read_back,
-            ).manifest
+            )
+            self._prepared = model  # validating it loaded it: activating it next is instant
+            return model.manifest
 
     def install_dir(self, src: Path) -> Manifest:
         """Validate and install a copy of the bundle directory `src` (shared with the fleet
@@ -429,9 +447,28 @@ class Registry:
         """Load, validate and warm `version`, then make it the serving model fleet-wide.
         Ends any canary."""
         with self._fleet.lock(f"activate {version}"), self._lock:
+            current = self.current
+            if current is None or current.version != version:
+                self._announce("prepare", version)  # the others load it meanwhile
             model = self._activate_locked(version)
             self._announce("activate", version)
         return model
+
+    def prepare(self, version: str) -> None:
+        """Load `version` because another replica is about to activate it (the fleet
+        subscriber calls this), so that following the activation is a reference swap. Best
+        effort: a version that cannot be loaded is logged here and reported by the `sync`
+        that follows the activation, if one does. Holds at most one prepared model; the next
+        switch of the serving snapshot drops it unless it became the serving one."""
+        with self._lock:
+            try:
+                model = self._load_locked(version)
+            except CANNOT_SERVE as e:
+                log.warning("could not prepare version %s: %s", version, e)
+                return
+            warm = (self._serving.stable, self._serving.canary, self._standby)
+            if all(model is not m for m in warm):
+                self._prepared = model
 
     def rollback(self) -> LoadedModel:
         """Go back to the version that was active before the current one."""
@@ -564,6 +601,7 @@ class Registry:
             serving=serving.stable.version if serving.stable else None,
             canary=serving.canary.version if serving.canary else None,
             canary_percent=serving.canary_percent,
+            standby=self._standby.version if self._standby else None,
             fleet_active=state.active if state else None,
             fleet_canary=state.canary if state else None,
             error=error,
@@ -578,6 +616,10 @@ class Registry:
         before = self._serving
         previous = before.stable
         self._serving = serving  # the atomic swap: one reference assignment
+        if serving.stable is not previous:
+            keep = self._options.keep_previous and previous is not None
+            self._standby = previous if keep else None
+        self._prepared = None
         took_s = time.perf_counter() - started if started is not None else 0.0
         _settle_heap()
         if (serving.canary, serving.canary_percent) != (before.canary, before.canary_percent):
@@ -593,9 +635,10 @@ class Registry:
                 )
 
     def _load_locked(self, version: str) -> LoadedModel:
-        """The model of `version`: the loaded one if it serves already, else from disk,
+        """The model of `version`: the loaded one if it serves or stands by, else from disk,
         else installed from the fleet's archive (validated like an upload)."""
-        for model in (self._serving.stable, self._serving.canary):
+        warm = (self._serving.stable, self._serving.canary, self._standby, self._prepared)
+        for model in warm:
             if model is not None and model.version == version:
                 return model
         if not _VERSION_RE.match(version):

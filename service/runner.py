@@ -51,6 +51,9 @@ class ModelOptions:
     # Niceness of the thread that loads and validates models (0 = as the request path): a
     # swap's CPU work then yields to the requests being served (`service.registry`).
     loader_nice: int = 10
+    # Keep the version that was active before the current one loaded (`service.registry`):
+    # rolling back to it, or activating it again, is then a reference swap, not a load.
+    keep_previous: bool = True
 
 
 @dataclass(frozen=True)

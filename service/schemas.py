@@ -125,6 +125,9 @@ class StatusOut(BaseModel):
     serving: str | None = Field(description="The active version this replica answers with.")
     canary: str | None = Field(description="The canary version this replica answers with.")
     canary_percent: float
+    standby: str | None = Field(
+        description="The previously active version, kept loaded: swapping back to it is instant."
+    )
     fleet_active: str | None = Field(description="The active version recorded in the store.")
     fleet_canary: str | None
     error: str | None = Field(description="Why this replica does not serve the fleet's state.")

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # Niceness added to the thread that loads and validates models, so that on a busy core a
     # swap yields to the requests being served (0 = same priority as serving).
     model_loader_nice: int = Field(default=10, ge=0, le=19)
+    # Keep the previously active version in memory (one more model's RAM) so a rollback, or
+    # re-activating it, swaps instantly on every replica instead of loading from disk.
+    model_keep_previous: bool = True
 
     # Dynamic micro-batching (service.batcher): at most this many requests per encoder call
     # (1 = no batching), waiting at most this long after the first one for more to arrive.

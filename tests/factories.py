@@ -153,7 +153,8 @@ def make_encoder_onnx(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    encoded: bytes = model.SerializeToString()
+    return encoded
 
 
 def run_onnx(model: bytes, seqs: np.ndarray, *, output: str = "user_vec") -> np.ndarray:
@@ -257,7 +258,8 @@ def reference_user_vector(spec: BundleSpec, history_idx: list[int]) -> np.ndarra
     p = make_parameters(spec)
     seq = [i for i in history_idx if i > 0][-spec.max_len :]
     mean = p["E"][seq].mean(axis=0) if seq else np.zeros(spec.dim, dtype=np.float32)
-    return np.tanh(mean @ p["W"] + p["b"]).astype(np.float32)
+    vector: np.ndarray = np.tanh(mean @ p["W"] + p["b"]).astype(np.float32)
+    return vector
 
 
 def varied_requests(n: int, *, n_items: int = 60, seed: int = 0) -> list[RecRequest]:
@@ -330,7 +332,7 @@ def corrupt_onnx_signature(bundle_dir: Path, spec: BundleSpec, *, kind: str = "n
     """Swap in an encoder whose signature does not match the manifest:
     kind = "name" (input renamed), "dtype" (float input) or "batch" (fixed batch of 4)."""
     p = make_parameters(spec)
-    kwargs: dict[str, Any] = {
+    kwargs: dict[str, Any] = {  # type: ignore[assignment]
         "name": {"input_name": "seq"},
         "dtype": {"input_type": TensorProto.FLOAT},
         "batch": {"batch_dim": spec.n_golden},
@@ -413,7 +415,9 @@ class HostileCase:
 SLOW_LAYERS = 192  # 90-200 ms per batch-1 call on one core (cache-bound): over any sane limit
 
 
-def _member(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE) -> tuple:
+def _member(
+    name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE
+) -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.type = kind
     if kind == tarfile.REGTYPE:
@@ -453,7 +457,7 @@ def hostile_corpus(
     work_dir.mkdir(parents=True, exist_ok=True)
     cases: list[HostileCase] = []
 
-    def archive(*members: tuple) -> bytes:
+    def archive(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
         return _tar(list(members))
 
     # Archive safety: each unsafe member comes first, ahead of a valid bundle's files.

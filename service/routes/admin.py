@@ -164,6 +164,7 @@ def status_out(registry: Registry) -> StatusOut:
         serving=s.serving,
         canary=s.canary,
         canary_percent=s.canary_percent,
+        standby=s.standby,
         fleet_active=s.fleet_active,
         fleet_canary=s.fleet_canary,
         error=s.error,

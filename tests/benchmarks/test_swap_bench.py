@@ -73,6 +73,8 @@ def test_the_fleet_swapped_under_load_without_failures(bench: dict[str, Any]) ->
     assert s["swaps"] == s["swaps_ok"] == 3, s["swap_log"]
     assert set(s["versions_seen"]) == set(VERSIONS)  # both versions answered during the run
     assert s["fleet_propagation_max_s"] is not None and s["fleet_propagation_max_s"] < 2.0
+    # The first swap to swap-b is cold; afterwards each replica holds the other version.
+    assert [w["warm"] for w in s["swap_log"]] == [False, True, True], s["swap_log"]
 
 
 @pytest.mark.timeout(240)
@@ -125,11 +127,22 @@ def test_p99_during_swaps_counts_only_requests_inside_the_windows() -> None:
         [(0.0, 1.0, 200, "swap-a"), (1.0, 50.0, 200, "swap-b"), (5.0, 2.0, 503, ""),
          (9.0, 3.0, 200, "swap-b")]
     )  # fmt: skip
-    swaps = [{"start": 0.9, "fleet_s": 0.2, "status": 200, "activate_s": 0.1}]
+    swaps = [{"start": 0.9, "fleet_s": 0.2, "status": 200, "activate_s": 0.1, "warm": False}]
     s = swap_summary(answers, swaps, {"p99_ms": 4.0})
     assert s["p99_during_swaps_ms"] == 50.0 and s["requests_during_swaps"] == 1
     assert s["failed"] == 1 and s["versions_seen"] == ["swap-a", "swap-b"]
     assert s["fleet_propagation_max_s"] == 0.2 and s["swaps_ok"] == 1
+
+
+def test_cold_and_warm_swaps_are_reported_apart() -> None:
+    swaps = [
+        {"start": 1.0, "fleet_s": 1.5, "status": 200, "activate_s": 0.9, "warm": False},
+        {"start": 4.0, "fleet_s": 0.1, "status": 200, "activate_s": 0.05, "warm": True},
+        {"start": 7.0, "fleet_s": 0.2, "status": 200, "activate_s": 0.05, "warm": True},
+    ]
+    s = swap_summary(_answers([(2.0, 3.0, 200, "swap-a")]), swaps, {"p99_ms": 4.0})
+    assert s["cold_swaps"] == 1 and s["fleet_propagation_cold_max_s"] == 1.5
+    assert s["fleet_propagation_warm_max_s"] == 0.2 and s["fleet_propagation_max_s"] == 1.5
 
 
 def test_summary_skips_warm_up_in_percentiles_but_counts_everything() -> None:

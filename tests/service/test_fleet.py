@@ -110,6 +110,18 @@ def test_the_subscriber_hears_other_replicas_but_not_itself(make_fleet, redis_ur
     assert calls == ["change", "change"]
 
 
+def test_a_prepare_event_calls_on_prepare_with_the_version_not_on_change(make_fleet):
+    a, b = make_fleet(replica_id="a"), make_fleet(replica_id="b")
+    calls: list[str] = []
+    b.start(on_change=lambda: calls.append("change"), on_prepare=calls.append)
+    assert poll_until(lambda: calls == ["change"])
+    a.publish("prepare", "v2")
+    a.publish("activate", "v2")
+    assert poll_until(lambda: len(calls) == 3)
+    time.sleep(0.2)
+    assert calls == ["change", "v2", "change"]
+
+
 def test_events_are_json_naming_event_version_and_origin(make_fleet, redis_url):
     a = make_fleet(replica_id="a")
     client = redis.Redis.from_url(redis_url)

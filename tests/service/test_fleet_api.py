@@ -17,6 +17,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from service import registry as registry_module
 from service.main import create_app
 from service.settings import Settings
 from tests import factories as f
@@ -105,11 +106,33 @@ def test_activate_on_one_replica_reaches_the_other_within_2s(pair, admin_headers
         "serving": "v2",
         "canary": None,
         "canary_percent": 0.0,
+        "standby": "v1",
         "fleet_active": "v2",
         "fleet_canary": None,
         "error": None,
         "subscriber_connected": True,
     }
+
+
+def test_the_other_replica_loads_the_new_version_while_the_activating_one_does(
+    pair, admin_headers, v2_archive, tmp_path, monkeypatch
+):
+    a, b = pair
+    a.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
+    starts: list[tuple[Path, float]] = []
+    real = registry_module.load_model
+
+    def spy(path: Path, options: Any = None) -> Any:
+        starts.append((path, time.monotonic()))
+        return real(path, options)
+
+    monkeypatch.setattr(registry_module, "load_model", spy)
+    assert a.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
+    answered = time.monotonic()
+    assert eventually(lambda: f.answered_version(b) == "v2")
+    on_b = [t for path, t in starts if path.is_relative_to(tmp_path / "models-b")]
+    assert len(on_b) == 1, starts  # prepared once, not loaded again to follow
+    assert on_b[0] < answered  # while a was still activating
 
 
 def test_rollback_on_either_replica_reaches_both(pair, admin_headers, v2_archive):
@@ -121,6 +144,8 @@ def test_rollback_on_either_replica_reaches_both(pair, admin_headers, v2_archive
     assert r.status_code == 200 and r.json()["version"] == "v1"
     assert f.answered_version(b) == "v1"
     assert eventually(lambda: f.answered_version(a) == "v1")
+    # Both kept v2 loaded: swapping forward again is a reference swap on each replica.
+    assert status(a, admin_headers)["standby"] == status(b, admin_headers)["standby"] == "v2"
 
 
 def test_a_restarted_replica_comes_up_on_the_active_version(

@@ -20,7 +20,7 @@ from service.errors import (
     VersionNotFound,
 )
 from service.registry import Registry, load_model
-from service.runner import RecRequest
+from service.runner import ModelOptions, RecRequest
 from service.store import ActiveState, EmbeddedStore, RedisStore
 from tests import factories as f
 from tests.conftest import V1, V2
@@ -443,3 +443,126 @@ def test_models_load_on_one_low_priority_thread(registry, v1_archive, v2_archive
     assert len(seen) == 3
     assert {name.split("_")[0] for name, _ in seen} == {"model-loader"}
     assert {nice for _, nice in seen} == {min(base + 10, 19)}
+
+
+def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    loaded: list[str] = []
+    real = load_model
+
+    def spy(path, options=None):
+        model = real(path, options)
+        loaded.append(model.version)
+        return model
+
+    monkeypatch.setattr("service.registry.load_model", spy)
+    return loaded
+
+
+def test_the_previous_version_stands_by_and_swapping_back_loads_nothing(
+    registry, v1_archive, v2_archive, calls, monkeypatch
+):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    loaded = _count_loads(monkeypatch)
+    registry.activate("v1")
+    assert registry.status().standby is None
+    v1 = registry.current
+    registry.activate("v2")
+    assert registry.status().standby == "v1"
+    assert registry.rollback() is v1  # the very object: no load
+    assert registry.status().standby == "v2"
+    registry.activate("v2")
+    assert loaded == ["v1", "v2"]
+    assert calls[-2:] == [("v2", "v1"), ("v1", "v2")]  # still reported as activations
+    assert registry.current.version == "v2"
+    assert len(registry.current.recommend(RecRequest(history=["i3", "i7"], k=5)).item_ids) == 5
+
+
+def test_a_third_version_replaces_the_standby_which_is_freed(
+    registry, v1_archive, v2_archive, v3_archive
+):
+    for archive in (v1_archive, v2_archive, v3_archive):
+        registry.install_archive(io.BytesIO(archive))
+    registry.activate("v1")
+    gone = weakref.ref(registry.current)
+    registry.activate("v2")
+    registry.activate("v3")
+    assert registry.status().standby == "v2"
+    gc.collect()
+    assert gone() is None
+
+
+def test_without_keep_previous_swapping_back_loads_from_disk(
+    model_dir, v1_archive, v2_archive, monkeypatch
+):
+    registry = Registry(
+        model_dir=model_dir,
+        store=EmbeddedStore(model_dir),
+        options=ModelOptions(keep_previous=False),
+    )
+    registry.start()
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    loaded = _count_loads(monkeypatch)
+    registry.activate("v1")
+    registry.activate("v2")
+    assert registry.status().standby is None
+    registry.rollback()
+    assert loaded == ["v1", "v2", "v1"]
+
+
+def test_prepare_loads_the_version_another_replica_activates_so_following_it_loads_nothing(
+    registry, model_dir, v1_archive, v2_archive, monkeypatch
+):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.install_archive(io.BytesIO(v2_archive))
+    registry.activate("v1")
+    loaded = _count_loads(monkeypatch)
+    registry.prepare("v2")
+    assert loaded == ["v2"] and registry.current.version == "v1"  # loaded, not serving
+    registry.store.set_active("v2", previous="v1")  # what the other replica records
+    registry.sync()
+    assert registry.current.version == "v2" and loaded == ["v2"]
+
+
+def test_prepare_of_a_version_that_cannot_load_changes_nothing(registry, v1_archive, caplog):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.activate("v1")
+    registry.prepare("v9")
+    assert registry.current.version == "v1" and registry.status().error is None
+    assert "could not prepare version v9" in caplog.text
+
+
+def test_a_prepared_model_that_is_not_activated_is_dropped_at_the_next_switch(
+    registry, v1_archive, v2_archive, v3_archive, monkeypatch
+):
+    for archive in (v1_archive, v2_archive, v3_archive):
+        registry.install_archive(io.BytesIO(archive))
+    registry.activate("v1")
+    models: list[weakref.ref] = []
+    real = load_model
+    monkeypatch.setattr(
+        "service.registry.load_model",
+        lambda path, options=None: models.append(weakref.ref(m := real(path, options))) or m,
+    )
+    registry.prepare("v2")  # the other replica's activation then failed its gates
+    gc.collect()
+    prepared = models[0]
+    assert prepared() is not None  # held while it may still be activated
+    registry.activate("v3")
+    gc.collect()
+    assert prepared() is None and registry.status().standby == "v1"
+
+
+def test_activating_the_version_just_uploaded_does_not_load_it_again(
+    registry, v1_archive, v2_archive, monkeypatch
+):
+    registry.install_archive(io.BytesIO(v1_archive))
+    registry.activate("v1")
+    loaded = _count_loads(monkeypatch)
+    registry.install_archive(io.BytesIO(v2_archive))
+    assert registry.current.version == "v1"  # installed, not serving
+    registry.activate("v2")
+    assert loaded == ["v2"]  # the load that validated the upload
+    rec = registry.current.recommend(RecRequest(history=["i3", "i7"], k=5))
+    assert rec.model_version == "v2" and len(rec.item_ids) == 5
