@@ -533,8 +533,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         + (" (uncommitted changes)" if r["git_dirty"] else "")
         + f"; CPU {r['cpu']}; wall time {r['wall_seconds']:.0f} s  ",
         f"Bundle: {r['bundle']['source']} ({r['bundle']['items']} items), served as "
-        f"`{VERSIONS[0]}` and `{VERSIONS[1]}`. Two replicas pinned to core 0 sharing one Redis; "
-        "locust on core 1, round-robin over the replicas.",
+        f"`{VERSIONS[0]}` and `{VERSIONS[1]}` (and `{MEMORY_VERSIONS[2]}` in the memory cycles, "
+        "so that each of their activations loads from disk). Two replicas pinned to core 0 "
+        "sharing one Redis; locust on core 1, round-robin over the replicas. Swaps: the first "
+        "is cold (a version not loaded yet), the later ones warm (each replica's standby).",
         "",
         f"Capacity probe: {c['achieved_rps']:.0f} rps achieved at {c['offered_rps']:.0f} offered"
         + (" (locust's core was the limit)" if c.get("locust_limited") else "")
