@@ -124,6 +124,8 @@ def test_the_other_replica_loads_the_new_version_while_the_activating_one_does(
 
     def spy(path: Path, options: Any = None) -> Any:
         starts.append((path, time.monotonic()))
+        if path.is_relative_to(tmp_path / "models-a"):
+            time.sleep(0.5)  # a slow load on a: b must start its own meanwhile
         return real(path, options)
 
     monkeypatch.setattr(registry_module, "load_model", spy)
