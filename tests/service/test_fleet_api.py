@@ -115,10 +115,11 @@ def test_activate_on_one_replica_reaches_the_other_within_2s(pair, admin_headers
 
 
 def test_the_other_replica_loads_the_new_version_while_the_activating_one_does(
-    pair, admin_headers, v2_archive, tmp_path, monkeypatch
+    pair, admin_headers, v2_archive, v3_archive, tmp_path, monkeypatch
 ):
     a, b = pair
-    a.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
+    for archive in (v2_archive, v3_archive):  # v3 last: a holds v2 on disk only
+        a.post("/admin/bundles", content=archive, headers={**admin_headers, **GZIP})
     starts: list[tuple[Path, float]] = []
     real = registry_module.load_model
 
