@@ -8,6 +8,7 @@ as they do in tests.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -37,29 +38,34 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-async def get_batcher(request: Request) -> MicroBatcher:
-    batcher: MicroBatcher = request.app.state.batcher
-    return batcher
+@dataclass(frozen=True)
+class RequestPath:
+    """Everything /recommend needs from the app, gathered once by the lifespan. One
+    dependency instead of four: FastAPI resolves each dependency on every request."""
+
+    settings: Settings
+    registry: Registry
+    batcher: MicroBatcher
+    answer_cache: AnswerCache | None  # None when it is off (ANSWER_CACHE_TTL_S=0)
+    metrics: Metrics
 
 
-async def get_answer_cache(request: Request) -> AnswerCache | None:
-    """The answer cache, or None when it is off (ANSWER_CACHE_TTL_S=0)."""
-    cache: AnswerCache | None = request.app.state.answer_cache
-    return cache
+async def get_request_path(request: Request) -> RequestPath:
+    path: RequestPath = request.app.state.request_path
+    return path
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
-AnswerCacheDep = Annotated[AnswerCache | None, Depends(get_answer_cache)]
+RequestPathDep = Annotated[RequestPath, Depends(get_request_path)]
 
 
 async def get_current_model(registry: Registry, user_id: str | None) -> LoadedModel:
     """The model for one request, read once (the whole request runs on this reference): the
     canary for the canary's share of traffic (sticky by `user_id`), else the active one. No
     network call: the split is computed from the in-memory snapshot (`service.canary`).
-    The recommend route wraps it as its `ModelDep`, since the user id is in the body."""
+    The recommend route calls it once it has parsed the body (the user id is in it)."""
     model = registry.model_for(user_id)
     if model is None:
         raise NoModelLoaded()

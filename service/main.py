@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.ann import AnnConfig
 from service.answer_cache import AnswerCache
 from service.batcher import MicroBatcher
-from service.deps import AdminDep
+from service.deps import AdminDep, RequestPath
 from service.exception_handlers import install_exception_handlers
 from service.fleet import open_fleet
 from service.gates import GateConfig
@@ -92,9 +92,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(registry.start, bootstrap=settings.bootstrap_bundle)
         fleet.start(on_change=registry.sync, on_prepare=registry.prepare)
         app.state.registry = registry
-        app.state.answer_cache = answer_cache
         async with batcher:
-            app.state.batcher = batcher
+            app.state.request_path = RequestPath(
+                settings=settings,
+                registry=registry,
+                batcher=batcher,
+                answer_cache=answer_cache,
+                metrics=metrics,
+            )
             yield
     finally:
         fleet.stop()

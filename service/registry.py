@@ -23,10 +23,11 @@ objects are frozen out of the garbage collector's full collections.
 
 An upload leaves the model it validated loaded as the prepared model (one at most, dropped at
 the next switch unless it became the serving one), so activating it on the replica it was
-uploaded to does not load it again. A replica about to activate a version first announces
-it (`prepare`): the other replicas
-load it at the same time (`prepare()`), so the fleet pays for one load, not one per replica
-in turn, before every replica serves the new version.
+uploaded to does not load it again. The replica that took the upload announces it
+(`prepare`) and the other replicas load it too (`prepare()`): activating it later is then a
+reference swap on every replica, however busy. A replica about to activate a version it does
+not hold announces it as well, so the others load it at the same time and the fleet pays for
+one load, not one per replica in turn.
 
 The model that was active before the current one stays loaded as the standby
 (`ModelOptions.keep_previous`, on by default; one more model's memory): a rollback, or
@@ -191,6 +192,7 @@ class ReplicaStatus:
     canary: str | None  # the canary it answers `canary_percent` % with
     canary_percent: float
     standby: str | None  # the previous active version, kept loaded for an instant swap back
+    prepared: str | None  # uploaded or announced, loaded: activating it is instant
     fleet_active: str | None  # what the store says (None when unknown)
     fleet_canary: str | None
     error: str | None  # why this replica does not serve the fleet's state
@@ -355,6 +357,7 @@ class Registry:
                 share=read_back,
             )
             self._prepared = model  # validating it loaded it: activating it next is instant
+            self._announce("prepare", model.version)  # ... and on the other replicas too
             return model.manifest
 
     def install_dir(self, src: Path) -> Manifest:
@@ -602,6 +605,7 @@ class Registry:
             canary=serving.canary.version if serving.canary else None,
             canary_percent=serving.canary_percent,
             standby=self._standby.version if self._standby else None,
+            prepared=self._prepared.version if self._prepared else None,
             fleet_active=state.active if state else None,
             fleet_canary=state.canary if state else None,
             error=error,

@@ -128,6 +128,10 @@ class StatusOut(BaseModel):
     standby: str | None = Field(
         description="The previously active version, kept loaded: swapping back to it is instant."
     )
+    prepared: str | None = Field(
+        description="A version uploaded to the fleet (or announced by a replica about to "
+        "activate it), loaded ahead: activating it is instant."
+    )
     fleet_active: str | None = Field(description="The active version recorded in the store.")
     fleet_canary: str | None
     error: str | None = Field(description="Why this replica does not serve the fleet's state.")

@@ -39,6 +39,9 @@ F32 = npt.NDArray[np.float32]
 GROUP = 32  # items per group in the first top-k stage
 USER_LEVELS = 63.0  # user vectors quantized to -63..63 ...
 USER_ZERO = 64  # ... stored as uint8 1..127 (see the module docstring)
+# Up to this width an int8 x 7-bit dot product, |sum| <= dim * 127 * 63 < 2**24, is exact in
+# float32 whatever the order of the additions (reranking uses that to score with BLAS).
+EXACT_F32_DIM = 2**24 // (127 * 63)
 
 
 Precision = Literal["int8", "fp32"]
@@ -127,9 +130,14 @@ class Scorer:
             out: F32 = self._items[rows] @ user
             return out
         q, scale = _quantize_users(user[None, :])
-        dot = (q.astype(np.int32) - USER_ZERO) @ self._items[rows].astype(np.int32).T  # (1, C)
+        if self.dim <= EXACT_F32_DIM:  # BLAS, and still the graph's int32 sums to the bit
+            dot = self._items[rows].astype(np.float32) @ (q[0].astype(np.float32) - USER_ZERO)
+        else:
+            dot = (self._items[rows].astype(np.int32) @ (q[0].astype(np.int32) - USER_ZERO)).astype(
+                np.float32
+            )
         # The graph's order of operations: float(dot) * item scale, then * user scale.
-        scores: F32 = (dot.astype(np.float32) * self._scales[rows] * scale)[0]
+        scores: F32 = dot * self._scales[rows] * scale[0]
         return scores
 
 

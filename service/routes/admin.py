@@ -165,6 +165,7 @@ def status_out(registry: Registry) -> StatusOut:
         canary=s.canary,
         canary_percent=s.canary_percent,
         standby=s.standby,
+        prepared=s.prepared,
         fleet_active=s.fleet_active,
         fleet_canary=s.fleet_canary,
         error=s.error,

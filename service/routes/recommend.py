@@ -4,11 +4,11 @@ The body is parsed here with orjson whatever the Content-Type says (so `curl -d 
 which sends form encoding, works), validated by pydantic, then checked against the configured
 limits. Errors come back as 422 with pydantic-style `detail` entries naming the field.
 
-The model is read once per request (`ModelDep`: the canary's for its share of traffic, by
-`user_id`, else the active one); the answer comes from the answer cache when
-it is on and holds it (`service.answer_cache`), else from the micro-batcher
-(`service.batcher`), which runs it together with concurrent requests. The route only awaits:
-no inference runs on the event loop.
+The model is read once per request (the canary's for its share of traffic, by `user_id`,
+else the active one); the answer comes from the answer cache when it is on and holds it
+(`service.answer_cache`), else from the micro-batcher (`service.batcher`), which runs it
+together with concurrent requests. Two dependencies per request (the body and the app's
+`RequestPath`): FastAPI resolves each one on every call.
 """
 
 from __future__ import annotations
@@ -22,23 +22,17 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
-from service.deps import (
-    AnswerCacheDep,
-    BatcherDep,
-    MetricsDep,
-    RegistryDep,
-    SettingsDep,
-    get_current_model,
-)
+from service.deps import RequestPathDep, get_current_model
 from service.metrics import set_model_version
 from service.responses import OrjsonResponse
-from service.runner import LoadedModel, RecRequest
+from service.runner import RecRequest
 from service.schemas import (
     RecommendRequest,
     RecommendResponse,
     ValidationErrorOut,
     error_responses,
 )
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["recommend"])
@@ -54,7 +48,8 @@ def _too_long(field: str, got: int, limit: int) -> dict[str, Any]:
     }
 
 
-async def recommend_body(request: Request, settings: SettingsDep) -> RecommendRequest:
+async def recommend_body(request: Request) -> RecommendRequest:
+    settings: Settings = request.app.state.settings  # not a dependency: one less to resolve
     raw = await request.body()
     try:
         data = orjson.loads(raw)
@@ -118,13 +113,6 @@ async def recommend_body(request: Request, settings: SettingsDep) -> RecommendRe
 RecommendBody = Annotated[RecommendRequest, Depends(recommend_body)]
 
 
-async def request_model(body: RecommendBody, registry: RegistryDep) -> LoadedModel:
-    # async: an in-memory read, no reason to hop to the thread pool for it
-    return await get_current_model(registry, body.user_id)
-
-
-ModelDep = Annotated[LoadedModel, Depends(request_model)]
-
 _OPENAPI_BODY = {
     "requestBody": {
         "required": True,
@@ -143,11 +131,10 @@ _OPENAPI_BODY = {
 async def recommend(
     http_request: Request,
     body: RecommendBody,
-    model: ModelDep,
-    batcher: BatcherDep,
-    answer_cache: AnswerCacheDep,
-    metrics: MetricsDep,
+    path: RequestPathDep,
 ) -> Response:
+    model = await get_current_model(path.registry, body.user_id)
+    answer_cache = path.answer_cache
     request = RecRequest(
         history=body.history,
         k=body.k,
@@ -165,9 +152,9 @@ async def recommend(
                 )
             return Response(cached, media_type=OrjsonResponse.media_type)
 
-    rec = await batcher.submit(model, request)
+    rec = await path.batcher.submit(model, request)
     set_model_version(http_request, rec.model_version)
-    metrics.recommendations.labels(strategy=rec.strategy).inc()
+    path.metrics.recommendations.labels(strategy=rec.strategy).inc()
     if body.user_id is not None:
         log.info(
             "recommend user_id=%s version=%s strategy=%s unknown_history=%d",

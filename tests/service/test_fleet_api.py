@@ -107,6 +107,7 @@ def test_activate_on_one_replica_reaches_the_other_within_2s(pair, admin_headers
         "canary": None,
         "canary_percent": 0.0,
         "standby": "v1",
+        "prepared": None,  # dropped when v2 became the serving model
         "fleet_active": "v2",
         "fleet_canary": None,
         "error": None,
@@ -120,6 +121,7 @@ def test_the_other_replica_loads_the_new_version_while_the_activating_one_does(
     a, b = pair
     for archive in (v2_archive, v3_archive):  # v3 last: a holds v2 on disk only
         a.post("/admin/bundles", content=archive, headers={**admin_headers, **GZIP})
+    assert eventually(lambda: status(b, admin_headers)["prepared"] == "v3")  # as a: v2 unloaded
     starts: list[tuple[Path, float]] = []
     real = registry_module.load_model
 
@@ -136,6 +138,29 @@ def test_the_other_replica_loads_the_new_version_while_the_activating_one_does(
     on_b = [t for path, t in starts if path.is_relative_to(tmp_path / "models-b")]
     assert len(on_b) == 1, starts  # prepared once, not loaded again to follow
     assert on_b[0] < answered  # while a was still activating
+
+
+def test_an_upload_is_loaded_ahead_on_every_replica_so_activating_it_loads_nothing(
+    pair, admin_headers, v2_archive, monkeypatch
+):
+    a, b = pair
+    r = a.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
+    assert r.status_code == 201, r.text
+    assert status(a, admin_headers)["prepared"] == "v2"  # loaded by the upload's validation
+    assert eventually(lambda: status(b, admin_headers)["prepared"] == "v2")  # announced
+    assert f.answered_version(b) == "v1"  # loaded ahead, not serving
+    loads: list[Path] = []
+    real = registry_module.load_model
+    monkeypatch.setattr(
+        registry_module,
+        "load_model",
+        lambda path, options=None: loads.append(path) or real(path, options),
+    )
+    assert a.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
+    assert eventually(lambda: f.answered_version(b) == "v2")
+    assert loads == []  # a reference swap on both replicas
+    assert status(b, admin_headers)["prepared"] is None
+    assert status(b, admin_headers)["standby"] == "v1"
 
 
 def test_rollback_on_either_replica_reaches_both(pair, admin_headers, v2_archive):
@@ -195,9 +220,9 @@ def corrupt_golden_archive(tmp_path: Path) -> bytes:
 
 @pytest.mark.parametrize("damage", ["fails_validation", "sha256_mismatch"])
 def test_a_replica_that_cannot_load_the_new_version_keeps_serving_and_reports_it(
-    pair, admin_headers, v2_archive, redis_url, redis_prefix, tmp_path, damage
+    replica, v1_dir, admin_headers, v2_archive, redis_url, redis_prefix, tmp_path, damage
 ):
-    a, b = pair
+    a = replica("a", bootstrap_bundle=v1_dir)
     a.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
     key = f"{redis_prefix}:bundle:v2"
     client = redis.Redis.from_url(redis_url)
@@ -209,6 +234,8 @@ def test_a_replica_that_cannot_load_the_new_version_keeps_serving_and_reports_it
         client.hset(key, "archive", b"garbage")
         reason = "does not match its sha256"
     client.close()
+    b = replica("b")  # started after the upload: it did not load v2 ahead from the good copy
+    assert f.answered_version(b) == "v1"
 
     assert a.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
     assert f.answered_version(a) == "v2"
@@ -298,17 +325,22 @@ def test_a_version_name_holds_one_archive_fleet_wide(
     a, b = pair
     r = a.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
     assert r.status_code == 201
-    # The same archive uploaded to b as well is fine ...
+    # b installed it from the fleet when a announced it: it is there already.
+    assert eventually(lambda: status(b, admin_headers)["prepared"] == "v2")
     r = b.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
-    assert r.status_code == 201
-    # ... another archive named v2, on a replica that has no v2 yet, is not.
+    assert r.status_code == 409 and "already installed" in r.json()["detail"], r.text
+    # The same archive uploaded to a replica that has no v2 yet is fine ...
     c = replica("c")
+    r = c.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
+    assert r.status_code == 201
+    # ... another archive named v2 is not.
+    d = replica("d")
     other = f.make_bundle_archive(tmp_path, V2, seed=7)
-    r = c.post("/admin/bundles", content=other, headers={**admin_headers, **GZIP})
+    r = d.post("/admin/bundles", content=other, headers={**admin_headers, **GZIP})
     assert r.status_code == 409, r.text
     assert r.json()["detail"] == "model version 'v2' exists in the fleet with another archive"
     assert [
-        v["version"] for v in c.get("/admin/bundles", headers=admin_headers).json()["versions"]
+        v["version"] for v in d.get("/admin/bundles", headers=admin_headers).json()["versions"]
     ] == ["v1"]
 
 

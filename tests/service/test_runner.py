@@ -8,7 +8,7 @@ import pytest
 from bundle import decode_items, read_bundle
 from service.ann import AnnConfig
 from service.registry import load_model
-from service.runner import LoadedModel, ModelOptions, RecRequest
+from service.runner import LoadedModel, ModelOptions, RecRequest, length_groups
 from tests.factories import BundleSpec, make_bundle_dir, reference_user_vector
 
 SPEC = BundleSpec(version="r1", n_items=60, dim=8, max_len=12, seed=3)
@@ -181,3 +181,45 @@ def test_large_catalogs_answer_from_the_ann_index_exactly_when_searched_exhausti
         assert got.item_ids == want.item_ids
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
         assert not {"i7", *history} & set(got.item_ids)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "expected"),
+    [
+        ([50, 3, 4, 2, 5, 3, 4, 2], [[0], [3, 7, 1, 5, 2, 6, 4]]),  # one long history: 2 calls
+        ([7, 7, 7, 7], [[0, 1, 2, 3]]),  # nothing to save
+        ([2, 50], [[0, 1]]),  # 48 padded positions do not pay for a call
+        ([1], [[0]]),
+    ],
+)
+def test_length_groups_split_off_long_histories_only_when_it_pays(lengths, expected):
+    assert length_groups(lengths, call_cost=85) == expected
+
+
+def test_length_groups_cover_every_row_once_and_never_pad_more_than_one_group():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = rng.integers(1, 51, size=int(rng.integers(1, 33))).tolist()
+        groups = length_groups(lengths)
+        assert sorted(r for g in groups for r in g) == list(range(len(lengths)))
+        padded = sum(len(g) * max(lengths[r] for r in g) for g in groups)
+        calls = len(groups) - 1
+        assert padded + 85 * calls <= len(lengths) * max(lengths)
+
+
+def test_a_batch_split_by_history_length_answers_like_single_requests(model, monkeypatch):
+    long = [f"i{i}" for i in range(1, model.max_len + 1)]  # 12: the test bundle's max_len
+    requests = [RecRequest(history=long, k=5)] + [
+        RecRequest(history=[f"i{i}", f"i{i + 1}"], k=5) for i in range(20, 60, 4)
+    ]
+    widths: list[tuple[int, int]] = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda seqs: widths.append(seqs.shape) or encode(seqs))
+    batched = model.recommend_batch(requests)
+    # 11 x 12 positions in one call, or 12 + 10 x 2 in two: the split saves 100 > 85
+    assert sorted(widths) == [(1, 12), (10, 2)]
+    monkeypatch.setattr(model, "encode", encode)
+    for b, r in zip(batched, requests, strict=True):
+        s = model.recommend(r)
+        assert b.item_ids == s.item_ids
+        np.testing.assert_allclose(b.scores, s.scores, rtol=1e-5, atol=1e-6)

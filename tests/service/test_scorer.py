@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bundle import decode_items, encode_items
-from service.scorer import GROUP, Scorer
+from service.scorer import EXACT_F32_DIM, GROUP, Scorer
 
 
 def catalog(rows: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,6 +60,15 @@ def test_int8_top_k_is_exact_on_its_own_scores_and_matches_score():
         assert set(idx[row].tolist()) == set(expected[row].tolist())
         # reranking a row's items gives bit-identical scores to the full-catalog path
         np.testing.assert_array_equal(scorer.score(users[row], idx[row]), scores[row])
+
+
+@pytest.mark.parametrize("dim", [EXACT_F32_DIM, EXACT_F32_DIM + 1])
+def test_reranking_reproduces_the_graph_s_int8_scores_on_both_sides_of_the_float32_width(dim):
+    q, scales, _ = catalog(300, dim, seed=3)
+    scorer = Scorer(q, scales)
+    user = np.random.default_rng(4).standard_normal(dim).astype(np.float32)
+    idx, scores = scorer.top_k(user[None, :], [np.array([], dtype=np.int64)], 20)
+    np.testing.assert_array_equal(scorer.score(user, idx[0]), scores[0])
 
 
 def test_int8_scores_stay_close_to_fp32_and_agree_on_the_top_10():
