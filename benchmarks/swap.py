@@ -17,12 +17,14 @@ under three version names, `swap-a`, `swap-b` and `swap-c`. Phases, in order:
 3. swaps: `--duration` seconds at that load with `--swaps` activations alternating swap-b /
    swap-a, sent alternately to each replica; each waits until the other replica serves it too.
    "During swaps" = requests started between an activation call and 0.5 s after the whole
-   fleet served the new version. The first swap is cold: swap-b, uploaded to r1 last, is
-   still loaded there from the upload's validation, and r2 loads it when r1 announces it
-   (`prepare`). Every later swap is warm, the version being each replica's standby (the
-   previously active model, kept loaded). The report gives both;
+   fleet served the new version. The first swap activates swap-b, the last upload: r1 holds
+   it loaded from the upload's validation and r2 from r1's announcement (`prepare`), which
+   the fleet start waits for. Every later swap's version is each replica's standby (the
+   previously active model, kept loaded). A swap is "warm" when every replica held its
+   version loaded, "cold" otherwise; the report gives both;
 4. memory: `--cycles` cycles of two activations rotating swap-b, swap-c, swap-a (no load),
-   so every activation loads from disk; resident size of both replicas after every cycle;
+   so every activation loads from disk on both replicas (cold): resident size of both
+   replicas after every cycle, and the slowest of these cold activations fleet-wide;
 5. Redis outage: `--outage-run` seconds at the load, Redis stopped for `--outage` seconds in
    the middle, /readyz polled on both replicas;
 6. hostile input: the malicious-bundle corpus (`benchmarks.hostile`, the replicas run with
@@ -169,6 +171,17 @@ class Fleet:
                 time.sleep(0.02)
         return None if pending else time.monotonic() - t0
 
+    def wait_prepared(self, version: str, timeout_s: float) -> float | None:
+        """Seconds until every replica holds `version` loaded ahead (`prepared` in
+        /admin/status: the uploading replica at once, the others when it announced it)."""
+        t0 = time.monotonic()
+        pending = set(range(len(self.replicas)))
+        while pending and time.monotonic() - t0 < timeout_s:
+            pending = {i for i in pending if self.status(i)["prepared"] != version}
+            if pending:
+                time.sleep(0.05)
+        return None if pending else time.monotonic() - t0
+
     def stop(self) -> None:
         for r in self.replicas:
             r.stop()
@@ -241,6 +254,8 @@ def start_fleet(work: Path, archives: dict[str, Path], *, cpu: str | None) -> Fl
                 raise RuntimeError(f"uploading {version} answered {r.status_code}: {r.text}")
         if fleet.wait_serving(VERSIONS[0], 30) is None:
             raise RuntimeError(f"the fleet does not serve {VERSIONS[0]}")
+        if fleet.wait_prepared(VERSIONS[1], 120) is None:
+            raise RuntimeError(f"the fleet did not load the upload of {VERSIONS[1]} ahead")
     except BaseException:
         fleet.stop()
         raise
@@ -319,8 +334,12 @@ def swap_phase(fleet: Fleet, n_swaps: int, duration_s: float, t0: float) -> list
     for i in range(n_swaps):
         time.sleep(max(0.0, t0 + start_at + i * spacing - time.time()))
         version, replica = VERSIONS[(i + 1) % 2], i % 2
-        # Warm: every replica holds the version loaded already (the standby, service.registry).
-        warm = all(fleet.status(r)["standby"] == version for r in range(len(fleet.replicas)))
+        # Warm: every replica holds the version loaded already (service.registry: the standby,
+        # or prepared: uploaded or announced).
+        warm = all(
+            version in (st["standby"], st["prepared"])
+            for st in (fleet.status(r) for r in range(len(fleet.replicas)))
+        )
         t_call = time.time()
         status, body = fleet.activate(replica, version)
         t_answer = time.time()
@@ -339,15 +358,21 @@ def swap_phase(fleet: Fleet, n_swaps: int, duration_s: float, t0: float) -> list
 
 def memory_phase(fleet: Fleet, cycles: int) -> list[dict[str, Any]]:
     """`cycles` × 2 activations through r1, rotating swap-b, swap-c, swap-a, ... (each one a
-    load from disk on every replica); both replicas' RSS after each cycle."""
-    curve = [{"cycle": 0, "rss_mb": [r.rss_mb() for r in fleet.replicas]}]
+    load from disk on every replica); both replicas' RSS and the slowest activation (call
+    to whole fleet serving, s) after each cycle."""
+    curve = [{"cycle": 0, "rss_mb": [r.rss_mb() for r in fleet.replicas], "fleet_s": None}]
     rotation = itertools.cycle(MEMORY_VERSIONS[1:] + MEMORY_VERSIONS[:1])
     for c in range(1, cycles + 1):
+        slowest = 0.0
         for version in (next(rotation), next(rotation)):
+            t_call = time.monotonic()
             status, body = fleet.activate(0, version)
             if status != 200 or fleet.wait_serving(version) is None:
                 raise RuntimeError(f"cycle {c}: activating {version} gave {status}: {body}")
-        curve.append({"cycle": c, "rss_mb": [r.rss_mb() for r in fleet.replicas]})
+            slowest = max(slowest, time.monotonic() - t_call)
+        curve.append(
+            {"cycle": c, "rss_mb": [r.rss_mb() for r in fleet.replicas], "fleet_s": slowest}
+        )
         if c % 10 == 0:
             _log(f"memory: cycle {c}/{cycles}, RSS {curve[-1]['rss_mb']} MiB")
     return curve
@@ -512,6 +537,11 @@ def memory_summary(curve: list[dict[str, Any]]) -> dict[str, Any]:
         "rss_mb_after_100": last[worst],
         "rss_mb_per_replica_after_5": at5,
         "rss_mb_per_replica_after_last": last,
+        # every memory-cycle activation loads from disk on both replicas (no load running)
+        "fleet_propagation_cold_max_s": round(
+            max((c["fleet_s"] for c in curve if c.get("fleet_s") is not None), default=0.0), 3
+        )
+        or None,
         "curve": curve,
     }
 
@@ -535,8 +565,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"Bundle: {r['bundle']['source']} ({r['bundle']['items']} items), served as "
         f"`{VERSIONS[0]}` and `{VERSIONS[1]}` (and `{MEMORY_VERSIONS[2]}` in the memory cycles, "
         "so that each of their activations loads from disk). Two replicas pinned to core 0 "
-        "sharing one Redis; locust on core 1, round-robin over the replicas. Swaps: the first "
-        "is cold (a version not loaded yet), the later ones warm (each replica's standby).",
+        "sharing one Redis; locust on core 1, round-robin over the replicas. Swaps are warm "
+        "when every replica held the version loaded (uploaded and announced: `prepared`; or "
+        "the previous one: `standby`), cold otherwise (every memory-cycle activation).",
         "",
         f"Capacity probe: {c['achieved_rps']:.0f} rps achieved at {c['offered_rps']:.0f} offered"
         + (" (locust's core was the limit)" if c.get("locust_limited") else "")
@@ -556,6 +587,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"| whole fleet, slowest cold swap ({s['cold_swaps']}) / warm swap "
         f"({s['swaps'] - s['cold_swaps']}) | {s['fleet_propagation_cold_max_s']} s / "
         f"{s['fleet_propagation_warm_max_s']} s |",
+        f"| whole fleet, slowest cold activation of the memory cycles (no load) | "
+        f"{m.get('fleet_propagation_cold_max_s')} s |",
         f"| RSS after 5 / {m['cycles']} swap cycles ({m['replica']}) | "
         f"{m['rss_mb_after_5']} / {m['rss_mb_after_100']} MiB |",
         f"| Redis outage run: requests / failed | {o['requests']:,} / {o['failed']} |",

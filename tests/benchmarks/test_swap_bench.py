@@ -73,8 +73,9 @@ def test_the_fleet_swapped_under_load_without_failures(bench: dict[str, Any]) ->
     assert s["swaps"] == s["swaps_ok"] == 3, s["swap_log"]
     assert set(s["versions_seen"]) == set(VERSIONS)  # both versions answered during the run
     assert s["fleet_propagation_max_s"] is not None and s["fleet_propagation_max_s"] < 2.0
-    # The first swap to swap-b is cold; afterwards each replica holds the other version.
-    assert [w["warm"] for w in s["swap_log"]] == [False, True, True], s["swap_log"]
+    # swap-b was uploaded last, so every replica loaded it ahead (`prepared`); afterwards each
+    # replica holds the other version as its standby: no swap under load loads from disk.
+    assert [w["warm"] for w in s["swap_log"]] == [True, True, True], s["swap_log"]
 
 
 @pytest.mark.timeout(240)
@@ -89,6 +90,8 @@ def test_redis_outage_is_seen_as_degraded_and_recovers(bench: dict[str, Any]) ->
 def test_memory_curve_and_hostile_input_are_reported(bench: dict[str, Any]) -> None:
     r = bench["json"]
     assert len(r["memory"]["curve"]) == 7 and r["memory"]["cycles"] == 6
+    # those activations load from disk (cold) and are timed fleet-wide
+    assert 0 < r["memory"]["fleet_propagation_cold_max_s"] < 30
     assert r["fuzz"]["cases"] > 0 and r["fuzz"]["server_errors"] == 0
     b = r["malicious_bundles"]
     assert b["tried"] >= 30 and b["rejected"] == b["tried"]

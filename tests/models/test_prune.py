@@ -131,6 +131,27 @@ def test_prune_and_finetune_keeps_the_model_useful(
     assert m["ndcg@10"] > 2 * pop["ndcg@10"]
 
 
+def test_zero_finetuning_epochs_ship_the_freshly_pruned_model(
+    synthetic: Dataset, teacher: SASRec, student: SASRec
+) -> None:
+    """The Beauty recipe's setting: prune, then no fine-tuning epoch."""
+    config = PruneConfig(ratio=RATIO, importance_batches=4)
+    cfg = TrainConfig(epochs=0, batch_size=64, progress=False)
+    pruned, info, fit = prune_and_finetune(
+        student, teacher, synthetic.split,
+        prune_config=config, train_config=cfg, distill_config=DistillConfig(),
+    )  # fmt: skip
+    assert fit.epochs_run == 0 and fit.best_epoch == 0 and fit.best_ndcg > 0
+    loss_fn = distillation_loss(teacher, DistillConfig())
+    importance = taylor_importance(
+        copy.deepcopy(student), loss_fn, synthetic.split.train, n_batches=4, batch_size=64
+    )
+    expected, _ = prune_model(copy.deepcopy(student), importance=importance, config=config)
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(pruned.state_dict()[name], tensor, rtol=0, atol=0)
+    assert info.params_after < info.params_before
+
+
 # --- hidden dimension (residual channels) ------------------------------------------------
 
 
