@@ -163,23 +163,24 @@ class Fleet:
 
     def wait_serving(self, version: str, timeout_s: float = FLEET_WAIT_S) -> float | None:
         """Seconds until every replica serves `version`; None if one did not in time."""
-        t0 = time.monotonic()
-        pending = set(range(len(self.replicas)))
-        while pending and time.monotonic() - t0 < timeout_s:
-            pending = {i for i in pending if self.status(i)["serving"] != version}
-            if pending:
-                time.sleep(0.02)
-        return None if pending else time.monotonic() - t0
+        return self._wait_status("serving", version, timeout_s, poll_s=0.02)
 
     def wait_prepared(self, version: str, timeout_s: float) -> float | None:
         """Seconds until every replica holds `version` loaded ahead (`prepared` in
         /admin/status: the uploading replica at once, the others when it announced it)."""
+        return self._wait_status("prepared", version, timeout_s, poll_s=0.05)
+
+    def _wait_status(
+        self, field: str, version: str, timeout_s: float, *, poll_s: float
+    ) -> float | None:
+        """Seconds until /admin/status says `field` is `version` on every replica; None if a
+        replica did not get there in time."""
         t0 = time.monotonic()
         pending = set(range(len(self.replicas)))
         while pending and time.monotonic() - t0 < timeout_s:
-            pending = {i for i in pending if self.status(i)["prepared"] != version}
+            pending = {i for i in pending if self.status(i)[field] != version}
             if pending:
-                time.sleep(0.05)
+                time.sleep(poll_s)
         return None if pending else time.monotonic() - t0
 
     def stop(self) -> None:
