@@ -162,9 +162,10 @@ class LoadedModel:
             users = np.empty((len(to_encode), self.manifest.dim), dtype=np.float32)
             for row, p in enumerate(to_encode):
                 p.user_row = row
+            lengths = [min(len(p.known), self.max_len) for p in to_encode]
             # Each group is padded only to its own longest history (at least 1 column).
-            for group in length_groups([min(len(p.known), self.max_len) for p in to_encode]):
-                width = max(1, max(min(len(to_encode[r].known), self.max_len) for r in group))
+            for group in length_groups(lengths):
+                width = max(1, max(lengths[r] for r in group))
                 seqs = np.zeros((len(group), width), dtype=np.int64)  # (B, T)
                 for i, r in enumerate(group):
                     recent = to_encode[r].known[-width:]  # the most recent, left-padded with 0
@@ -273,9 +274,10 @@ class LoadedModel:
         )
 
 
-# A second encoder call pays for itself when it saves at least this many padded positions:
-# one call of the pruned Beauty student costs about as much as 85 positions (AMD EPYC, one
-# onnxruntime thread: ~190 µs per call plus ~2.2 µs per batch row x position).
+# A second encoder call pays for itself when it saves at least this many padded positions.
+# One call of the pruned Beauty student costs 105-200 µs plus ~2.2 µs per batch row x
+# position (AMD EPYC, one onnxruntime thread; one-off timings): 50-90 positions. 85 errs on
+# the side of fewer calls.
 CALL_COST_POSITIONS = 85
 
 

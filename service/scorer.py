@@ -39,9 +39,9 @@ F32 = npt.NDArray[np.float32]
 GROUP = 32  # items per group in the first top-k stage
 USER_LEVELS = 63.0  # user vectors quantized to -63..63 ...
 USER_ZERO = 64  # ... stored as uint8 1..127 (see the module docstring)
-# Up to this width an int8 x 7-bit dot product, |sum| <= dim * 127 * 63 < 2**24, is exact in
+# Up to this width an int8 x 7-bit dot product, |sum| <= dim * 128 * 63 < 2**24, is exact in
 # float32 whatever the order of the additions (reranking uses that to score with BLAS).
-EXACT_F32_DIM = 2**24 // (127 * 63)
+EXACT_F32_DIM = 2**24 // (128 * 63)
 
 
 Precision = Literal["int8", "fp32"]
