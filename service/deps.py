@@ -43,7 +43,6 @@ class RequestPath:
     """Everything /recommend needs from the app, gathered once by the lifespan. One
     dependency instead of four: FastAPI resolves each dependency on every request."""
 
-    settings: Settings
     registry: Registry
     batcher: MicroBatcher
     answer_cache: AnswerCache | None  # None when it is off (ANSWER_CACHE_TTL_S=0)

@@ -94,7 +94,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.registry = registry
         async with batcher:
             app.state.request_path = RequestPath(
-                settings=settings,
                 registry=registry,
                 batcher=batcher,
                 answer_cache=answer_cache,
