@@ -10,8 +10,8 @@ Each variant's server runs pinned to core 0 (`taskset -c 0`); headless locust
 candidates, histories of real users) drives it from core 1, at a ladder of offered loads
 (users × a Poisson process of `--user-rps` each), `--duration` seconds per level. A variant's ladder
 stops after the first level whose p99 exceeds 200 ms or whose failures exceed 1%; then the
-boundary of p99 <= 50 ms is narrowed (`--refine` levels between the last level within it and
-the first beyond). Variants:
+boundary of p99 <= 50 ms is narrowed (up to `--refine` levels bisecting between the last level
+within it and the first beyond, until they are less than 5% apart). Variants:
 
     ceiling       the real app (`service.main.create_app`) plus POST /bench/constant: same
                   body parsing and validation, constant answer of the same size
@@ -104,14 +104,17 @@ def climb(
     *,
     p99_limit_ms: float = P99_LIMIT_MS,
     stop_p99_ms: float = STOP_P99_MS,
-    refine: int = 2,
+    refine: int = 4,
+    resolution: float = 1.05,
     min_rps: float = MIN_RPS,
 ) -> list[dict[str, Any]]:
     """Run the ladder in order until a level breaks, then narrow the p99 bound; sorted levels.
 
     A variant already over `p99_limit_ms` at the first level is tried at halved loads (down
-    to `min_rps`) so a slow baseline still gets a figure. `refine` more levels bisect (on a
-    log scale) between the highest level within the bound and the next level beyond it."""
+    to `min_rps`) so a slow baseline still gets a figure. Up to `refine` more levels bisect
+    (on a log scale) between the highest level within the bound and the next level beyond
+    it, until the two are less than `resolution` apart: the figure is then at most that far
+    below the true bound, for every variant alike."""
     done: list[dict[str, Any]] = []
     for offered in levels:
         level = run_level(float(offered))
@@ -132,7 +135,7 @@ def climb(
             for lv in done
             if lv["offered_rps"] > g and not qualifies(lv, p99_limit_ms)
         ]
-        if not above or min(above) / g < 1.15:
+        if not above or min(above) / g < resolution:
             break
         done.append(run_level(round(math.sqrt(g * min(above)), -1 if g >= 100 else 0)))
     return sorted(done, key=lambda lv: lv["offered_rps"])
@@ -595,7 +598,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", default=",".join(map(str, DEFAULT_LEVELS)),
                    help="offered loads, rps, ascending")  # fmt: skip
     p.add_argument("--duration", type=float, default=20.0, help="seconds per level")
-    p.add_argument("--refine", type=int, default=2,
+    p.add_argument("--refine", type=int, default=4,
                    help="extra levels narrowing each variant's p99 ≤ 50 ms bound")  # fmt: skip
     p.add_argument("--user-rps", type=float, default=10.0,
                    help="request rate of one locust user (Poisson); users = offered / this")  # fmt: skip

@@ -53,6 +53,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from service.scorer import Rows
 from service.settings import Settings
 
 I64 = npt.NDArray[np.int64]
@@ -171,7 +172,7 @@ class AnnIndex:
         return idx, scores
 
     def search_excluding(
-        self, users: F32, k: int | Sequence[int], banned: Sequence[npt.NDArray[np.integer]]
+        self, users: F32, k: int | Sequence[int], banned: Sequence[Rows]
     ) -> list[tuple[I64, F32]]:
         """Per user row, its k best catalog rows that are not in its `banned` indices.
 
@@ -196,9 +197,7 @@ class AnnIndex:
             out.append((idx[row][keep][:kk], scores[row][keep][:kk]))
         return out
 
-    def top_k(
-        self, users: F32, banned: Sequence[npt.NDArray[np.integer]], k: int
-    ) -> tuple[I64, F32]:
+    def top_k(self, users: F32, banned: Sequence[Rows], k: int) -> tuple[I64, F32]:
         """The interface of `service.scorer.Scorer.top_k`, so the runner can call either:
         (B, dim) users and banned rows per user -> (B, min(k, n_items)) indices and scores,
         best first, padded with -1 / -inf (which the runner's `_finite_head` drops)."""

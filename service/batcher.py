@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -149,7 +149,7 @@ class MicroBatcher:
             try:
                 recs = model.recommend_batch([p.request for p in group])
                 answers = [
-                    replace(rec, queue_s=started - p.arrived)
+                    rec._replace(queue_s=started - p.arrived)
                     for p, rec in zip(group, recs, strict=True)
                 ]
             except Exception as e:  # the requests of this call fail, the worker goes on

@@ -40,8 +40,9 @@ async def get_metrics(request: Request) -> Metrics:
 
 @dataclass(frozen=True)
 class RequestPath:
-    """Everything /recommend needs from the app, gathered once by the lifespan. One
-    dependency instead of four: FastAPI resolves each dependency on every request."""
+    """Everything /recommend needs from the app, gathered once by the lifespan and read by
+    the route from `app.state.request_path`: not a dependency, since FastAPI resolves each
+    dependency on every request."""
 
     registry: Registry
     batcher: MicroBatcher
@@ -49,15 +50,9 @@ class RequestPath:
     metrics: Metrics
 
 
-async def get_request_path(request: Request) -> RequestPath:
-    path: RequestPath = request.app.state.request_path
-    return path
-
-
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-RequestPathDep = Annotated[RequestPath, Depends(get_request_path)]
 
 
 async def get_current_model(registry: Registry, user_id: str | None) -> LoadedModel:

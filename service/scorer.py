@@ -3,7 +3,8 @@
 One onnxruntime graph per loaded model does the whole job, so a batch costs one call and no
 Python touches the catalog:
 
-    scores = users @ items.T          int8 items: MatMulIntegerToFloat (u8 x s8, item scales)
+    scores = users @ items.T          int8 items: MatMulInteger (u8 x s8 -> int32), then
+                                      float(dot) * item scale (Cast, Mul)
     scores[padding, banned] = -inf    ScatterElements (row 0 and the last group's filler too)
     top-k, two stages, exact          the max of each group of 32 items; the k best groups;
                                       the k best of their k * 32 items
@@ -45,6 +46,7 @@ EXACT_F32_DIM = 2**24 // (128 * 63)
 
 
 Precision = Literal["int8", "fp32"]
+Rows = Sequence[int] | npt.NDArray[np.integer]  # catalog row indices
 
 
 class Scorer:
@@ -98,7 +100,7 @@ class Scorer:
                 graph.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
             )
 
-    def top_k(self, users: F32, banned: Sequence[I64], k: int) -> tuple[I64, F32]:
+    def top_k(self, users: F32, banned: Sequence[Rows], k: int) -> tuple[I64, F32]:
         """(B, dim) users, banned row indices per user -> (B, k') indices and scores, best
         first, with k' = min(k, catalog rows). Banned rows and row 0 score -inf; callers drop
         non-finite scores (only when fewer than k items are allowed)."""
@@ -126,19 +128,30 @@ class Scorer:
 
     def score(self, user: F32, rows: I64) -> F32:
         """One (dim,) user against the given catalog rows -> (len(rows),) scores."""
+        return self.score_sets(user[None, :], [rows])[0]
+
+    def score_sets(self, users: F32, row_sets: Sequence[I64]) -> list[F32]:
+        """Each user of (B, dim) `users` against its own catalog rows (the reranking requests
+        of a batch), in one vectorized pass -> B arrays of scores."""
+        if not row_sets:
+            return []
+        lengths = [len(r) for r in row_sets]
+        rows = np.concatenate(row_sets)
+        owner = np.repeat(np.arange(len(lengths)), lengths)  # the user of each scored row
         if self._scales is None:
-            out: F32 = self._items[rows] @ user
-            return out
-        q, scale = _quantize_users(user[None, :])
-        if self.dim <= EXACT_F32_DIM:  # BLAS, and still the graph's int32 sums to the bit
-            dot = self._items[rows].astype(np.float32) @ (q[0].astype(np.float32) - USER_ZERO)
+            scores: F32 = np.einsum("ij,ij->i", self._items[rows], users[owner])
         else:
-            dot = (self._items[rows].astype(np.int32) @ (q[0].astype(np.int32) - USER_ZERO)).astype(
-                np.float32
-            )
-        # The graph's order of operations: float(dot) * item scale, then * user scale.
-        scores: F32 = dot * self._scales[rows] * scale[0]
-        return scores
+            q, scale = _quantize_users(users)
+            if self.dim <= EXACT_F32_DIM:  # float32, and still the graph's int32 sums to the bit
+                codes = q.astype(np.float32) - USER_ZERO
+                dot = np.einsum("ij,ij->i", self._items[rows].astype(np.float32), codes[owner])
+            else:
+                wide = q.astype(np.int32) - USER_ZERO
+                dot = np.einsum("ij,ij->i", self._items[rows].astype(np.int32), wide[owner])
+                dot = dot.astype(np.float32)
+            # The graph's order of operations: float(dot) * item scale, then * user scale.
+            scores = dot * self._scales[rows] * scale[owner, 0]
+        return np.split(scores, np.cumsum(lengths)[:-1])
 
 
 def _quantize_users(users: F32) -> tuple[npt.NDArray[np.uint8], F32]:
@@ -171,7 +184,6 @@ def _build_graph(items: npt.NDArray[Any], scales: F32 | None, padded: int) -> An
         inits += [
             _const("items_t", weights),
             _const("item_scale", item_scale),
-            _const("one", np.array(1.0, dtype=np.float32)),
             _const("users_zero", np.array(USER_ZERO, dtype=np.uint8)),
             _const("items_zero", np.array(0, dtype=np.int8)),
         ]
@@ -179,16 +191,18 @@ def _build_graph(items: npt.NDArray[Any], scales: F32 | None, padded: int) -> An
             helper.make_tensor_value_info("users_q", TensorProto.UINT8, ["batch", dim]),
             helper.make_tensor_value_info("users_scale", TensorProto.FLOAT, ["batch", 1]),
         ]
-        # float(u_q . item_q) * item scale in one kernel; the user's own scale is positive and
-        # the same for the whole row, so it is applied to the k winners only (at the end).
-        nodes.append(
+        # float(u_q . item_q) * item scale. Not the fused MatMulIntegerToFloat: onnxruntime
+        # 1.32 measured 200 µs against 72 µs for these three at batch 1 on 54,542 items (and
+        # 306 against 224 at 8) on this AMD EPYC; the results are bit-identical. The user's
+        # own scale is positive and the same for the whole row, so it is applied to the k
+        # winners only (at the end).
+        nodes += [
             helper.make_node(
-                "MatMulIntegerToFloat",
-                ["users_q", "items_t", "one", "item_scale", "users_zero", "items_zero"],
-                ["raw"],
-                domain="com.microsoft",
-            )
-        )
+                "MatMulInteger", ["users_q", "items_t", "users_zero", "items_zero"], ["dot"]
+            ),
+            helper.make_node("Cast", ["dot"], ["dot_f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["dot_f", "item_scale"], ["raw"]),
+        ]
     else:
         weights_f = np.zeros((dim, padded), dtype=np.float32)
         weights_f[:, :rows] = items.T.astype(np.float32)

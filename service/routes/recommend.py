@@ -7,8 +7,8 @@ limits. Errors come back as 422 with pydantic-style `detail` entries naming the 
 The model is read once per request (the canary's for its share of traffic, by `user_id`,
 else the active one); the answer comes from the answer cache when it is on and holds it
 (`service.answer_cache`), else from the micro-batcher (`service.batcher`), which runs it
-together with concurrent requests. Two dependencies per request (the body and the app's
-`RequestPath`): FastAPI resolves each one on every call.
+together with concurrent requests. One dependency per request (the body): FastAPI resolves
+each one on every call, so what the app gathered once (`RequestPath`) is read from its state.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
-from service.deps import RequestPathDep, get_current_model
+from service.deps import RequestPath, get_current_model
 from service.metrics import set_model_version
 from service.responses import OrjsonResponse
 from service.runner import RecRequest
@@ -128,11 +128,8 @@ _OPENAPI_BODY = {
     openapi_extra=_OPENAPI_BODY,
     responses={**error_responses(413, 503), 422: {"model": ValidationErrorOut}},
 )
-async def recommend(
-    http_request: Request,
-    body: RecommendBody,
-    path: RequestPathDep,
-) -> Response:
+async def recommend(http_request: Request, body: RecommendBody) -> Response:
+    path: RequestPath = http_request.app.state.request_path  # not a dependency: see RequestPath
     model = await get_current_model(path.registry, body.user_id)
     answer_cache = path.answer_cache
     request = RecRequest(

@@ -165,6 +165,16 @@ def test_climb_stops_after_the_first_broken_level_and_narrows_the_bound() -> Non
     assert max_rps(levels) == pytest.approx(max(a for a in asked if a <= 1500) * 0.98)
 
 
+def test_climb_bisects_until_the_bound_is_known_within_the_resolution() -> None:
+    asked, run_level = _fake_server(capacity=1500)
+    levels = climb([100, 500, 1000, 2000, 4000], run_level, refine=8, resolution=1.05)
+    within = max(a for a in asked if a <= 1500)
+    beyond = min(a for a in asked if a > 1500)
+    assert beyond / within < 1.05  # narrowed to the resolution ...
+    assert len(asked) <= 4 + 8  # ... with at most `refine` extra levels
+    assert max_rps(levels) >= 1500 / 1.05 * 0.98
+
+
 def test_climb_goes_below_the_ladder_for_a_slow_server() -> None:
     asked, run_level = _fake_server(capacity=30)
     levels = climb([100, 250], run_level, refine=0, min_rps=5)

@@ -67,5 +67,5 @@ def test_every_dependency_is_async_so_none_costs_a_thread_pool_hop():
         if fn.__module__ == module.__name__ and not fn.__name__.startswith("_")
     ]
     names = {fn.__name__ for fn in functions}
-    assert {"get_registry", "get_current_model", "require_admin", "get_request_path"} <= names
+    assert {"get_registry", "get_current_model", "require_admin", "recommend_body"} <= names
     assert [fn.__name__ for fn in functions if not inspect.iscoroutinefunction(fn)] == []
