@@ -1,24 +1,30 @@
 """Approximate nearest-neighbour search over the item matrix, for large catalogs.
 
 Exact scoring (`service.scorer`) reads every item for every user: fine at 54k items, about
-20x the work at 1M. Catalogs with at least `Settings.ann_min_items` items are meant to be
-served from an inverted-file index instead (faiss `IndexIVFFlat`, inner product): k-means
-on a sample of the items makes `nlist` centroids, every item goes into the list of its
-nearest centroid, and a query scores the centroids, then only the items of its `nprobe`
-best lists. Within those lists the scores are exact (the dequantized float32 rows,
-`u . (q_i * s_i)`), so `nprobe >= nlist` is exhaustive: `AnnConfig.exhaustive()` /
-`with_nprobe(nlist)` give exactly the top-k of exact scoring, which is how the tests prove
-the index's bookkeeping.
+20x the work at 1M. Catalogs with at least `Settings.ann_min_items` items are served from an
+inverted-file index instead (faiss, inner product): k-means on a sample of the items makes
+`nlist` centroids, every item goes into the list of its nearest centroid, and a query scores
+the centroids, then only the items of its `nprobe` best lists. Within those lists the items
+are held as 4-bit product-quantizer codes, one per dimension (`IndexIVFPQFastScan`, scanned
+with SIMD lookup tables), which shortlist `refine` candidates per query; the shortlist is
+then rescored exactly (`u . (q_i * s_i)` on the bundle's own rows, float32) and the best k
+kept. So `nprobe >= nlist` with `refine >= n_items` is exhaustive: `AnnConfig.exhaustive()` /
+`with_nprobe(nlist, refine=n_items)` give exactly the top-k of exact scoring, which is how
+the tests prove the index's bookkeeping.
 
-Why these choices (measured single-threaded on a 1M x 64 int8 catalog grown from 54,542
-clustered items the way `benchmarks/catalog.py` grows a bundle, noise 0.3): IVF with
-nlist = sqrt(N) = 1,000 builds in ~7 s and, at nprobe 16 (1.6% of the catalog scanned),
-finds 0.98-1.0 of the exact top 10 for users whose interests span one or two topics, at
-less CPU per user than exact scoring of 54k items. nlist = 4 sqrt(N) took ~33 s to build and
-needed more rows scanned for the same recall; faiss HNSW (M 16) took 18 s for 200k items
-alone and had lower recall than IVF at the same cost; 4-bit PQ fast-scan lost the
-near-duplicate items. Memory: the index holds its own float32 copy, n_items x dim x 4 bytes
-(256 MB at 1M x 64). Measure a real bundle with `python -m benchmarks.catalog ann`.
+Why these choices (measured single-threaded, AMD EPYC with AVX2, on a 1M x 48 int8 catalog
+grown from a random-init bundle of the Beauty student's shape the way `benchmarks/catalog.py`
+grows a bundle, noise 0.3; one-off timings, not a repository command): IVF with nlist = sqrt(N) = 1,000 builds in
+~6 s. Scanning the lists' float32 rows (`IndexIVFFlat`, this module's first version) cost
+531 µs per query at nprobe 64 and 150 µs at 16; the 4-bit codes plus exact rescoring of 50
+candidates cost 185 and 74 µs for the same recall (the rescoring recovers what the codes
+blur), and hold 24 MB of codes instead of a 192 MB float32 copy. Two dimensions per code
+halve the scan again but, on the clustered test catalog, left recall@10 at 0.83 against
+0.98. nlist = 4 sqrt(N) took ~33 s to build and needed more rows scanned for the same
+recall; faiss HNSW (M 16) took 18 s for 200k items alone and had lower recall than IVF at
+the same cost; an L2 index of MIPS-augmented vectors (one extra dimension that equalizes the
+norms) needed twice the lists for the same recall. Measure a real bundle with
+`python -m benchmarks.catalog ann`.
 
 Wiring it into the runner (once per loaded version; the index is immutable afterwards and
 its searches are thread-safe and release the GIL):
@@ -67,12 +73,19 @@ KMEANS_ITERATIONS = 10
 EXHAUSTIVE = 1 << 30
 # Rows dequantized to float32 at a time while adding the catalog to the index.
 ADD_CHUNK_ROWS = 65536
+# Candidates per query that the 4-bit codes shortlist and the exact scores then rank.
+REFINE = 50
+# Product quantizer: one 4-bit code per dimension (faiss fast-scan). Two dimensions per code
+# halve the scan but, on the clustered test catalog, left recall@10 at 0.83 against 0.98.
+PQ_BITS = 4
+MIN_TRAIN_POINTS = 256  # k-means of the 16 codes per sub-quantizer needs a few points each
 
 
 @dataclass(frozen=True)
 class AnnConfig:
     nlist: int = 0  # inverted lists; 0 = auto, round(sqrt(n_items))
-    nprobe: int = 64  # lists scanned per query; >= nlist scans everything (exact)
+    nprobe: int = 64  # lists scanned per query; >= nlist scans everything
+    refine: int = REFINE  # candidates per query rescored exactly (at least k)
     threads: int = 1  # faiss OpenMP threads (process-wide)
     seed: int = 0  # k-means sample and initialisation
 
@@ -88,8 +101,9 @@ class AnnConfig:
         return max(1, min(nlist, n_items))
 
     def exhaustive(self) -> AnnConfig:
-        """The same lists, searched exhaustively: every list is scanned, results are exact."""
-        return replace(self, nprobe=EXHAUSTIVE)
+        """The same lists, searched exhaustively: every list is scanned and every item
+        rescored, so the results are exact."""
+        return replace(self, nprobe=EXHAUSTIVE, refine=EXHAUSTIVE)
 
 
 class AnnIndex:
@@ -115,17 +129,21 @@ class AnnIndex:
         self.n_items = items.shape[0] - 1
         self.dim = items.shape[1]
         self.nlist = config.lists_for(self.n_items)
+        self._items = items  # the exact rescoring reads the bundle's own rows (no copy)
+        self._scales = scales
         quantizer = faiss.IndexFlatIP(self.dim)
-        self._index: Any = faiss.IndexIVFFlat(
-            quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT
+        self._index: Any = faiss.IndexIVFPQFastScan(
+            quantizer, self.dim, self.nlist, self.dim, PQ_BITS, faiss.METRIC_INNER_PRODUCT
         )
         self._quantizer = quantizer  # the IVF index does not own it: keep it alive
         self._index.cp.niter = KMEANS_ITERATIONS
         self._index.cp.seed = config.seed
         # Train on a sample: k-means cost grows with points x lists, the lists barely improve.
+        # A small catalog is sampled with repeats so that every code's k-means has points.
         rng = np.random.default_rng(config.seed)
-        n_train = min(self.n_items, self.nlist * TRAIN_POINTS_PER_LIST)
-        sample = np.sort(rng.choice(self.n_items, size=n_train, replace=False)) + 1
+        n_train = max(min(self.n_items, self.nlist * TRAIN_POINTS_PER_LIST), MIN_TRAIN_POINTS)
+        repeats = n_train > self.n_items
+        sample = np.sort(rng.choice(self.n_items, size=n_train, replace=repeats)) + 1
         self._index.train(_dequantize(items, scales, sample))
         for start in range(1, self.n_items + 1, ADD_CHUNK_ROWS):
             rows = np.arange(start, min(start + ADD_CHUNK_ROWS, self.n_items + 1))
@@ -137,13 +155,14 @@ class AnnIndex:
     def nprobe(self) -> int:
         return min(self.config.nprobe, self.nlist)
 
-    def with_nprobe(self, nprobe: int) -> AnnIndex:
-        """This index (shared, not copied) searched with another `nprobe`; `self.nlist`
-        or more scans every list, which gives exactly the top-k of exact scoring."""
-        if nprobe < 1:
-            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+    def with_nprobe(self, nprobe: int, *, refine: int | None = None) -> AnnIndex:
+        """This index (shared, not copied) searched with another `nprobe` (and `refine`);
+        `self.nlist` or more lists and `n_items` or more candidates rescore every item,
+        which gives exactly the top-k of exact scoring."""
+        if nprobe < 1 or (refine is not None and refine < 1):
+            raise ValueError(f"nprobe and refine must be >= 1, got {nprobe} and {refine}")
         other = copy.copy(self)
-        other.config = replace(self.config, nprobe=nprobe)
+        other.config = replace(self.config, nprobe=nprobe, refine=refine or self.config.refine)
         return other
 
     def search(self, users: F32, k: int) -> tuple[I64, F32]:
@@ -164,12 +183,27 @@ class AnnIndex:
         # Per-call parameters: no shared state is mutated, so concurrent searches are safe.
         params = faiss.SearchParametersIVF()
         params.nprobe = self.nprobe
-        found_scores, found = self._index.search(users, kk, params=params)
-        missing = found < 0
-        found_scores[missing] = -np.inf
+        wide = min(max(kk, self.config.refine), self.n_items)
+        _, shortlist = self._index.search(users, wide, params=params)  # by the 4-bit codes
+        exact = self._exact_scores(users, shortlist)
+        best = np.argsort(-exact, axis=1, kind="stable")[:, :kk]
+        found = np.take_along_axis(shortlist, best, axis=1)
+        found_scores = np.take_along_axis(exact, best, axis=1)
+        found[np.isneginf(found_scores)] = -1
         idx[:, :kk] = found
         scores[:, :kk] = found_scores
         return idx, scores
+
+    def _exact_scores(self, users: F32, rows: I64) -> F32:
+        """(B, dim) users and (B, W) catalog rows (-1 = none) -> (B, W) exact scores
+        u . (q_i * s_i) in float32; -inf where there is no row."""
+        present = rows >= 1
+        vectors = self._items[np.where(present, rows, 0)].astype(np.float32)  # (B, W, dim)
+        if self._scales is not None:
+            vectors *= self._scales[np.where(present, rows, 0)][..., None]
+        exact: F32 = np.einsum("bwd,bd->bw", vectors, users)
+        exact[~present] = -np.inf
+        return exact
 
     def search_excluding(
         self, users: F32, k: int | Sequence[int], banned: Sequence[Rows]

@@ -62,9 +62,13 @@ def test_with_nprobe_shares_the_index_and_can_scan_every_list(
 ) -> None:
     stored, scales = encode_items(catalog[0], "int8")
     narrow = AnnIndex(stored, scales, AnnConfig(nlist=64, nprobe=1))
-    full = narrow.with_nprobe(64)
-    assert narrow.nprobe == 1 and full.nprobe == 64
+    full = narrow.with_nprobe(64, refine=N_ITEMS)
+    assert narrow.nprobe == 1 and full.nprobe == 64 and narrow.config.refine < N_ITEMS
     np.testing.assert_array_equal(full.search(users, 10)[0], exact_top_k(users, stored, scales, 10))
+    # every list scanned, 4-bit codes shortlisting the default number of candidates: the
+    # exact rescoring keeps nearly all of the true top 10
+    shortlisted = narrow.with_nprobe(64)
+    assert recall(shortlisted.search(users, 10)[0], exact_top_k(users, stored, scales, 10)) > 0.95
     with pytest.raises(ValueError, match="nprobe"):
         narrow.with_nprobe(0)
 
