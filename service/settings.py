@@ -75,9 +75,10 @@ class Settings(BaseSettings):
     # Inverted lists of the index; 0 = round(sqrt(n_items)) (1,000 lists for 1M items).
     ann_nlist: int = Field(default=0, ge=0)
     # Lists scanned per query: the recall / latency knob (cost ~ nprobe / nlist of the catalog).
-    # 64 of 1,000 lists: recall@10 0.90 for uniform-random histories on the trained Beauty
-    # vectors grown to 1M items, 0.999 for coherent ones, 322 µs per query at batch 1
-    # (`python -m benchmarks.catalog ann --nprobe 16 32 64`; 16 gave 0.75 / 0.998, 111 µs).
+    # 64 of 1,000 lists: recall@10 0.966 for real Beauty histories on the trained vectors
+    # grown to 1M items, ~116 µs per query at batch 4 (32 lists: 0.941, ~71 µs; a one-off
+    # measurement; `python -m benchmarks.catalog ann --nprobe 16 32 64` gives the trade-off
+    # on synthetic histories).
     ann_nprobe: int = Field(default=64, ge=1)
     # faiss OpenMP threads, process-wide; one keeps latency predictable, like onnxruntime's.
     ann_threads: int = Field(default=1, ge=1)
