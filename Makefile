@@ -16,7 +16,7 @@ help:
 	@echo "make serve   build the demo bundle if needed and serve on $$HOST:$$PORT (default 0.0.0.0:8000)"
 	@echo "make test    set up and run lint, type checks and the whole test suite"
 	@echo "make bench-compress DATA=../shared/data/amazon-beauty.txt   compression benchmark (long)"
-	@echo "make bench-serve [DATA=...] [SERVE_ARGS='--bundle DIR']        serving benchmark (~15 min)"
+	@echo "make bench-serve [DATA=...] [SERVE_ARGS='--bundle DIR']        serving benchmark (~16 min)"
 	@echo "make bench-swap [DATA=...] [SWAP_ARGS='--cycles 100']          swap / fault benchmark (~10 min)"
 
 # The environment: serving deps + the offline pipeline (CPU torch, pinned) + dev and bench tools.
