@@ -14,8 +14,8 @@ the tests prove the index's bookkeeping.
 
 Why these choices (measured single-threaded, AMD EPYC with AVX2, on a 1M x 48 int8 catalog
 grown from a random-init bundle of the Beauty student's shape the way `benchmarks/catalog.py`
-grows a bundle, noise 0.3; one-off timings, not a repository command): IVF with nlist = sqrt(N) = 1,000 builds in
-~6 s. Scanning the lists' float32 rows (`IndexIVFFlat`, this module's first version) cost
+grows a bundle, noise 0.3; one-off timings, not a repository command): IVF with
+nlist = sqrt(N) = 1,000 builds in ~6 s. Scanning the lists' float32 rows (`IndexIVFFlat`, this module's first version) cost
 531 µs per query at nprobe 64 and 150 µs at 16; the 4-bit codes plus exact rescoring of 50
 candidates cost 185 and 74 µs for the same recall (the rescoring recovers what the codes
 blur), and hold 24 MB of codes instead of a 192 MB float32 copy. On the trained Beauty
@@ -25,7 +25,7 @@ halve the scan again but, on the clustered test catalog, left recall@10 at 0.83 
 0.98. nlist = 4 sqrt(N) took ~33 s to build and needed more rows scanned for the same
 recall; faiss HNSW (M 16) took 18 s for 200k items alone and had lower recall than IVF at
 the same cost; an L2 index of MIPS-augmented vectors (one extra dimension that equalizes the
-norms) needed twice the lists for the same recall. Measure a real bundle with
+norms) had lower recall at the same nprobe on both the random-init and the trained catalog. Measure a real bundle with
 `python -m benchmarks.catalog ann`.
 
 Wiring it into the runner (once per loaded version; the index is immutable afterwards and
@@ -202,9 +202,10 @@ class AnnIndex:
         """(B, dim) users and (B, W) catalog rows (-1 = none) -> (B, W) exact scores
         u . (q_i * s_i) in float32; -inf where there is no row."""
         present = rows >= 1
-        vectors = self._items[np.where(present, rows, 0)].astype(np.float32)  # (B, W, dim)
+        safe = np.where(present, rows, 0)  # row 0 (padding) stands in for "none"
+        vectors = self._items[safe].astype(np.float32)  # (B, W, dim)
         if self._scales is not None:
-            vectors *= self._scales[np.where(present, rows, 0)][..., None]
+            vectors *= self._scales[safe][..., None]
         exact: F32 = np.einsum("bwd,bd->bw", vectors, users)
         exact[~present] = -np.inf
         return exact
