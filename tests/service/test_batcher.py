@@ -100,6 +100,39 @@ def test_batches_never_exceed_max_batch_size(v1_model, max_batch_size):
     assert batches_up_to(metrics, max_batch_size) == n_batches
 
 
+def test_sparse_requests_do_not_wait_for_company_that_is_not_coming(v1_model):
+    """Requests 0.25 s apart, max delay 0.1 s: the mean gap is longer than the wait could
+    be, so each goes at once (a fixed delay would hold every one for 0.1 s)."""
+
+    async def scenario() -> list[Recommendation]:
+        async with MicroBatcher(max_batch_size=64, max_delay_s=0.1, metrics=Metrics()) as b:
+            answers = []
+            for request in varied_requests(4, seed=4):
+                answers.append(await b.submit(v1_model, request))
+                await asyncio.sleep(0.25)
+            return answers
+
+    answers = run(scenario())
+    assert max(a.queue_s for a in answers) < 0.05
+
+
+def test_requests_arriving_faster_than_the_delay_are_gathered(v1_model):
+    """Requests 5 ms apart, max delay 0.1 s: the batcher waits, so they share batches."""
+    metrics = Metrics()
+
+    async def scenario() -> list[Recommendation]:
+        async with MicroBatcher(max_batch_size=64, max_delay_s=0.1, metrics=metrics) as b:
+            pending = []
+            for request in varied_requests(20, seed=5):
+                pending.append(asyncio.ensure_future(b.submit(v1_model, request)))
+                await asyncio.sleep(0.005)
+            return list(await asyncio.gather(*pending))
+
+    assert len(run(scenario())) == 20
+    n_batches, _ = batch_sizes(metrics)
+    assert n_batches <= 5  # one at a time would be 20
+
+
 def test_a_failing_batch_fails_its_own_requests_and_the_next_batch_works(v1_model):
     good = varied_requests(5, seed=2)
     # history=None makes the real model raise a TypeError (the route's validation never

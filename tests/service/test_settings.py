@@ -43,7 +43,7 @@ def test_defaults_serve_on_port_8000_with_embedded_store_and_admin_disabled(clea
     assert s.max_k == 1000 and s.max_candidates == 1000
     assert s.onnx_intra_op_threads == 1
     assert s.environment == "development"
-    assert (s.batch_max_size, s.batch_max_delay_ms) == (32, 1.0)
+    assert (s.batch_max_size, s.batch_max_delay_ms) == (32, 8.0)
     assert s.answer_cache_ttl_s == 0
 
 
