@@ -30,13 +30,16 @@ a waiter that went away (its client disconnected, so its future is cancelled) is
 Neither ever stops the worker. `max_batch_size=1` turns batching off: one request per call.
 
 Why wait at all: on this project's 2-core AMD EPYC machines a batch's fixed cost dominates
-at moderate load. Between batches the item matrix and the encoder's weights leave the
-caches, so each onnxruntime call starts cold (measured once: a 54k-item top-k call at batch
-3 takes 0.36 ms warm and 1.3 ms after 16 MB of other memory traffic). One-off locust runs
-on a d=64 Beauty-sized bundle, two rounds each (not a repository command): at 450 rps
-offered, a fixed 1 ms delay gave mean batches of 2.2-2.8 and 2.05-2.09 ms of server CPU per
-request, p99 34-55 ms; this rule with 8 ms gave batches of 5.4-5.5, 1.63-1.69 ms, p99
-30-39 ms. At 150 rps it costs latency: p50 10-11 ms against 7 (CPU 2.8-3.0 against 3.3 ms).
+at moderate load: between batches the item matrix and the encoder's weights leave the
+caches, so every onnxruntime call starts cold, and fewer, bigger calls pay that less often.
+`python -m benchmarks.serve --variants ceiling,shipped --no-scale --bundle DIR` on the same
+day, DIR a d=64 Beauty-sized INT8 bundle with random weights
+(`benchmarks.serve_bundles.build_sasrec_bundle`): shipped / ceiling 0.344 with a fixed 1 ms
+delay, 0.435 with this rule and 8 ms; p99 at 70% of shipped's maximum 40 -> 31 ms. The price
+is latency at low load: a request that finds others arriving every few ms waits for them.
+
+    async with MicroBatcher(max_batch_size=32, max_delay_s=0.008, metrics=metrics) as batcher:
+        rec = await batcher.submit(model, RecRequest(history=["i1"], k=10))
 """
 
 from __future__ import annotations
