@@ -215,37 +215,48 @@ class AnnIndex:
     ) -> list[tuple[I64, F32]]:
         """Per user row, its k best catalog rows that are not in its `banned` indices.
 
-        `k` is one number or one per row. One search of k + max(len(banned)) rows serves the
-        batch; each row then drops its banned items, which leaves at least its k best of the
-        lists scanned. Returns per row (indices int64, scores float32), best first, at most k
-        long (shorter only when the scanned lists hold fewer items).
+        `k` is one number or one per row. Returns per row (indices int64, scores float32),
+        best first, at most k long (shorter only when the scanned lists hold fewer items).
         """
         b = users.shape[0]
         ks = [k] * b if isinstance(k, int) else list(k)
-        if len(ks) != b or len(banned) != b:
-            raise ValueError(f"{b} users, {len(ks)} k values, {len(banned)} banned lists")
-        if b == 0:
-            return []
-        wide = max(kk + len(ban) for kk, ban in zip(ks, banned, strict=True))
-        idx, scores = self.search(users, wide)
+        if len(ks) != b:
+            raise ValueError(f"{b} users, {len(ks)} k values")
+        idx, scores = self.top_k(users, banned, max(ks, default=0))
         out: list[tuple[I64, F32]] = []
-        for row, (kk, ban) in enumerate(zip(ks, banned, strict=True)):
-            keep = idx[row] >= 1
-            if len(ban):
-                keep &= ~np.isin(idx[row], ban)
-            out.append((idx[row][keep][:kk], scores[row][keep][:kk]))
+        for row, kk in enumerate(ks):
+            found = idx[row, :kk]
+            n = int(np.count_nonzero(found >= 1))  # the found ones come first
+            out.append((found[:n], scores[row, :n]))
         return out
 
     def top_k(self, users: F32, banned: Sequence[Rows], k: int) -> tuple[I64, F32]:
         """The interface of `service.scorer.Scorer.top_k`, so the runner can call either:
         (B, dim) users and banned rows per user -> (B, min(k, n_items)) indices and scores,
-        best first, padded with -1 / -inf (which the runner's `_finite_head` drops)."""
+        best first, padded with -1 / -inf (which the runner's `_finite_head` drops).
+
+        One search of k + (the most banned rows of any user) rows serves the batch, which
+        leaves every user at least its k best of the lists scanned once its own banned rows
+        are dropped; the dropping is one vectorized comparison for the whole batch."""
+        b = users.shape[0]
+        if len(banned) != b:
+            raise ValueError(f"{b} users, {len(banned)} banned lists")
         width = max(0, min(k, self.n_items))
-        idx = np.full((users.shape[0], width), -1, dtype=np.int64)
-        scores = np.full((users.shape[0], width), -np.inf, dtype=np.float32)
-        for row, (found, found_scores) in enumerate(self.search_excluding(users, width, banned)):
-            idx[row, : len(found)] = found
-            scores[row, : len(found)] = found_scores
+        most = max((len(x) for x in banned), default=0)
+        idx, scores = self.search(users, width + most)
+        drop = idx < 1
+        if most:
+            ban = np.zeros((b, most), dtype=np.int64)  # padded with 0: never a search result
+            for row, rows in enumerate(banned):
+                ban[row, : len(rows)] = rows
+            drop |= (idx[:, :, None] == ban[:, None, :]).any(axis=2)
+        # The kept ones first, in their best-first order; then the dropped ones, blanked.
+        order = np.argsort(drop, axis=1, kind="stable")[:, :width]
+        idx = np.take_along_axis(idx, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        gone = np.take_along_axis(drop, order, axis=1)
+        idx[gone] = -1
+        scores[gone] = -np.inf
         return idx, scores
 
 
