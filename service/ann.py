@@ -14,19 +14,19 @@ the tests prove the index's bookkeeping.
 
 Why these choices (measured single-threaded, AMD EPYC with AVX2, on a 1M x 48 int8 catalog
 grown from a random-init bundle of the Beauty student's shape the way `benchmarks/catalog.py`
-grows a bundle, noise 0.3; one-off timings, not a repository command): IVF with
-nlist = sqrt(N) = 1,000 builds in ~6 s. Scanning the lists' float32 rows (`IndexIVFFlat`, this module's first version) cost
-531 µs per query at nprobe 64 and 150 µs at 16; the 4-bit codes plus exact rescoring of 50
-candidates cost 185 and 74 µs for the same recall (the rescoring recovers what the codes
-blur), and hold 24 MB of codes instead of a 192 MB float32 copy. On the trained Beauty
-vectors grown to 1M (real histories), nprobe 64 with 100 candidates rescored: recall@10
-0.966 at ~116 µs per query (nprobe 32: 0.941 at ~71 µs). Two dimensions per code
-halve the scan again but, on the clustered test catalog, left recall@10 at 0.83 against
-0.98. nlist = 4 sqrt(N) took ~33 s to build and needed more rows scanned for the same
-recall; faiss HNSW (M 16) took 18 s for 200k items alone and had lower recall than IVF at
-the same cost; an L2 index of MIPS-augmented vectors (one extra dimension that equalizes the
-norms) had lower recall at the same nprobe on both the random-init and the trained catalog. Measure a real bundle with
-`python -m benchmarks.catalog ann`.
+grows a bundle, noise 0.3; one-off timings, not a repository command): IVF with nlist = sqrt(N)
+= 1,000 builds in ~6 s. Scanning the lists' float32 rows (`IndexIVFFlat`, this module's first
+version) cost 531 µs per query at nprobe 64 and 150 µs at 16; the 4-bit codes plus exact
+rescoring of 50 candidates cost 185 and 74 µs for the same recall (the rescoring recovers what
+the codes blur), and hold 24 MB of codes instead of a 192 MB float32 copy. On the trained
+Beauty vectors grown to 1M (real histories), nprobe 64 with 100 candidates rescored: recall@10
+0.966 at ~116 µs per query (nprobe 32: 0.941 at ~71 µs). Two dimensions per code halve the scan
+again but, on the clustered test catalog, left recall@10 at 0.83 against 0.98. nlist = 4
+sqrt(N) took ~33 s to build and needed more rows scanned for the same recall; faiss HNSW (M 16)
+took 18 s for 200k items alone and had lower recall than IVF at the same cost; an L2 index of
+MIPS-augmented vectors (one extra dimension that equalizes the norms) had lower recall at the
+same nprobe on both the random-init and the trained catalog.
+Measure a real bundle with `python -m benchmarks.catalog ann`.
 
 Wiring it into the runner (once per loaded version; the index is immutable afterwards and
 its searches are thread-safe and release the GIL):
@@ -61,7 +61,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from service.scorer import Rows
+from service.scorer import Rows, banned_matrix
 from service.settings import Settings
 
 I64 = npt.NDArray[np.int64]
@@ -242,13 +242,10 @@ class AnnIndex:
         if len(banned) != b:
             raise ValueError(f"{b} users, {len(banned)} banned lists")
         width = max(0, min(k, self.n_items))
-        most = max((len(x) for x in banned), default=0)
-        idx, scores = self.search(users, width + most)
+        ban = banned_matrix(banned)  # padded with 0: never a search result
+        idx, scores = self.search(users, width + ban.shape[1])
         drop = idx < 1
-        if most:
-            ban = np.zeros((b, most), dtype=np.int64)  # padded with 0: never a search result
-            for row, rows in enumerate(banned):
-                ban[row, : len(rows)] = rows
+        if ban.size:
             drop |= (idx[:, :, None] == ban[:, None, :]).any(axis=2)
         # The kept ones first, in their best-first order; then the dropped ones, blanked.
         order = np.argsort(drop, axis=1, kind="stable")[:, :width]

@@ -106,16 +106,10 @@ class Scorer:
         non-finite scores (only when fewer than k items are allowed)."""
         if self._session is None:
             raise RuntimeError("this scorer was built without its catalog top-k graph")
-        b = users.shape[0]
-        fixed = len(self._always_banned)
-        width = max((len(x) for x in banned), default=0)
-        ban = np.zeros((b, fixed + width), dtype=np.int64)  # padded with row 0, banned anyway
-        ban[:, :fixed] = self._always_banned
-        for row, x in enumerate(banned):
-            ban[row, fixed : fixed + len(x)] = x
         k = min(k, self.rows)
         feeds: dict[str, Any] = {
-            "banned": ban,
+            # padded with row 0, banned anyway
+            "banned": banned_matrix(banned, lead=self._always_banned),
             "k": np.array([k], dtype=np.int64),
             "k_groups": np.array([min(k, self._groups)], dtype=np.int64),
         }
@@ -160,6 +154,19 @@ def _quantize_users(users: F32) -> tuple[npt.NDArray[np.uint8], F32]:
     scale = np.where(peak > 0, peak / USER_LEVELS, 1.0).astype(np.float32)
     codes = (np.rint(users / scale) + USER_ZERO).astype(np.uint8)
     return codes, scale
+
+
+def banned_matrix(banned: Sequence[Rows], *, lead: I64 | None = None) -> I64:
+    """Banned rows per user as one (B, len(lead) + the longest list) int64 matrix: `lead`
+    (rows banned for everyone) first in every row, then the user's own, padded with 0."""
+    fixed = 0 if lead is None else len(lead)
+    most = max((len(x) for x in banned), default=0)
+    out = np.zeros((len(banned), fixed + most), dtype=np.int64)
+    if lead is not None:
+        out[:, :fixed] = lead
+    for row, rows in enumerate(banned):
+        out[row, fixed : fixed + len(rows)] = rows
+    return out
 
 
 def _const(name: str, value: npt.NDArray[Any]) -> TensorProto:
