@@ -15,8 +15,9 @@ the tests prove the index's bookkeeping.
 Why these choices (measured single-threaded, AMD EPYC with AVX2, on a 1M x 48 int8 catalog
 grown from a random-init bundle of the Beauty student's shape the way `benchmarks/catalog.py`
 grows a bundle, noise 0.3; one-off timings, not a repository command): IVF with
-nlist = sqrt(N) = 1,000 builds in ~6 s. Scanning the lists' float32 rows (`IndexIVFFlat`, this module's first
-version) cost 531 µs per query at nprobe 64 and 150 µs at 16; the 4-bit codes plus exact
+nlist = sqrt(N) = 1,000 builds in ~6 s. Scanning the lists' float32 rows (`IndexIVFFlat`,
+this module's first version) cost 531 µs per query at nprobe 64 and 150 µs at 16; the 4-bit
+codes plus exact
 rescoring of 50 candidates cost 185 and 74 µs for the same recall (the rescoring recovers what
 the codes blur), and hold 24 MB of codes instead of a 192 MB float32 copy. On the trained
 Beauty vectors grown to 1M (real histories), nprobe 64 with 100 candidates rescored: recall@10
