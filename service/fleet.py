@@ -234,7 +234,7 @@ class RedisFleet:
     ) -> None:
         backoff = BACKOFF_MIN_S
         while not self._stop.is_set():
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
             try:
                 pubsub.subscribe(self.channel)
                 self._connected = True

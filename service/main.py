@@ -6,6 +6,7 @@ uvicorn --factory service.main:create_app         # the same app under uvicorn's
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -33,9 +34,10 @@ from service.store import open_store
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the store, start the registry (active version or bootstrap bundle), the fleet
-    subscriber and the batcher, then serve; on shutdown answer what is queued, stop
-    following the fleet and close the connections."""
+    """Open the store, set the garbage collector's thresholds, start the registry (active
+    version or bootstrap bundle), the fleet subscriber and the batcher, then serve; on
+    shutdown answer what is queued, stop following the fleet, close the connections and
+    give the collector its thresholds back."""
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
     redis_url = str(settings.redis_url) if settings.redis_url else None
@@ -88,6 +90,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             timeout_s=settings.redis_timeout_s,
             metrics=metrics,
         )
+    python_gc = gc.get_threshold()
+    gc.set_threshold(*settings.gc_threshold)  # see Settings.gc_threshold
     try:
         await run_in_threadpool(registry.start, bootstrap=settings.bootstrap_bundle)
         fleet.start(on_change=registry.sync, on_prepare=registry.prepare)
@@ -106,6 +110,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if answer_cache is not None:
             await answer_cache.close()
         store.close()
+        gc.set_threshold(*python_gc)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -100,6 +100,15 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=32, ge=1)
     batch_max_delay_ms: float = Field(default=8.0, ge=0)
 
+    # The garbage collector's thresholds (`gc.set_threshold`), set when the app starts. With
+    # Python's (700, 10, 10) a young-generation collection runs whenever ~700 more objects
+    # are alive than at the last one, which the requests in flight alone keep crossing: each
+    # collection walks them all, holding the GIL. Measured on the shipped server at 400
+    # requests/s on one pinned core (one-off runs, AMD EPYC): 457 collections in 20 s, 0.27 s
+    # of them; at (10000, 20, 100): 1 collection, the server's CPU 0.785 -> 0.725 of its core,
+    # p99 80 -> 47-63 ms. Reference cycles are still collected, after 10,000 of them at most.
+    gc_threshold: tuple[int, int, int] = (10_000, 20, 100)
+
     # Answers cached in Redis for this many seconds (service.answer_cache); 0 = off.
     answer_cache_ttl_s: float = Field(default=0.0, ge=0)
 
@@ -129,6 +138,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("gc_threshold")
+    @classmethod
+    def _gc_threshold_positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 1:
+            raise ValueError(f"GC_THRESHOLD needs three positive counts, got {list(v)}")
+        return v
 
     @model_validator(mode="after")
     def _enforce_strong_admin_token(self) -> Self:

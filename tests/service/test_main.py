@@ -46,6 +46,18 @@ def test_lifespan_loads_the_model_and_shutdown_closes_the_store(make_settings, v
     assert not store.has_items("probe")  # the embedded store was closed (cleared)
 
 
+def test_lifespan_sets_the_gc_thresholds_and_gives_the_old_ones_back(make_settings, v1_dir):
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    before = gc.get_threshold()
+    app = create_app(make_settings(bootstrap_bundle=v1_dir, gc_threshold=(4321, 12, 34)))
+    with TestClient(app):
+        assert gc.get_threshold() == (4321, 12, 34)
+    assert gc.get_threshold() == before
+
+
 @pytest.mark.timeout(60)
 def test_python_m_service_serves_on_port_with_the_bootstrap_bundle(tmp_path, v1_archive):
     archive = tmp_path / "demo.tar.gz"

@@ -22,6 +22,7 @@ ENV_VARS = [
     "BATCH_MAX_SIZE",
     "BATCH_MAX_DELAY_MS",
     "ANSWER_CACHE_TTL_S",
+    "GC_THRESHOLD",
 ]
 
 
@@ -137,3 +138,16 @@ def test_get_settings_is_cached(clean_env):
         assert get_settings() is get_settings()
     finally:
         get_settings.cache_clear()
+
+
+def test_gc_threshold_is_read_from_the_environment_as_three_counts(clean_env):
+    assert Settings(_env_file=None).gc_threshold == (10_000, 20, 100)
+    clean_env.setenv("GC_THRESHOLD", "[700, 10, 10]")
+    assert Settings(_env_file=None).gc_threshold == (700, 10, 10)
+
+
+@pytest.mark.parametrize("value", ["[0, 10, 10]", "[700, 10]", "700"])
+def test_a_gc_threshold_that_is_not_three_positive_counts_is_rejected(clean_env, value):
+    clean_env.setenv("GC_THRESHOLD", value)
+    with pytest.raises(ValidationError, match="gc_threshold"):
+        Settings(_env_file=None)
