@@ -48,8 +48,17 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from benchmarks.loadgen import REPO, Server, can_pin, free_port, post, run_locust, run_wrk
-from benchmarks.provenance import cpu_model, git, python_exe
+from benchmarks.loadgen import (
+    REPO,
+    Server,
+    can_pin,
+    free_port,
+    pinned,
+    post,
+    run_locust,
+    run_wrk,
+)
+from benchmarks.provenance import cpu_model, git, host_info, python_exe, python_probe_ms
 from benchmarks.serve_report import flags, render_markdown, render_plot
 from benchmarks.workload import Workload, WorkloadConfig, build_workload, histories_from_data
 
@@ -696,6 +705,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrk = None if args.no_wrk else {
         "duration_s": args.wrk_duration or args.duration, "connections": args.wrk_connections,
     }  # fmt: skip
+    probe_prefix = pinned([], args.server_cpu)
+    host = host_info(probe_prefix)
+    _log(f"host: {host['cpu_mhz']} MHz, caches {host['caches']}, Python probe "
+         f"{host['python_probe_ms']['start']} ms")  # fmt: skip
     results_v = []
     for v in variants:
         result = run_variant(
@@ -718,6 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_max_size=args.batch_max_size, extra_env=scale_env,
         )  # fmt: skip
 
+    host["python_probe_ms"]["end"] = python_probe_ms(probe_prefix)
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain")
     ceiling_wrk = by.get("ceiling", {}).get("wrk")
@@ -731,6 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git_dirty": bool(dirty) if dirty is not None else None,
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "host": host,
         "python": platform.python_version(),
         "versions": {
             p: _version(p) for p in ("locust", "uvicorn", "fastapi", "onnxruntime", "torch")

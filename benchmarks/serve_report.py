@@ -30,6 +30,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _host_line(host: dict[str, Any] | None) -> list[str]:
+    """The host's clock, caches and Python probe (start and end of the run), when recorded."""
+    if not host:
+        return []
+    caches = ", ".join(f"{k} {v}" for k, v in host.get("caches", {}).items()) or "unknown"
+    probe = host.get("python_probe_ms", {})
+    return [
+        f"Host: {host.get('cpu_mhz') or '?'} MHz; caches {caches}; Python probe "
+        f"{probe.get('start')} ms at the start, {probe.get('end')} ms at the end "
+        f"({host.get('python_probe', '')}).  "
+    ]
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     variants: list[dict[str, Any]] = results["variants"]
     b = results["bundle"]
@@ -43,6 +56,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         + (" (uncommitted changes)" if results.get("git_dirty") else "")
         + f"; CPU {results['cpu']} ({results['cpu_count']} cores); wall time "
         f"{results['wall_seconds']:.0f} s  ",
+        *_host_line(results.get("host")),
         f"Servers on core {pin['server_cpu']}, load generator on core {pin['load_cpu']} "
         f"({_pin_note(pin)}); uvicorn, 1 "
         "worker, uvloop, httptools, no access log.",

@@ -72,6 +72,8 @@ def test_json_has_the_schema(bench: dict[str, Any]) -> None:
     r = bench["json"]
     assert set(r) >= {"cpu", "command", "git_commit", "variants", "scale", "targets"}
     assert r["cpu"] and "benchmarks.serve" in r["command"] and "--levels 40" in r["command"]
+    # The host, probed on the server core before and after the variants ran.
+    assert r["host"]["python_probe_ms"]["start"] > 0 and r["host"]["python_probe_ms"]["end"] > 0
     assert r["git_commit"] is None or len(r["git_commit"]) == 40
     assert [v["name"] for v in r["variants"]] == list(VARIANTS)
     for v in r["variants"]:
@@ -130,6 +132,8 @@ def test_markdown_and_plot_are_written(bench: dict[str, Any]) -> None:
     ):
         assert heading in md
     assert bench["json"]["command"] in md
+    start = bench["json"]["host"]["python_probe_ms"]["start"]
+    assert f"Python probe {start} ms at the start" in md
     files = sorted(p.name for p in bench["out"].iterdir())
     assert files == sorted(["serve.json", "serve.md"] + (["serve.png"] if HAVE_MPL else []))
     if HAVE_MPL:
