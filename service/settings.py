@@ -104,9 +104,9 @@ class Settings(BaseSettings):
     # Python's (700, 10, 10) a young-generation collection runs whenever ~700 more objects
     # are alive than at the last one, which the requests in flight alone keep crossing: each
     # collection walks them all, holding the GIL. Measured on the shipped server at 400
-    # requests/s on one pinned core (one-off runs, AMD EPYC): 457 collections in 20 s, 0.27 s
-    # of them; at (10000, 20, 100): 1 collection, the server's CPU 0.785 -> 0.725 of its core,
-    # p99 80 -> 47-63 ms. Reference cycles are still collected, after 10,000 of them at most.
+    # requests/s on one pinned core (one-off runs, AMD EPYC): ~460 collections in a 20 s level,
+    # 0.27 s of them; at (10000, 20, 100): 1, the server's CPU 0.785 -> 0.725 of its core, p99
+    # 77-82 -> 47-63 ms. Reference cycles are still collected, after 10,000 objects at most.
     gc_threshold: tuple[int, int, int] = (10_000, 20, 100)
 
     # Answers cached in Redis for this many seconds (service.answer_cache); 0 = off.
