@@ -2,10 +2,9 @@
 
 Machines of one kind can report the same CPU model and still differ a lot: on this project's
 2-core "AMD EPYC" machines the serving ceiling measured 3,134-3,427 requests/s on one host and
-917 on another (with an L3 of 32 and of 8 MiB). `host_info`
-records what tells such hosts apart: clock, cache sizes, and a timed pure-Python probe on the
-core under test, at the start and at the end of a run (it also shows the host slowing down or
-speeding up during one).
+917-964 on another (with an L3 of 32 and of 8 MiB). `host_info` records what tells such hosts
+apart: clock, cache sizes, and a timed pure-Python probe on the core under test, at the start
+and at the end of a run (it also shows the host slowing down or speeding up during one).
 """
 
 from __future__ import annotations
