@@ -30,25 +30,27 @@ def git(*args: str) -> str | None:
     return r.stdout.strip()
 
 
-def cpu_model() -> str:
+def _cpuinfo(field: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The first core's `field` in /proc/cpuinfo, None where it is missing or unreadable."""
     try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
+        for line in cpuinfo.read_text(encoding="utf-8").splitlines():
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_mhz(cpuinfo: Path = Path("/proc/cpuinfo")) -> float | None:
     """The first core's clock as the kernel reports it (a nominal figure in most VMs)."""
     try:
-        for line in cpuinfo.read_text(encoding="utf-8").splitlines():
-            if line.startswith("cpu MHz"):
-                return round(float(line.split(":", 1)[1]), 1)
-    except (OSError, ValueError):
-        pass
-    return None
+        return round(float(_cpuinfo("cpu MHz", cpuinfo) or ""), 1)
+    except ValueError:
+        return None
 
 
 def cpu_caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> dict[str, str]:
