@@ -39,13 +39,14 @@ import bundle
 from models.distill import (
     DistillConfig,
     StudentInit,
+    TeacherTopK,
     distill_student,
     kl_to_teacher,
     teacher_top_k,
 )
 from models.evaluate import (
     Encoder,
-    evaluate,
+    evaluate_ranks,
     measure_latency,
     onnx_encoder,
     popularity_stage,
@@ -61,10 +62,10 @@ from models.quantize import (
     quantize_onnx,
     share_item_table,
 )
-from models.readers import read_interactions
+from models.readers import InteractionData, read_interactions
 from models.sasrec import SASRec, SASRecConfig, build_model
 from models.split import EvalSet, Split, leave_one_out, pad_left
-from models.train import LrSchedule, TrainConfig, train_teacher
+from models.train import FitResult, LrSchedule, TrainConfig, train_teacher
 
 ACCEPTANCE_RATIO = 2.0  # served NDCG@10 must be at least this multiple of popularity's
 
@@ -198,6 +199,29 @@ class CompressResult:
     report: dict[str, Any]
     report_path: Path
     table: str
+    # Per test user (in `split.test` order), the 0-based rank of the target for each stage.
+    ranks: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
+    # The stages' models (eval mode, CPU) and fp32 ONNX files, for callers that measure more.
+    models: dict[str, SASRec] = field(default_factory=dict)
+    fp32_onnx: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedData:
+    """The data every phase of a run shares: read once, split once."""
+
+    data: InteractionData
+    split: Split
+    train_split: Split  # `split` with the validation users sampled for early stopping
+    pop_eval: npt.NDArray[np.int64]  # popularity before the test targets
+    read_seconds: float
+
+
+@dataclass
+class TrainedTeacher:
+    model: SASRec
+    fit: FitResult
+    seconds: float  # training wall time, whenever and wherever it ran
 
 
 def default_version() -> str:
@@ -288,11 +312,135 @@ def load_checkpoint(path: Path) -> SASRec:
     return model.eval()
 
 
-def run_compress(config: CompressConfig) -> CompressResult:
-    """Run the whole pipeline and write the bundle, archive and reports under `config.out`."""
-    c = config
+def prepare_data(c: CompressConfig) -> PreparedData:
+    """Read and split the interactions; validation users are sampled with `c.seed`."""
     if not c.data:
         raise ValueError("CompressConfig.data must name the interactions file")
+    t0 = time.perf_counter()
+    data = read_interactions(Path(c.data), fmt=c.format, min_interactions=c.min_interactions)
+    split = leave_one_out(data.sequences)
+    # Early stopping needs a stable signal, not every user: validate on a seeded sample.
+    train_split = Split(
+        train=split.train,
+        valid=_sample(split.valid, c.max_valid_users, seed=c.seed),
+        test=split.test,
+    )
+    # Popularity of everything before the test targets: the baseline sees no test item.
+    pop_eval = np.zeros(data.n_items + 1, dtype=np.int64)
+    for h in split.test.histories:
+        np.add.at(pop_eval, h, 1)
+    _log(
+        c,
+        f"{data.n_users} users, {data.n_items} items, {data.n_interactions} interactions "
+        f"({data.n_dropped_users} users with < {c.min_interactions} dropped)",
+    )
+    if c.loss == "full" and data.n_items > 20_000:
+        _log(c, f"{data.n_items} items: consider --loss sampled (full softmax is slow on CPU)")
+    return PreparedData(data, split, train_split, pop_eval, time.perf_counter() - t0)
+
+
+def fit_teacher(c: CompressConfig, prep: PreparedData) -> TrainedTeacher:
+    _log(c, "training teacher")
+    t0 = time.perf_counter()
+    teacher, fit = train_teacher(
+        c.teacher_config(prep.data.n_items),
+        prep.train_split,
+        c.train_config(c.teacher_epochs, bf16=c.bf16_teacher),
+    )
+    return TrainedTeacher(teacher, fit, time.perf_counter() - t0)
+
+
+def fit_ce_baseline(c: CompressConfig, prep: PreparedData) -> tuple[SASRec, FitResult]:
+    """The student's exact shape trained on the hard labels alone (full-catalog cross-entropy,
+    random initialization, no teacher) with the student's epoch budget, schedule and seed:
+    what distillation buys is measured against this."""
+    _log(c, "training the cross-entropy baseline (student shape, no teacher)")
+    return train_teacher(
+        c.student_config(prep.data.n_items),
+        prep.train_split,
+        c.train_config(c.student_epochs, c.student_lr_schedule),
+    )
+
+
+def cache_teacher(c: CompressConfig, teacher: SASRec, prep: PreparedData) -> TeacherTopK | None:
+    """The teacher's top-K per training position (`c.distill_top_k` > 0), else None."""
+    if c.distill_top_k <= 0:
+        return None
+    teacher.to(torch.device(c.device))
+    return teacher_top_k(
+        teacher, prep.train_split.train, k=c.distill_top_k, temperature=c.temperature
+    )
+
+
+def prunes(c: CompressConfig) -> bool:
+    """Whether the recipe prunes anything (a ratio of 0 skips the pruned stage)."""
+    return ((c.prune_heads or c.prune_ffn) and c.prune_ratio > 0) or c.prune_hidden_ratio > 0
+
+
+def teacher_settings(c: CompressConfig, n_items: int) -> dict[str, Any]:
+    """Everything that decides the teacher a run trains (besides the data file itself)."""
+    train = asdict(c.train_config(c.teacher_epochs, bf16=c.bf16_teacher))
+    train.pop("progress")
+    return {
+        "teacher_config": c.teacher_config(n_items).to_dict(),
+        "train_config": train,
+        "max_valid_users": c.max_valid_users,
+        "min_interactions": c.min_interactions,
+    }
+
+
+def save_teacher(
+    path: Path, c: CompressConfig, trained: TrainedTeacher, *, data_sha256: str
+) -> None:
+    """The teacher with what it was trained from, so a later run can reuse it (`load_teacher`)."""
+    meta = {
+        **teacher_settings(c, trained.model.config.n_items),
+        "data_sha256": data_sha256,
+        "fit": asdict(trained.fit),
+        "train_seconds": round(trained.seconds, 2),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "config": trained.model.config.to_dict(),
+            "state_dict": trained.model.state_dict(),
+            "meta": meta,
+        },
+        path,
+    )
+
+
+def load_teacher(
+    path: Path, c: CompressConfig, *, n_items: int, data_sha256: str
+) -> TrainedTeacher:
+    """A teacher saved by `save_teacher`; ValueError unless it was trained on this data with
+    exactly the settings `c` would train it with."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    meta = saved.get("meta") or {}
+    meta_train = {k: v for k, v in (meta.get("train_config") or {}).items() if k != "progress"}
+    expected = {**teacher_settings(c, n_items), "data_sha256": data_sha256}
+    found = {k: meta.get(k) for k in expected} | {"train_config": meta_train}
+    wrong = sorted(k for k in expected if found[k] != expected[k])
+    if wrong:
+        raise ValueError(f"{path}: teacher trained with other {', '.join(wrong)} than this run")
+    model = build_model(saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return TrainedTeacher(model.eval(), FitResult(**meta["fit"]), float(meta["train_seconds"]))
+
+
+def run_compress(
+    config: CompressConfig,
+    *,
+    prep: PreparedData | None = None,
+    trained_teacher: TrainedTeacher | None = None,
+    cached: TeacherTopK | None = None,
+) -> CompressResult:
+    """Run the whole pipeline and write the bundle, archive and reports under `config.out`.
+
+    `prep`, `trained_teacher` and `cached` (its top-K summary) may come from an earlier call with the
+    same data and teacher settings: the benchmark trains one teacher for several student seeds.
+    """
+    c = config
     if 10 not in c.ks:
         c = dataclasses.replace(c, ks=(10, *c.ks))
     version = c.version or default_version()
@@ -306,62 +454,40 @@ def run_compress(config: CompressConfig) -> CompressResult:
     def phase(name: str, t0: float) -> None:
         timings[name] = round(time.perf_counter() - t0, 2)
 
-    t0 = time.perf_counter()
-    data = read_interactions(Path(c.data), fmt=c.format, min_interactions=c.min_interactions)
-    split = leave_one_out(data.sequences)
-    # Early stopping needs a stable signal, not every user: validate on a seeded sample.
-    train_split = Split(
-        train=split.train,
-        valid=_sample(split.valid, c.max_valid_users, seed=c.seed),
-        test=split.test,
-    )
-    phase("read", t0)
-    _log(
-        c,
-        f"{data.n_users} users, {data.n_items} items, {data.n_interactions} interactions "
-        f"({data.n_dropped_users} users with < {c.min_interactions} dropped)",
-    )
-    if c.loss == "full" and data.n_items > 20_000:
-        _log(c, f"{data.n_items} items: consider --loss sampled (full softmax is slow on CPU)")
+    prep = prep or prepare_data(c)
+    data, split, train_split, pop_eval = prep.data, prep.split, prep.train_split, prep.pop_eval
+    timings["read"] = round(prep.read_seconds, 2)
     test_inputs = split.test.inputs(max_len=c.max_len)
     ks = tuple(c.ks)
     sampled = None if c.sampled_metrics == "none" else c.sampled_metrics
+    ranks: dict[str, npt.NDArray[np.int64]] = {}
 
-    # Popularity of everything before the test targets: the baseline sees no test item.
-    pop_eval = np.zeros(data.n_items + 1, dtype=np.int64)
-    for h in split.test.histories:
-        np.add.at(pop_eval, h, 1)
-
-    def measure(encode: Encoder, items: npt.NDArray[np.float32]) -> dict[str, float]:
-        return evaluate(
+    def measure(
+        encode: Encoder, items: npt.NDArray[np.float32], stage: str | None = None
+    ) -> dict[str, float]:
+        metrics, stage_ranks = evaluate_ranks(
             encode, items, split.test, max_len=c.max_len, ks=ks, sampled=sampled,
             popularity=pop_eval, seed=c.seed,
         )  # fmt: skip
+        if stage is not None:
+            ranks[stage] = stage_ranks
+        return metrics
 
     pop_enc, pop_items = popularity_stage(pop_eval)
-    popularity_metrics = measure(pop_enc, pop_items)
+    popularity_metrics = measure(pop_enc, pop_items, "popularity")
 
-    t0 = time.perf_counter()
-    _log(c, "training teacher")
-    teacher, teacher_fit = train_teacher(
-        c.teacher_config(data.n_items),
-        train_split,
-        c.train_config(c.teacher_epochs, bf16=c.bf16_teacher),
-    )
-    phase("teacher", t0)
+    trained = trained_teacher or fit_teacher(c, prep)
+    teacher, teacher_fit = trained.model, trained.fit
+    timings["teacher"] = round(trained.seconds, 2)
 
     t0 = time.perf_counter()
     _log(c, "distilling student")
     distill_cfg = DistillConfig(
         temperature=c.temperature, alpha=c.alpha, top_k=c.distill_top_k, init=c.student_init
     )
-    cached = None
-    if c.distill_top_k > 0:
+    if cached is None and c.distill_top_k > 0:
         t1 = time.perf_counter()
-        teacher.to(torch.device(c.device))
-        cached = teacher_top_k(
-            teacher, train_split.train, k=c.distill_top_k, temperature=c.temperature
-        )
+        cached = cache_teacher(c, teacher, prep)
         phase("teacher_top_k", t1)
     student_train = c.train_config(c.student_epochs, c.student_lr_schedule)
     student, student_fit = distill_student(
@@ -371,28 +497,43 @@ def run_compress(config: CompressConfig) -> CompressResult:
     phase("student", t0)
 
     t0 = time.perf_counter()
-    _log(
-        c,
-        f"pruning {c.prune_ratio:.0%} of heads/FFN units, {c.prune_hidden_ratio:.0%} of hidden "
-        "channels, and fine-tuning",
-    )
-    pruned, prune_info, finetune_fit = prune_and_finetune(
-        student,
-        teacher,
-        train_split,
-        prune_config=PruneConfig(
-            ratio=c.prune_ratio,
-            importance_batches=c.importance_batches,
-            prune_heads=c.prune_heads,
-            prune_ffn=c.prune_ffn,
-            hidden_ratio=c.prune_hidden_ratio,
-        ),
-        train_config=c.train_config(c.finetune_epochs, c.finetune_lr_schedule),
-        distill_config=distill_cfg,
-        cached=cached,
-    )
-    del cached
-    phase("prune_finetune", t0)
+    pruning: dict[str, Any] = {"ran": False, "ratio": c.prune_ratio}
+    pruned = student
+    if prunes(c):
+        _log(
+            c,
+            f"pruning {c.prune_ratio:.0%} of heads/FFN units, {c.prune_hidden_ratio:.0%} of "
+            "hidden channels, and fine-tuning",
+        )
+        pruned, prune_info, finetune_fit = prune_and_finetune(
+            student,
+            teacher,
+            train_split,
+            prune_config=PruneConfig(
+                ratio=c.prune_ratio,
+                importance_batches=c.importance_batches,
+                prune_heads=c.prune_heads,
+                prune_ffn=c.prune_ffn,
+                hidden_ratio=c.prune_hidden_ratio,
+            ),
+            train_config=c.train_config(c.finetune_epochs, c.finetune_lr_schedule),
+            distill_config=distill_cfg,
+            cached=cached,
+        )
+        pruning = {
+            "ran": True,
+            **asdict(prune_info),
+            "ratio": c.prune_ratio,
+            "importance": "first-order Taylor |sum w*dL/dw| per head / FFN unit / hidden channel",
+            "finetune_best_epoch": finetune_fit.best_epoch,
+            "finetune_val_ndcg@10": finetune_fit.best_ndcg,
+        }
+        phase("prune_finetune", t0)
+    fp32_name = "pruned" if pruning["ran"] else "student"
+    served_name = f"{fp32_name}+int8"
+    stage_models = {"teacher": teacher, "student": student}
+    if pruning["ran"]:
+        stage_models["pruned"] = pruned
 
     t0 = time.perf_counter()
     _log(c, "exporting, quantizing and evaluating every stage")
@@ -400,7 +541,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
     stages: list[StageResult] = []
     parity: dict[str, float] = {}
     fp32_onnx: dict[str, bytes] = {}
-    for name, model in (("teacher", teacher), ("student", student), ("pruned", pruned)):
+    for name, model in stage_models.items():
         model.cpu().eval()
         onnx_bytes = export_onnx(model)
         parity[name] = check_parity(onnx_bytes, model, test_inputs[:512])
@@ -421,8 +562,8 @@ def run_compress(config: CompressConfig) -> CompressResult:
                 size_bytes=len(onnx_bytes),
                 size_kind="fp32 ONNX",
                 # Through the exported fp32 ONNX file (parity-checked against PyTorch above),
-                # so pruned -> pruned+int8 compares ONNX with ONNX: quantization alone.
-                metrics=measure(onnx_encoder(onnx_bytes), _items(model)),
+                # so fp32 -> +int8 compares ONNX with ONNX: quantization alone.
+                metrics=measure(onnx_encoder(onnx_bytes), _items(model), name),
                 latency=latency,
             )
         )
@@ -430,7 +571,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
 
     t0 = time.perf_counter()
     int8_onnx = quantize_onnx(
-        fp32_onnx["pruned"],
+        fp32_onnx[fp32_name],
         QuantizeConfig(
             per_channel=c.quantize_per_channel,
             reduce_range=c.quantize_reduce_range,
@@ -450,14 +591,17 @@ def run_compress(config: CompressConfig) -> CompressResult:
     stored, scales = bundle.encode_items(_items(pruned), c.item_encoding)
     served_items = bundle.decode_items(stored, scales)
     served = onnx_encoder(int8_onnx)
-    served_metrics = measure(served, served_items)
+    served_metrics = measure(served, served_items, served_name)
     golden_inputs = pad_left(split.valid.histories[: c.n_golden], c.max_len)
     golden_outputs = served(golden_inputs)
     golden_atol, golden_spread = golden_tolerance(served, golden_inputs)
     kl = {
         name: kl_to_teacher(teacher, m, test_inputs[:1024])
-        for name, m in (("student", student), ("pruned", pruned))
+        for name, m in stage_models.items()
+        if name != "teacher"
     }
+    if pruning["ran"]:
+        pruning["kl_to_teacher"] = kl["pruned"]
 
     arch = {
         "type": "SASRec",
@@ -478,14 +622,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
             "val_ndcg@10": student_fit.best_ndcg,
             "kl_to_teacher": kl["student"],
         },
-        "pruning": {
-            **asdict(prune_info),
-            "ratio": c.prune_ratio,
-            "importance": "first-order Taylor |sum w*dL/dw| per head / FFN unit / hidden channel",
-            "finetune_best_epoch": finetune_fit.best_epoch,
-            "finetune_val_ndcg@10": finetune_fit.best_ndcg,
-            "kl_to_teacher": kl["pruned"],
-        },
+        "pruning": pruning,
         "quantization": {
             "method": "onnxruntime.quantization.quantize_dynamic",
             "weight_type": "QInt8",
@@ -533,7 +670,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
     )
     stages.append(
         StageResult(
-            stage="pruned+int8",
+            stage=served_name,
             params=pruned.num_params(),
             size_bytes=archive.stat().st_size,
             size_kind="bundle archive",
@@ -557,6 +694,7 @@ def run_compress(config: CompressConfig) -> CompressResult:
         "evaluation": "leave-one-out test split, full ranking, seen items removed",
         "popularity": popularity_metrics,
         "stages": [asdict(s) for s in stages],
+        "served_stage": served_name,
         "acceptance": {
             "ndcg@10_vs_popularity": ratio,
             "required": ACCEPTANCE_RATIO,
@@ -572,7 +710,14 @@ def run_compress(config: CompressConfig) -> CompressResult:
     report_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / f"{version}-report.md").write_text(_markdown(report, stages, popularity_metrics))
     return CompressResult(
-        bundle_dir=bundle_dir, archive=archive, report=report, report_path=report_path, table=table
+        bundle_dir=bundle_dir,
+        archive=archive,
+        report=report,
+        report_path=report_path,
+        table=table,
+        ranks=ranks,
+        models=stage_models,
+        fp32_onnx=fp32_onnx,
     )
 
 
@@ -600,7 +745,8 @@ def _markdown(
             f"{ds['interactions']} interactions; {ds['dropped_users']} users dropped.",
             "",
             "Test split, full ranking over all items with seen items removed. Sizes: fp32 "
-            "ONNX file for teacher/student/pruned, the bundle archive (.tar.gz) for pruned+int8. "
+            f"ONNX file for the fp32 stages, the bundle archive (.tar.gz) for "
+            f"{report['served_stage']}. "
             "Latency: onnxruntime, 1 thread.",
             "",
             format_table(stages, popularity, markdown=True),

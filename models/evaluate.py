@@ -109,8 +109,31 @@ def evaluate(
     are cut off, as the service does (the encoders are left-trim invariant); this is only
     faster, the metrics are the same.
     """
+    return evaluate_ranks(
+        encode, item_matrix, eval_set, max_len=max_len, ks=ks, batch_size=batch_size,
+        sampled=sampled, n_negatives=n_negatives, popularity=popularity, seed=seed, trim=trim,
+    )[0]  # fmt: skip
+
+
+def evaluate_ranks(
+    encode: Encoder,
+    item_matrix: npt.NDArray[np.floating],
+    eval_set: EvalSet,
+    *,
+    max_len: int,
+    ks: Sequence[int] = (10,),
+    batch_size: int = 256,
+    sampled: Literal["uniform", "popularity"] | None = None,
+    n_negatives: int = 100,
+    popularity: npt.NDArray[np.integer] | None = None,
+    seed: int = 0,
+    trim: bool = True,
+) -> tuple[dict[str, float], npt.NDArray[np.int64]]:
+    """`evaluate`'s metrics and the full-ranking rank of every user's target, in
+    `eval_set` order (so two stages' ranks pair user by user)."""
     items = np.asarray(item_matrix, dtype=np.float32)
     n_rows = items.shape[0]
+    order = np.arange(len(eval_set))
     if trim:
         order = np.argsort([len(h) for h in eval_set.histories], kind="stable")
         eval_set = EvalSet([eval_set.histories[i] for i in order], eval_set.targets[order])
@@ -141,10 +164,13 @@ def evaluate(
                 t = scores[row, targets[row]]
                 s = scores[row, neg]
                 sampled_ranks.append(int((s > t).sum() + ((s == t) & (neg < targets[row])).sum()))
-    out = metrics_from_ranks(np.concatenate(ranks), ks)
+    sorted_ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    out = metrics_from_ranks(sorted_ranks, ks)
     if sampled is not None:
         out.update(metrics_from_ranks(np.array(sampled_ranks), ks, prefix=f"sampled_{sampled}_"))
-    return out
+    in_order = np.empty_like(sorted_ranks)
+    in_order[order] = sorted_ranks
+    return out, in_order
 
 
 def popularity_stage(popularity: npt.NDArray[np.integer]) -> tuple[Encoder, F32]:

@@ -253,3 +253,30 @@ def build_model(config: SASRecConfig | dict[str, Any]) -> SASRec:
     if isinstance(config, dict):
         config = SASRecConfig(**config)
     return SASRec(config)
+
+
+def encoder_params(model: SASRec) -> int:
+    """Parameters needed to encode a user, without the item table (counted apart as N x C)."""
+    return model.num_params() - count_params(model.item_emb)
+
+
+def encoder_flops(config: SASRecConfig, seq_len: int) -> int:
+    """FLOPs of one `last_state` request of `seq_len` positions, padding included.
+
+    Convention: 2 FLOPs per multiply-accumulate of the matrix products only (Q/K/V/O
+    projections, Q·K^T, attention-weighted V, both FFN layers), as
+    `torch.utils.flop_counter.FlopCounterMode` counts them. Not counted: the item-table
+    gather, biases and elementwise ops (scaling, masking, softmax, LayerNorm, GELU, residuals).
+    """
+    if not 1 <= seq_len <= config.max_len:
+        raise ValueError(f"seq_len must be in 1..{config.max_len}, got {seq_len}")
+    T, C = seq_len, config.dim
+    macs = 0
+    for b, (heads, hidden) in enumerate(zip(config.n_heads, config.ffn_hidden, strict=True)):
+        inner = heads * config.head_dim
+        q = 1 if b == config.n_blocks - 1 else T  # the final block queries the last position only
+        macs += 2 * T * C * inner  # K and V for every position
+        macs += 2 * q * C * inner  # Q and O projections
+        macs += 2 * q * T * inner  # scores (Q, T) per head and the weighted sum of V
+        macs += 2 * q * C * hidden  # FFN fc1 and fc2
+    return 2 * macs

@@ -151,6 +151,11 @@ class LoadedModel:
     def scales(self) -> F32 | None:
         return self._scales
 
+    @property
+    def scorer(self) -> Scorer:
+        """The exact catalog scorer (reranks; full-catalog answers unless an ANN serves them)."""
+        return self._scorer
+
     # --- request path -------------------------------------------------------------------
 
     def recommend(self, request: RecRequest) -> Recommendation:

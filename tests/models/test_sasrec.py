@@ -1,8 +1,19 @@
 from __future__ import annotations
 
-import torch
+import dataclasses
 
-from models.sasrec import SASRec, SASRecConfig, build_model, count_params
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.sasrec import (
+    SASRec,
+    SASRecConfig,
+    build_model,
+    count_params,
+    encoder_flops,
+    encoder_params,
+)
 
 
 def make(seed: int = 0, **kw: object) -> SASRec:
@@ -92,3 +103,47 @@ def test_config_round_trips_through_a_dict() -> None:
     rebuilt = build_model(model.config.to_dict())
     rebuilt.load_state_dict(model.state_dict())
     assert rebuilt.config == model.config
+
+
+def counted_flops(model: SASRec, seq_len: int) -> int:
+    x = torch.randint(1, model.config.n_items + 1, (1, seq_len))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.last_state(x)
+    return int(counter.get_total_flops())
+
+
+def test_encoder_flops_match_the_flop_counter_on_last_state() -> None:
+    for heads, ffn in (([2, 2], [32, 32]), ([2, 1], [64, 32])):  # uniform, then uneven
+        model = make(n_blocks=2, n_heads=heads, ffn_hidden=ffn)
+        for seq_len in (5, 12):
+            assert encoder_flops(model.config, seq_len) == counted_flops(model, seq_len), (
+                heads,
+                ffn,
+                seq_len,
+            )
+
+
+def test_encoder_flops_reject_lengths_outside_one_to_max_len() -> None:
+    cfg = make().config
+    for bad in (0, cfg.max_len + 1):
+        with pytest.raises(ValueError, match="seq_len"):
+            encoder_flops(cfg, bad)
+
+
+def test_encoder_params_exclude_the_item_table_and_ignore_n_items() -> None:
+    model = make(n_blocks=2, n_heads=[3, 1], ffn_hidden=[10, 7])
+    expected = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("item_emb"))
+    assert encoder_params(model) == expected
+    bigger = SASRec(dataclasses.replace(model.config, n_items=5000))
+    assert bigger.num_params() > model.num_params()
+    assert encoder_params(bigger) == encoder_params(model)
+
+
+def test_encoder_flops_grow_with_length_and_shrink_with_pruning() -> None:
+    cfg = make(n_blocks=2).config
+    assert encoder_flops(cfg, 3) < encoder_flops(cfg, 8) < encoder_flops(cfg, 12)
+    full = encoder_flops(cfg, 12)
+    fewer_heads = dataclasses.replace(cfg, n_heads=[2, 1])
+    narrower_ffn = dataclasses.replace(cfg, ffn_hidden=[32, 31])
+    assert encoder_flops(fewer_heads, 12) < full
+    assert encoder_flops(narrower_ffn, 12) < full
