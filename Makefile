@@ -52,9 +52,11 @@ format: venv
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
 
-# The compression benchmark on real data (issue 3), never part of `make test`:
-#   make bench-compress DATA=../shared/data/amazon-beauty.txt [BENCH_ARGS='--sampled uniform']
-# writes benchmarks/results/compress-<dataset>.{json,md,png}; the bundle goes to benchmarks/work/.
+# The compression benchmark on real data (issues 3, 18), never part of `make test`:
+#   make bench-compress DATA=../shared/data/amazon-beauty.txt [BENCH_ARGS='--seeds 3']
+#   (BENCH_ARGS='--teacher benchmarks/work/amazon-beauty/teacher-seed0.pt' reuses the last
+#   run's teacher) writes benchmarks/results/compress-<dataset>.{json,md,png} and
+#   compress-<dataset>-ranks.npz; bundles and the teacher go to benchmarks/work/.
 DATA ?= ../shared/data/amazon-beauty.txt
 BENCH_ARGS ?=
 

@@ -3,7 +3,7 @@
     make bench-compress DATA=../shared/data/amazon-beauty.txt
     python -m benchmarks.compress --data ../shared/data/amazon-beauty.txt \\
         [--seeds 3] [--teacher benchmarks/work/amazon-beauty/teacher-seed0.pt] \\
-        [--out benchmarks/results] [--recipe beauty|demo] [--sampled none|uniform|popularity] \\
+        [--out benchmarks/results] [--recipe beauty|demo] \\
         [--device cpu|cuda] [--set teacher_epochs=10 --set prune_ratio=0.3 ...]
 
 Trains one teacher (or loads one an earlier run saved, `--teacher`), then for each of
@@ -206,13 +206,10 @@ def build_config(
     data: str,
     work: Path,
     recipe: str,
-    sampled: str | None = None,
     device: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> CompressConfig:
     values: dict[str, Any] = dict(RECIPES[recipe])
-    if sampled is not None:
-        values["sampled_metrics"] = sampled
     if device is not None:
         values["device"] = device
     values.update(overrides or {})
@@ -477,8 +474,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", type=Path, default=None,
                    help="reuse a teacher an earlier run saved (work/<dataset>/teacher-seed<N>.pt); "
                    "refused unless it was trained on this data with this recipe's settings")  # fmt: skip
-    p.add_argument("--sampled", choices=["none", "uniform", "popularity"], default=None,
-                   help="also report sampled metrics (100 negatives); default: the recipe's")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu or cuda (default: the recipe's, cpu)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a CompressConfig field, e.g. --set prune_ratio=0.3")  # fmt: skip
@@ -520,8 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = data_path.stem
     work = args.work / dataset
     config = build_config(
-        data=str(data_path), work=work, recipe=args.recipe, sampled=args.sampled,
-        device=args.device, overrides=overrides,
+        data=str(data_path), work=work, recipe=args.recipe, device=args.device,
+        overrides=overrides,
     )  # fmt: skip
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {config.device}: no CUDA device here")

@@ -65,7 +65,7 @@ def _print_result(result: CompressResult) -> None:
     print()
     print(result.table)
     print()
-    print("sizes: teacher/student/pruned = fp32 ONNX file; pruned+int8 = bundle archive (.tar.gz)")
+    print(f"sizes: fp32 stages = fp32 ONNX file; {r['served_stage']} = bundle archive (.tar.gz)")
     print("latency: onnxruntime, 1 thread; µs per call at batch 1, µs per row at batch 32")
     print(f"bundle:  {result.bundle_dir}")
     print(f"archive: {result.archive} ({r['archive_bytes']:,} bytes)")
@@ -76,7 +76,8 @@ def _print_acceptance(result: CompressResult) -> bool:
     acc = result.report["acceptance"]
     verdict = "PASS" if acc["passed"] else "FAIL"
     print(
-        f"acceptance: pruned+int8 NDCG@10 is {acc['ndcg@10_vs_popularity']:.2f}x popularity "
+        f"acceptance: {result.report['served_stage']} NDCG@10 is "
+        f"{acc['ndcg@10_vs_popularity']:.2f}x popularity "
         f"(need >= {ACCEPTANCE_RATIO:g}x): {verdict}"
     )
     return bool(acc["passed"])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -13,12 +14,17 @@ from models.cli import main
 from models.compress import (
     CompressConfig,
     CompressResult,
+    TrainedTeacher,
     checkpoint_dir,
     load_checkpoint,
+    load_teacher,
+    prepare_data,
     run_compress,
+    save_teacher,
 )
-from models.evaluate import evaluate, onnx_encoder
+from models.evaluate import evaluate, metrics_from_ranks, onnx_encoder
 from models.split import leave_one_out
+from models.train import FitResult
 from tests.models.conftest import TINY_COMPRESS, Dataset
 
 
@@ -100,6 +106,61 @@ def test_report_lists_every_stage(compressed: CompressResult) -> None:
     for stage in ("teacher", "pruned+int8"):
         assert stage in compressed.table
     assert (compressed.bundle_dir.parent / "tiny-1-report.md").is_file()
+
+
+def test_ranks_are_kept_per_user_and_give_the_reported_metrics(
+    compressed: CompressResult, synthetic: Dataset
+) -> None:
+    n_users = len(leave_one_out(synthetic.data.sequences).test)
+    for stage in compressed.report["stages"]:
+        ranks = compressed.ranks[stage["stage"]]
+        assert ranks.shape == (n_users,) and (ranks >= 0).all()
+        got = metrics_from_ranks(ranks, (10,))
+        assert got["ndcg@10"] == pytest.approx(stage["metrics"]["ndcg@10"])
+    assert set(compressed.models) == {"teacher", "student", "pruned"}
+    assert set(compressed.fp32_onnx) == set(compressed.models)
+
+
+def test_a_saved_teacher_is_reused_only_with_the_settings_it_was_trained_with(
+    compressed: CompressResult, synthetic: Dataset, tmp_path: Path
+) -> None:
+    config = CompressConfig(data=str(synthetic.path), out=str(tmp_path), **TINY_COMPRESS)
+    model = load_checkpoint(checkpoint_dir(compressed.bundle_dir.parent, "tiny-1") / "teacher.pt")
+    trained = TrainedTeacher(model, FitResult(best_epoch=2, best_ndcg=0.3, epochs_run=3), 12.5)
+    path = tmp_path / "teacher.pt"
+    save_teacher(path, config, trained, data_sha256="abc")
+    n_items = synthetic.n_items
+    again = load_teacher(path, config, n_items=n_items, data_sha256="abc")
+    assert again.seconds == 12.5 and again.fit.best_epoch == 2
+    for name, param in model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[name], param)
+    with pytest.raises(ValueError, match="data_sha256"):
+        load_teacher(path, config, n_items=n_items, data_sha256="other")
+    longer = dataclasses.replace(config, teacher_epochs=9)
+    with pytest.raises(ValueError, match="train_config"):
+        load_teacher(path, longer, n_items=n_items, data_sha256="abc")
+    wider = dataclasses.replace(config, teacher_dim=64)
+    with pytest.raises(ValueError, match="teacher_config"):
+        load_teacher(path, wider, n_items=n_items, data_sha256="abc")
+
+
+def test_a_recipe_without_pruning_serves_the_quantized_student(
+    compressed: CompressResult, synthetic: Dataset, tmp_path: Path
+) -> None:
+    config = CompressConfig(
+        data=str(synthetic.path), out=str(tmp_path), version="no-prune",
+        **{**TINY_COMPRESS, "prune_ratio": 0.0},
+    )  # fmt: skip
+    model = load_checkpoint(checkpoint_dir(compressed.bundle_dir.parent, "tiny-1") / "teacher.pt")
+    teacher = TrainedTeacher(model, FitResult(best_epoch=1, best_ndcg=0.3, epochs_run=1), 1.0)
+    result = run_compress(config, prep=prepare_data(config), trained_teacher=teacher)
+    stages = [s["stage"] for s in result.report["stages"]]
+    assert stages == ["teacher", "student", "student+int8"]
+    assert result.report["served_stage"] == "student+int8"
+    assert result.report["recipe"]["pruning"] == {"ran": False, "ratio": 0.0}
+    assert "prune_finetune" not in result.report["timings_s"]
+    b = bundle.read_bundle(result.bundle_dir)
+    assert b.manifest.architecture["params"] == result.models["student"].num_params()
 
 
 def test_existing_version_is_refused(compressed: CompressResult, synthetic: Dataset) -> None:
