@@ -28,7 +28,6 @@ import numpy.typing as npt
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from service.ann import AnnConfig
 from service.registry import load_model
 from service.runner import ModelOptions, RecRequest
 from service.schemas import RecommendRequest
@@ -62,20 +61,10 @@ def default_settings() -> Settings:
 
 
 def service_options() -> ModelOptions:
-    """The `ModelOptions` the service loads bundles with under its default settings.
-
-    The service has no helper for this: `service.main.lifespan` builds them inline from
-    `Settings`, and this mirrors it field for field (tests/benchmarks/test_service_eval.py
-    checks both against what the running app passes to `load_model`)."""
-    settings = default_settings()
-    return ModelOptions(
-        intra_op_threads=settings.onnx_intra_op_threads,
-        scoring_precision=settings.scoring_precision,
-        ann_min_items=settings.ann_min_items,
-        ann=AnnConfig.from_settings(settings),
-        loader_nice=settings.model_loader_nice,
-        keep_previous=settings.model_keep_previous,
-    )
+    """The `ModelOptions` the service loads bundles with under its default settings
+    (tests/benchmarks/test_service_eval.py checks them against what the running app passes
+    to `load_model`)."""
+    return ModelOptions.from_settings(default_settings())
 
 
 def _service_request(row: int, history: Sequence[str], k: int, settings: Settings) -> RecRequest:

@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from service.ann import AnnConfig
 from service.answer_cache import AnswerCache
 from service.batcher import MicroBatcher
 from service.deps import AdminDep, RequestPath
@@ -59,14 +58,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         model_dir=settings.model_dir,
         store=store,
         fleet=fleet,
-        options=ModelOptions(
-            intra_op_threads=settings.onnx_intra_op_threads,
-            scoring_precision=settings.scoring_precision,
-            ann_min_items=settings.ann_min_items,
-            ann=AnnConfig.from_settings(settings),
-            loader_nice=settings.model_loader_nice,
-            keep_previous=settings.model_keep_previous,
-        ),
+        options=ModelOptions.from_settings(settings),
         max_unpacked_bytes=settings.max_unpacked_bytes,
         on_activate=metrics.on_activate,
         on_canary=metrics.on_canary,

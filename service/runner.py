@@ -37,6 +37,7 @@ from bundle import Manifest
 from service.ann import AnnConfig, AnnIndex
 from service.encoder import Encoder
 from service.scorer import Precision, Scorer
+from service.settings import Settings
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
@@ -59,6 +60,17 @@ class ModelOptions:
     # Keep the version that was active before the current one loaded (`service.registry`):
     # rolling back to it, or activating it again, is then a reference swap, not a load.
     keep_previous: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelOptions:
+        return cls(
+            intra_op_threads=settings.onnx_intra_op_threads,
+            scoring_precision=settings.scoring_precision,
+            ann_min_items=settings.ann_min_items,
+            ann=AnnConfig.from_settings(settings),
+            loader_nice=settings.model_loader_nice,
+            keep_previous=settings.model_keep_previous,
+        )
 
 
 # The request and answer records are NamedTuples: immutable like frozen dataclasses, and built
