@@ -302,6 +302,7 @@ def build_results(
     config: CompressConfig,
     seeds: list[int],
     teacher_reused: dict[str, Any] | None,
+    provenance: dict[str, Any],
 ) -> dict[str, Any]:
     report = reports[0]
     served_name = str(report["served_stage"])
@@ -309,13 +310,11 @@ def build_results(
     stages = aggregate(runs, ranks)
     applies = data_sha256 == BEAUTY_SHA256
     pipeline = {k: v for k, v in report.get("recipe", {}).items() if k != "config"}
-    dirty = git("status", "--porcelain")
     return {
         "dataset": dataset,
         "data": {"path": str(data_path), "sha256": data_sha256, **report.get("dataset", {})},
         "command": command,
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(dirty) if dirty is not None else None,
+        **provenance,
         "served_stage": served_name,
         "device": config.device,
         "device_name": _device_name(config.device),
@@ -521,6 +520,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {config.device}: no CUDA device here")
     command = command_line(argv)
+    # The code that runs is the code at the start: commits made during a long run are not in it.
+    dirty = git("status", "--porcelain")
+    provenance = {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(dirty) if dirty is not None else None,
+    }
     _log(f"{command}")
     _log(f"dataset {dataset}, recipe {args.recipe}, device {config.device}, work dir {work}")
     data_sha256 = sha256_file(data_path)
@@ -552,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = build_results(
         runs, ranks, reports, dataset=dataset, data_path=data_path, data_sha256=data_sha256,
         command=command, recipe_name=args.recipe, wall_seconds=wall, config=config,
-        seeds=seeds, teacher_reused=reused,
+        seeds=seeds, teacher_reused=reused, provenance=provenance,
     )  # fmt: skip
     _write(results, ranks, args.out, dataset, plot=not args.no_plot)
     _log(f"wall time {duration(wall)}; targets "
