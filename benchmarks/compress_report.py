@@ -258,7 +258,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ["a", "b", "seed", "mean a", "mean b", "b - a", "relative", "95% CI of b - a", "p"],
         [[t["a"], t["b"], str(t["seed"]), f"{t['mean_a']:.4f}", f"{t['mean_b']:.4f}",
           f"{t['diff']:+.5f}", f"{t['relative']:+.2%}",
-          f"[{t['ci95'][0]:+.5f}, {t['ci95'][1]:+.5f}]", f"{t['p_value']:.3f}"]
+          f"[{t['ci95'][0]:+.5f}, {t['ci95'][1]:+.5f}]", f"{t['p_value']:.2g}"]
          for t in results["paired_tests"]],
     )  # fmt: skip
     out += ["", "## Pruning", "", results["pruning"]["summary"], ""]
