@@ -75,6 +75,7 @@ from models.compress import (
 from models.distill import TeacherTopK
 from models.evaluate import (
     evaluate_ranks,
+    item_array,
     measure_latency,
     onnx_encoder,
     torch_encoder,
@@ -82,7 +83,6 @@ from models.evaluate import (
 )
 from models.export import export_onnx
 from models.readers import DataFormatError
-from models.sasrec import SASRec
 from models.train import bf16_speedup
 
 # --- recipes ---------------------------------------------------------------------------------
@@ -428,7 +428,7 @@ def _ce_baseline(
     seconds = time.perf_counter() - t0
     model.cpu().eval()
     onnx_model = export_onnx(model)
-    _, ranks = evaluate_ranks(onnx_encoder(onnx_model), _item_matrix(model), prep.split.test,
+    _, ranks = evaluate_ranks(onnx_encoder(onnx_model), item_array(model), prep.split.test,
                               max_len=config.max_len, ks=ks)  # fmt: skip
     with torch_threads(1):
         torch_lat = measure_latency(torch_encoder(model), timing.inputs, budget_s=timing.budget_s)
@@ -436,10 +436,6 @@ def _ce_baseline(
                      torch_latency={f"torch_{k}": v for k, v in torch_lat.items()})  # fmt: skip
     return {**rec, "train_seconds": round(seconds, 2), "val_ndcg@10": fit.best_ndcg,
             "best_epoch": fit.best_epoch, "ranks": ranks}  # fmt: skip
-
-
-def _item_matrix(model: SASRec) -> npt.NDArray[np.float32]:
-    return np.asarray(model.item_matrix().detach().float().cpu().numpy(), dtype=np.float32)
 
 
 # --- the teacher ---------------------------------------------------------------------------------

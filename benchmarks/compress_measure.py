@@ -43,7 +43,7 @@ from benchmarks.service_eval import (
 )
 from benchmarks.service_eval import service_options as service_model_options
 from benchmarks.stats import bootstrap_ci, gains
-from models.evaluate import measure_latency, metrics_from_ranks, onnx_encoder
+from models.evaluate import item_array, measure_latency, metrics_from_ranks, onnx_encoder
 from models.sasrec import SASRec, encoder_flops, encoder_params
 from models.split import EvalSet
 from service.registry import load_model
@@ -96,10 +96,9 @@ def fp32_stage(
     torch_latency: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """A PyTorch-trained stage served the fp32 way: its fp32 ONNX encoder, fp32 item table."""
-    items = model.item_matrix().detach().float().cpu().numpy()
     encode = onnx_encoder(onnx_model, threads=1)
     encoder = measure_latency(encode, timing.inputs, budget_s=timing.budget_s)
-    scorer = Scorer(items, None, precision="fp32", threads=1)
+    scorer = Scorer(item_array(model), None, precision="fp32", threads=1)
     record: dict[str, Any] = {
         "name": name,
         "seed": seed,
@@ -141,7 +140,7 @@ def served_stage(
     limit = default_settings().max_history
     histories = [[vocab[i] for i in h[-limit:]] for h in test.histories]
     targets = [vocab[int(t)] for t in test.targets]
-    answers = service_answers(bundle_dir, histories, k=max(ks))
+    answers = service_answers(loaded, histories, k=max(ks))
     ranks = ranks_from_answers(answers, targets)
     files = {p.name: p.stat().st_size for p in sorted(bundle_dir.iterdir()) if p.is_file()}
     needed = {f: files[f] for f in SERVED_FILES if f in files}

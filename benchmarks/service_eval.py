@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from service.registry import load_model
-from service.runner import ModelOptions, RecRequest
+from service.runner import LoadedModel, ModelOptions, RecRequest
 from service.schemas import RecommendRequest
 from service.scorer import Scorer
 from service.settings import Settings
@@ -95,7 +95,7 @@ def _service_request(row: int, history: Sequence[str], k: int, settings: Setting
 
 
 def service_answers(
-    bundle_dir: Path,
+    bundle: Path | LoadedModel,
     histories: Sequence[Sequence[str]],
     *,
     k: int,
@@ -104,6 +104,7 @@ def service_answers(
     """The item IDs, best first, that the service answers for each history (external IDs,
     most recent last) sent as {"history": h, "k": k}, run in micro-batches of `batch_size`
     (default: the service's `batch_max_size`) through `LoadedModel.recommend_batch`.
+    `bundle`: a bundle directory (loaded as the service loads it) or a model so loaded.
 
     Unknown IDs are dropped and a history with none known gets the popularity fallback,
     as in the service; an answer is shorter than k only when fewer items are allowed."""
@@ -112,7 +113,7 @@ def service_answers(
     if size < 1:
         raise ValueError(f"batch_size must be at least 1, got {size}")
     requests = [_service_request(r, h, k, settings) for r, h in enumerate(histories)]
-    model = load_model(bundle_dir, service_options())
+    model = load_model(bundle, service_options()) if isinstance(bundle, Path) else bundle
     answers: list[list[str]] = []
     for start in range(0, len(requests), size):
         answers.extend(

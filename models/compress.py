@@ -47,6 +47,7 @@ from models.distill import (
 from models.evaluate import (
     Encoder,
     evaluate_ranks,
+    item_array,
     measure_latency,
     onnx_encoder,
     popularity_stage,
@@ -231,10 +232,6 @@ def default_version() -> str:
 def _log(config: CompressConfig, msg: str) -> None:
     if config.progress:
         print(f"[compress] {msg}", file=sys.stderr, flush=True)
-
-
-def _items(model: SASRec) -> npt.NDArray[np.float32]:
-    return np.asarray(model.item_matrix().detach().float().cpu().numpy(), dtype=np.float32)
 
 
 def golden_tolerance(encode: Encoder, inputs: npt.NDArray[np.int64]) -> tuple[float, float]:
@@ -462,15 +459,12 @@ def run_compress(
     sampled = None if c.sampled_metrics == "none" else c.sampled_metrics
     ranks: dict[str, npt.NDArray[np.int64]] = {}
 
-    def measure(
-        encode: Encoder, items: npt.NDArray[np.float32], stage: str | None = None
-    ) -> dict[str, float]:
+    def measure(encode: Encoder, items: npt.NDArray[np.float32], stage: str) -> dict[str, float]:
         metrics, stage_ranks = evaluate_ranks(
             encode, items, split.test, max_len=c.max_len, ks=ks, sampled=sampled,
             popularity=pop_eval, seed=c.seed,
         )  # fmt: skip
-        if stage is not None:
-            ranks[stage] = stage_ranks
+        ranks[stage] = stage_ranks
         return metrics
 
     pop_enc, pop_items = popularity_stage(pop_eval)
@@ -563,7 +557,7 @@ def run_compress(
                 size_kind="fp32 ONNX",
                 # Through the exported fp32 ONNX file (parity-checked against PyTorch above),
                 # so fp32 -> +int8 compares ONNX with ONNX: quantization alone.
-                metrics=measure(onnx_encoder(onnx_bytes), _items(model), name),
+                metrics=measure(onnx_encoder(onnx_bytes), item_array(model), name),
                 latency=latency,
             )
         )
@@ -582,13 +576,13 @@ def run_compress(
     # shipped model.onnx reads from items.npy (stored once). Off: the fp32 table stays inside.
     shipped_onnx = int8_onnx
     if c.quantize_embeddings:
-        int8_onnx = share_item_table(int8_onnx, _items(pruned), c.item_encoding)
+        int8_onnx = share_item_table(int8_onnx, item_array(pruned), c.item_encoding)
         shipped_onnx = link_item_table(int8_onnx)
     phase("quantize", t0)
 
     # The served artifact: INT8 ONNX + the item matrix exactly as the bundle stores it.
     t0 = time.perf_counter()
-    stored, scales = bundle.encode_items(_items(pruned), c.item_encoding)
+    stored, scales = bundle.encode_items(item_array(pruned), c.item_encoding)
     served_items = bundle.decode_items(stored, scales)
     served = onnx_encoder(int8_onnx)
     served_metrics = measure(served, served_items, served_name)
@@ -641,7 +635,7 @@ def run_compress(
         bundle_dir,
         model_version=version,
         onnx_model=shipped_onnx,
-        item_matrix=_items(pruned),
+        item_matrix=item_array(pruned),
         vocab=data.vocab,
         popularity=data.popularity(),
         max_len=c.max_len,

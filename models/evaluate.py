@@ -28,6 +28,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 
+from models.sasrec import SASRec
 from models.split import EvalSet
 
 Encoder = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float32]]
@@ -180,6 +181,11 @@ def popularity_stage(popularity: npt.NDArray[np.integer]) -> tuple[Encoder, F32]
         return np.ones((seq.shape[0], 1), dtype=np.float32)
 
     return encode, np.asarray(popularity, dtype=np.float32)[:, None]
+
+
+def item_array(model: SASRec) -> F32:
+    """The model's (tied) item matrix as float32 numpy, row 0 = padding."""
+    return np.asarray(model.item_matrix().detach().float().cpu().numpy(), dtype=np.float32)
 
 
 def torch_encoder(model: torch.nn.Module) -> Encoder:

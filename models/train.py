@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from models.evaluate import evaluate, torch_encoder
+from models.evaluate import evaluate, item_array, torch_encoder
 from models.losses import softmax_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.split import EvalSet, Split, pad_left
@@ -202,13 +202,9 @@ def sampled_softmax_loss(n_negatives: int) -> LossFn:
 
 
 def validation_ndcg(model: SASRec, valid: EvalSet) -> float:
-    return evaluate(torch_encoder(model), _item_numpy(model), valid, max_len=model.config.max_len)[
+    return evaluate(torch_encoder(model), item_array(model), valid, max_len=model.config.max_len)[
         "ndcg@10"
     ]
-
-
-def _item_numpy(model: SASRec) -> npt.NDArray[np.float32]:
-    return np.asarray(model.item_matrix().detach().float().cpu().numpy(), dtype=np.float32)
 
 
 def fit(
