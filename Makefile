@@ -63,6 +63,10 @@ BENCH_ARGS ?=
 bench-compress: venv
 	$(PY) -m benchmarks.compress --data $(DATA) $(BENCH_ARGS)
 
+# Static vs dynamic INT8 activations of the served encoder (speed, batch independence), pinned.
+bench-int8-activations: venv
+	taskset -c 1 $(PY) -m benchmarks.int8_activations --out benchmarks/results/int8-activations.json
+
 # The serving benchmark (issue 4), never part of `make test`: each variant's server pinned to
 # core 0, locust on core 1, a ladder of offered loads.
 #   make bench-serve [DATA=../shared/data/amazon-beauty.txt] [SERVE_ARGS='--duration 10 --bundle DIR']

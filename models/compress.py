@@ -57,6 +57,7 @@ from models.evaluate import (
 from models.export import check_parity, export_onnx
 from models.prune import PruneConfig, prune_and_finetune
 from models.quantize import (
+    Activations,
     QuantizeConfig,
     check_linked_bundle,
     link_item_table,
@@ -128,6 +129,8 @@ class CompressConfig:
     quantize_per_channel: bool = True
     quantize_reduce_range: bool = True
     quantize_embeddings: bool = True  # the encoder's item embedding reads items.npy (shared)
+    quantize_activations: Activations = "static"  # see models.quantize
+    calibration_users: int = 1024  # training histories the static scales are fitted on
     item_encoding: Literal["int8", "fp16", "fp32"] = "int8"
     n_golden: int = 4
     # evaluation
@@ -235,12 +238,13 @@ def _log(config: CompressConfig, msg: str) -> None:
 
 
 def golden_tolerance(encode: Encoder, inputs: npt.NDArray[np.int64]) -> tuple[float, float]:
-    """(atol, measured spread) for the golden check of a dynamically quantized encoder.
+    """(atol, measured spread) for the golden check of a quantized encoder.
 
     Dynamic INT8 quantizes activations with one scale per tensor, so a row's output depends
-    slightly on what else is in the batch and on how much padding the service trims. The
-    spread is the largest deviation from the batched outputs over those legitimate ways of
-    running the same file (one row at a time, trimmed to its own length). The tolerance is
+    slightly on what else is in the batch and on how much padding the service trims (static
+    INT8 should measure a spread of 0). The spread is the largest deviation from the batched
+    outputs over those legitimate ways of running the same file (one row at a time, trimmed
+    to its own length). The tolerance is
     twice that, and at least 1% of the largest output magnitude, which also covers kernel
     differences between CPUs (weights use reduce_range, so integer sums cannot saturate).
     """
@@ -367,6 +371,15 @@ def cache_teacher(c: CompressConfig, teacher: SASRec, prep: PreparedData) -> Tea
     return teacher_top_k(
         teacher, prep.train_split.train, k=c.distill_top_k, temperature=c.temperature
     )
+
+
+def calibration_inputs(split: Split, c: CompressConfig) -> npt.NDArray[np.int64]:
+    """A seeded sample of training histories (never validation or test), padded to max_len:
+    what static INT8 fits its activation ranges on."""
+    rng = np.random.default_rng(c.seed)
+    n = min(c.calibration_users, len(split.train))
+    rows = np.sort(rng.choice(len(split.train), size=n, replace=False))
+    return pad_left([split.train[r] for r in rows], c.max_len)
 
 
 def prunes(c: CompressConfig) -> bool:
@@ -570,7 +583,9 @@ def run_compress(
             per_channel=c.quantize_per_channel,
             reduce_range=c.quantize_reduce_range,
             embeddings=c.quantize_embeddings,
+            activations=c.quantize_activations,
         ),
+        calibration=calibration_inputs(split, c),
     )
     # Tied embedding: the encoder looks items up in the bundle's own item matrix, which the
     # shipped model.onnx reads from items.npy (stored once). Off: the fp32 table stays inside.
@@ -618,7 +633,9 @@ def run_compress(
         },
         "pruning": pruning,
         "quantization": {
-            "method": "onnxruntime.quantization.quantize_dynamic",
+            "method": f"onnxruntime.quantization.quantize_{c.quantize_activations}",
+            "activations": c.quantize_activations,
+            "calibration_users": c.calibration_users if c.quantize_activations == "static" else 0,
             "weight_type": "QInt8",
             "per_channel": c.quantize_per_channel,
             "reduce_range": c.quantize_reduce_range,

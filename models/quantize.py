@@ -1,8 +1,15 @@
-"""INT8 dynamic quantization of the exported encoder with onnxruntime's tools.
+"""INT8 quantization of the exported encoder with onnxruntime's tools.
 
-`quantize_dynamic` stores MatMul/Gemm weights as int8 (per output channel) and quantizes
-activations on the fly (DynamicQuantizeLinear + MatMulInteger); Gather tables (the item
-embedding) are stored as int8 and dequantized after the lookup. `reduce_range=True` keeps
+Weights of the MatMuls are int8, one scale per output channel. Activations come two ways:
+
+- "static" (the default): each quantized MatMul's input gets one fixed scale and zero point,
+  calibrated once on training histories (min/max), so every row of a batch is quantized the
+  same way whoever rides with it: a shopper's answer does not depend on the batch
+  (QLinearMatMul, `quantize_static`).
+- "dynamic": the scale is computed per call over the whole batch tensor
+  (DynamicQuantizeLinear + MatMulInteger, `quantize_dynamic`); cheaper per call, but a row's
+  vector moves with its neighbours (measured in docs/decisions/2026-12-06-static-int8-encoder.md).
+  It also stores Gather tables (the item embedding) as int8 and dequantizes after the lookup. `reduce_range=True` keeps
 weights to 7 bits so u8·s8 products cannot saturate the 16-bit intermediate sums of AVX2
 kernels without VNNI: the same file then gives the same answer on every x86 CPU, which is
 what the bundle's golden check needs (onnxruntime docs, "Quantize ONNX models",
@@ -21,7 +28,7 @@ offset where `np.save` puts the raw array (`bundle.npy_data_offset`). The self-c
 is what the pipeline runs (evaluation, golden outputs); the linked one is what it ships:
 same graph, same values, the table stored once.
 
-    int8_bytes = quantize_onnx(fp32_bytes, QuantizeConfig())
+    int8_bytes = quantize_onnx(fp32_bytes, QuantizeConfig(), calibration=train_histories)
     served = share_item_table(int8_bytes, item_matrix, "int8")   # runs from bytes
     shipped = link_item_table(served)                              # model.onnx of the bundle
     bundle.write_bundle(dir, onnx_model=shipped, item_matrix=item_matrix, item_encoding="int8", ...)
@@ -33,14 +40,23 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 
 import bundle
 from bundle.manifest import ItemEncoding
@@ -49,19 +65,34 @@ from bundle.manifest import ItemEncoding
 ITEMS_INIT = "items"
 SCALES_INIT = "item_scales"
 LINKED_FILES = {ITEMS_INIT: bundle.ITEMS_FILE, SCALES_INIT: bundle.SCALES_FILE}
+CALIBRATION_BATCH = 64  # rows per calibration call
+
+Activations = Literal["static", "dynamic"]
 
 
 @dataclass
 class QuantizeConfig:
     per_channel: bool = True
     reduce_range: bool = True
-    embeddings: bool = True  # also quantize Gather tables (the item embedding)
+    # dynamic only: also store the item embedding's Gather table as int8 (static leaves it
+    # fp32; `share_item_table` replaces it with the bundle's table either way)
+    embeddings: bool = True
+    activations: Activations = "static"
 
 
-def quantize_onnx(fp32_model: bytes, config: QuantizeConfig | None = None) -> bytes:
-    """Return INT8 ONNX bytes for the fp32 ONNX `fp32_model`."""
+class CalibrationError(ValueError):
+    """Static quantization was asked for without usable calibration inputs."""
+
+
+def quantize_onnx(
+    fp32_model: bytes,
+    config: QuantizeConfig | None = None,
+    *,
+    calibration: npt.NDArray[np.int64] | None = None,
+) -> bytes:
+    """Return INT8 ONNX bytes for the fp32 ONNX `fp32_model`. Static activations need
+    `calibration`: (U, max_len) left-padded training histories, the inputs it is fitted on."""
     c = config or QuantizeConfig()
-    ops = ["MatMul", "Gemm"] + (["Gather"] if c.embeddings else [])
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32_model)
@@ -70,17 +101,66 @@ def quantize_onnx(fp32_model: bytes, config: QuantizeConfig | None = None) -> by
         level = logger.level
         logger.setLevel(logging.ERROR)
         try:
-            quantize_dynamic(
-                src,
-                dst,
-                op_types_to_quantize=ops,
-                per_channel=c.per_channel,
-                reduce_range=c.reduce_range,
-                weight_type=QuantType.QInt8,
-            )
+            if c.activations == "static":
+                _quantize_static(src, dst, c, calibration)
+            else:
+                ops = ["MatMul", "Gemm"] + (["Gather"] if c.embeddings else [])
+                quantize_dynamic(
+                    src,
+                    dst,
+                    op_types_to_quantize=ops,
+                    per_channel=c.per_channel,
+                    reduce_range=c.reduce_range,
+                    weight_type=QuantType.QInt8,
+                )
         finally:
             logger.setLevel(level)
         return dst.read_bytes()
+
+
+class _Histories(CalibrationDataReader):  # type: ignore[misc]  # untyped base
+    """Feeds the calibration histories to the quantizer in batches."""
+
+    def __init__(self, input_name: str, histories: npt.NDArray[np.int64]) -> None:
+        self._batches: Iterator[dict[str, npt.NDArray[np.int64]]] = (
+            {input_name: histories[i : i + CALIBRATION_BATCH]}
+            for i in range(0, len(histories), CALIBRATION_BATCH)
+        )
+
+    def get_next(self) -> dict[str, npt.NDArray[np.int64]] | None:
+        return next(self._batches, None)
+
+
+def weight_matmuls(model: onnx.ModelProto) -> list[str]:
+    """Names of the MatMul nodes whose second input is a weight (an initializer): the
+    projections and FFN layers, not the attention products of two activations."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+
+
+def _quantize_static(
+    src: Path, dst: Path, c: QuantizeConfig, calibration: npt.NDArray[np.int64] | None
+) -> None:
+    if calibration is None or calibration.ndim != 2 or not (calibration > 0).any():
+        raise CalibrationError(
+            "static INT8 needs calibration histories: a (users, max_len) array with items"
+        )
+    model = onnx.load(str(src))
+    # Only the weight products: quantizing the attention products too was slower and gains
+    # no bytes (they have no weights).
+    quantize_static(
+        src,
+        dst,
+        _Histories(model.graph.input[0].name, calibration),
+        quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_quantize=weight_matmuls(model),
+        per_channel=c.per_channel,
+        reduce_range=c.reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
 
 
 class ShareError(ValueError):
@@ -93,7 +173,8 @@ def share_item_table(
     """Make `model`'s item embedding read `bundle.encode_items(item_matrix, encoding)`.
 
     The lookup replaced is the one Gather of a 2-D initializer by the graph input, together
-    with the DequantizeLinear quantize_dynamic puts after it when it quantized the table. The
+    with the DequantizeLinear quantize_dynamic puts after it when it quantized the table (static
+    quantization leaves the table fp32). The
     result is self-contained (plain initializers `ITEMS_INIT` / `SCALES_INIT`).
     """
     m = onnx.load_from_string(model)

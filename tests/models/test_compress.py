@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bundle
+from benchmarks.service_eval import service_options
 from models.cli import main
 from models.compress import (
     CompressConfig,
@@ -25,6 +26,8 @@ from models.compress import (
 from models.evaluate import evaluate, metrics_from_ranks, onnx_encoder
 from models.split import leave_one_out
 from models.train import FitResult
+from service.registry import load_model
+from service.runner import RecRequest
 from tests.models.conftest import TINY_COMPRESS, Dataset
 
 
@@ -204,3 +207,26 @@ def test_cli_reports_bad_data_without_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.txt:3" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_the_shipped_bundle_answers_a_shopper_the_same_whatever_the_batch(
+    compressed: CompressResult, synthetic: Dataset
+) -> None:
+    """Static INT8: a history answered alone and in micro-batches of 32 (the service's size),
+    through the service's own loader and request path, gets the same top 10."""
+    loaded = load_model(compressed.bundle_dir, service_options())
+    vocab = bundle.read_bundle(compressed.bundle_dir).vocab
+    requests = [
+        RecRequest(history=[vocab[i] for i in h], k=10) for h in synthetic.split.test.histories
+    ]
+    assert len(requests) >= 100
+    alone = [loaded.recommend(r) for r in requests]
+    together = [
+        answer
+        for start in range(0, len(requests), 32)
+        for answer in loaded.recommend_batch(requests[start : start + 32])
+    ]
+    for a, b in zip(alone, together, strict=True):
+        assert a.item_ids == b.item_ids
+        assert a.scores == b.scores
+    assert compressed.report["recipe"]["quantization"]["activations"] == "static"

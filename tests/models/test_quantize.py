@@ -10,6 +10,7 @@ import bundle
 from models.evaluate import evaluate, onnx_encoder
 from models.export import export_onnx
 from models.quantize import (
+    CalibrationError,
     QuantizeConfig,
     ShareError,
     check_linked_bundle,
@@ -18,19 +19,79 @@ from models.quantize import (
     share_item_table,
 )
 from models.sasrec import SASRec, SASRecConfig
+from models.split import pad_left
 from tests.models.conftest import MAX_LEN, Dataset
+
+DYNAMIC = QuantizeConfig(activations="dynamic")
+
+
+def calibration(synthetic: Dataset) -> np.ndarray:
+    return pad_left(synthetic.split.train[:256], MAX_LEN)
 
 
 @pytest.fixture(scope="module")
 def fp32_and_int8(teacher: SASRec) -> tuple[bytes, bytes]:
+    """Dynamic INT8, whose Gather table is quantized too (what `share_item_table` replaces)."""
     fp32 = export_onnx(teacher)
-    return fp32, quantize_onnx(fp32)
+    return fp32, quantize_onnx(fp32, DYNAMIC)
+
+
+@pytest.fixture(scope="module")
+def static_int8(teacher: SASRec, synthetic: Dataset) -> bytes:
+    return quantize_onnx(export_onnx(teacher), calibration=calibration(synthetic))
 
 
 def top10(users: np.ndarray, items: np.ndarray) -> np.ndarray:
     scores = users @ items.T
     scores[:, 0] = -np.inf
     return np.argsort(-scores, axis=1)[:, :10]
+
+
+def test_static_int8_uses_fixed_point_kernels_with_calibrated_scales(
+    fp32_and_int8: tuple[bytes, bytes], static_int8: bytes
+) -> None:
+    fp32, _ = fp32_and_int8
+    # the encoder's weights shrink ~4x (its item table stays fp32 until share_item_table)
+    encoder = weight_bytes(static_int8) - table_bytes(static_int8)
+    assert encoder < 0.4 * (weight_bytes(fp32) - table_bytes(fp32))
+    graph = onnx.load_from_string(static_int8).graph
+    ops = [n.op_type for n in graph.node]
+    # every weight product runs in fixed point; no scale is computed from the batch
+    assert ops.count("QLinearMatMul") == len(weight_products(fp32)) > 0
+    assert "DynamicQuantizeLinear" not in ops
+
+
+def test_static_int8_answers_each_row_as_if_it_were_alone(
+    static_int8: bytes, fp32_and_int8: tuple[bytes, bytes], synthetic: Dataset
+) -> None:
+    inputs = synthetic.split.test.inputs(max_len=MAX_LEN)
+    encode = onnx_encoder(static_int8, threads=1)
+    together = np.concatenate([encode(inputs[i : i + 32]) for i in range(0, len(inputs), 32)])
+    for row in range(len(inputs)):
+        x = inputs[row : row + 1]
+        np.testing.assert_array_equal(encode(x)[0], together[row])
+    # ... and stays close to the fp32 encoder it came from
+    fp32 = onnx_encoder(fp32_and_int8[0])(inputs)
+    cos = (
+        np.sum(fp32 * together, 1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(together, axis=1)
+    )
+    assert cos.min() > 0.99
+
+
+def test_static_int8_refuses_to_run_without_calibration_histories(
+    fp32_and_int8: tuple[bytes, bytes],
+) -> None:
+    fp32, _ = fp32_and_int8
+    with pytest.raises(CalibrationError, match="calibration"):
+        quantize_onnx(fp32)
+    with pytest.raises(CalibrationError, match="calibration"):
+        quantize_onnx(fp32, calibration=np.zeros((4, MAX_LEN), dtype=np.int64))
+
+
+def weight_products(fp32: bytes) -> list[str]:
+    graph = onnx.load_from_string(fp32).graph
+    inits = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
 
 
 def test_int8_file_is_smaller_and_uses_integer_kernels(fp32_and_int8: tuple[bytes, bytes]) -> None:
@@ -54,6 +115,13 @@ def weight_bytes(model: bytes) -> int:
     return sum(onnx.numpy_helper.to_array(i).nbytes for i in graph.initializer)
 
 
+def table_bytes(model: bytes) -> int:
+    (emb,) = [
+        i for i in onnx.load_from_string(model).graph.initializer if i.name == "item_emb.weight"
+    ]
+    return int(onnx.numpy_helper.to_array(emb).nbytes)
+
+
 def graph_items(fp32: bytes) -> int:
     (emb,) = [
         i for i in onnx.load_from_string(fp32).graph.initializer if i.name == "item_emb.weight"
@@ -61,11 +129,19 @@ def graph_items(fp32: bytes) -> int:
     return int(emb.dims[0])
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["quantize_dynamic", "shared_table"])
+@pytest.mark.parametrize("activations", ["static", "dynamic"])
+@pytest.mark.parametrize("shared", [False, True], ids=["own_table", "shared_table"])
 def test_int8_encoder_and_item_matrix_keep_the_top10(
-    fp32_and_int8: tuple[bytes, bytes], teacher: SASRec, synthetic: Dataset, shared: bool
+    fp32_and_int8: tuple[bytes, bytes],
+    static_int8: bytes,
+    teacher: SASRec,
+    synthetic: Dataset,
+    shared: bool,
+    activations: str,
 ) -> None:
     fp32, int8 = fp32_and_int8
+    if activations == "static":
+        int8 = static_int8
     inputs = synthetic.split.test.inputs(max_len=MAX_LEN)
     items = teacher.item_matrix().detach().numpy()
     if shared:  # what the bundle ships: the encoder looks items up in the int8 table
@@ -83,7 +159,7 @@ def test_int8_encoder_and_item_matrix_keep_the_top10(
 
 def test_options_change_what_is_quantized(fp32_and_int8: tuple[bytes, bytes]) -> None:
     fp32, int8 = fp32_and_int8
-    no_emb = quantize_onnx(fp32, QuantizeConfig(embeddings=False))
+    no_emb = quantize_onnx(fp32, QuantizeConfig(embeddings=False, activations="dynamic"))
     assert len(int8) < len(no_emb) < len(fp32)
 
 
@@ -115,7 +191,7 @@ def test_the_bundle_stores_the_tied_item_table_once(tmp_path: Path) -> None:
     )  # fmt: skip
     model = SASRec(config).eval()
     items = model.item_matrix().detach().numpy()
-    int8 = quantize_onnx(export_onnx(model))
+    int8 = quantize_onnx(export_onnx(model), DYNAMIC)
     served = share_item_table(int8, items, "int8")
     shipped = link_item_table(served)
     path = write(tmp_path / "b", shipped, served, items, "int8")
@@ -145,7 +221,7 @@ def test_shared_encoder_reads_the_bundle_items_exactly(
 ) -> None:
     fp32, int8 = fp32_and_int8
     if not embeddings:
-        int8 = quantize_onnx(fp32, QuantizeConfig(embeddings=False))
+        int8 = quantize_onnx(fp32, QuantizeConfig(embeddings=False, activations="dynamic"))
     items = teacher.item_matrix().detach().numpy()
     served = share_item_table(int8, items, encoding)  # type: ignore[arg-type]
     graph = onnx.load_from_string(served).graph
@@ -162,7 +238,9 @@ def test_shared_encoder_reads_the_bundle_items_exactly(
         assert (
             np.abs(
                 from_path
-                - onnx_encoder(quantize_onnx(fp32, QuantizeConfig(embeddings=False)))(inputs)
+                - onnx_encoder(
+                    quantize_onnx(fp32, QuantizeConfig(embeddings=False, activations="dynamic"))
+                )(inputs)
             ).max()
             < 0.05
         )
