@@ -46,7 +46,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from benchmarks.compress_measure import TimingInputs, fp32_stage, served_stage, timing_inputs
+from benchmarks.compress_measure import (
+    TIMING_ROUNDS,
+    StageTimer,
+    TimingInputs,
+    fp32_stage,
+    fp32_timer,
+    served_stage,
+    served_timer,
+    time_together,
+    timing_inputs,
+)
 from benchmarks.compress_report import (
     Ranks,
     aggregate,
@@ -248,6 +258,10 @@ MEASUREMENT_NOTE = (
     "seen items removed). model bytes: unpacked files each stage needs to answer. enc µs: "
     "onnxruntime encoder, 1 thread, 32 test histories padded to max_len (b32: per row); e2e "
     "µs: encode + score every item + top 10 with the service's scorer, 1 thread, same inputs. "
+    "Times: every stage timed in turn at the end of the run on one pinned core, "
+    f"{TIMING_ROUNDS} rounds (the last seed's models and bundle, the teacher among them), "
+    "the median of the rounds; the per-seed "
+    "times under `runs` are context. "
     "encoder MFLOP: matrix products of one request at max_len, item table excluded."
 )
 
@@ -303,11 +317,17 @@ def build_results(
     seeds: list[int],
     teacher_reused: dict[str, Any] | None,
     provenance: dict[str, Any],
+    together: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """`together` (from `time_together`) replaces each stage's per-seed timing medians."""
     report = reports[0]
     served_name = str(report["served_stage"])
     fp32_name = served_name.removesuffix("+int8")
     stages = aggregate(runs, ranks)
+    for row in stages:
+        if together and row["name"] in together:
+            row.update(together[row["name"]])
+            row["timed"] = "together"
     applies = data_sha256 == BEAUTY_SHA256
     pipeline = {k: v for k, v in report.get("recipe", {}).items() if k != "config"}
     return {
@@ -373,9 +393,12 @@ def run_seed(
     cached: TeacherTopK | None,
     *,
     with_teacher: bool,
-) -> tuple[list[dict[str, Any]], dict[str, npt.NDArray[np.int64]], dict[str, Any]]:
+) -> tuple[
+    list[dict[str, Any]], dict[str, npt.NDArray[np.int64]], dict[str, Any], dict[str, StageTimer]
+]:
     """The student side for one seed (distil, prune, quantize) and the cross-entropy baseline,
-    every stage measured: (records, ranks by stage, run_compress's report)."""
+    every stage measured: (records, ranks by stage, run_compress's report, and what each stage
+    runs to answer, teacher included, for `time_together`)."""
     result = run_compress(config, prep=prep, trained_teacher=teacher, cached=cached)
     report = result.report
     test = prep.split.test
@@ -384,6 +407,7 @@ def run_seed(
     latency = {s["stage"]: s.get("latency", {}) for s in report["stages"]}
     fits = _fits(report)
     records, ranks = [], {}
+    timers = {name: fp32_timer(m, result.fp32_onnx[name]) for name, m in result.models.items()}
     for name, model in result.models.items():
         if name == "teacher" and not with_teacher:
             continue
@@ -401,9 +425,11 @@ def run_seed(
     # of 256): what the service's 7-bit users and micro-batches change is the difference.
     rec["pipeline_ndcg@10"] = report["stages"][-1]["metrics"]["ndcg@10"]
     records.append({**rec, "train_seconds": report["timings_s"].get("quantize")})
+    timers[served] = served_timer(result.bundle_dir)
     records.append(_ce_baseline(config, prep, timing, ks))
     ranks["ce_baseline"] = records[-1].pop("ranks")
-    return records, ranks, report
+    timers["ce_baseline"] = records[-1].pop("timer")
+    return records, ranks, report, timers
 
 
 def _fits(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -435,7 +461,8 @@ def _ce_baseline(
     rec = fp32_stage("ce_baseline", model, onnx_model, ranks, timing, seed=config.seed, ks=ks,
                      torch_latency={f"torch_{k}": v for k, v in torch_lat.items()})  # fmt: skip
     return {**rec, "train_seconds": round(seconds, 2), "val_ndcg@10": fit.best_ndcg,
-            "best_epoch": fit.best_epoch, "ranks": ranks}  # fmt: skip
+            "best_epoch": fit.best_epoch, "ranks": ranks,
+            "timer": fp32_timer(model, onnx_model)}  # fmt: skip
 
 
 # --- the teacher ---------------------------------------------------------------------------------
@@ -540,20 +567,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[list[dict[str, Any]]] = []
     reports: list[dict[str, Any]] = []
     ranks: Ranks = {}
+    timers: dict[str, StageTimer] = {}
     for i, seed in enumerate(seeds):
         _log(f"student side, seed {seed} ({i + 1} of {len(seeds)})")
         seed_config = dataclasses.replace(config, seed=seed, version=f"{config.version}-s{seed}")
-        records, seed_ranks, report = run_seed(seed_config, prep, teacher, cached,
-                                               with_teacher=i == 0)  # fmt: skip
+        records, seed_ranks, report, timers = run_seed(seed_config, prep, teacher, cached,
+                                                       with_teacher=i == 0)  # fmt: skip
         runs.append(records)
         reports.append(report)
         for stage, r in seed_ranks.items():
             ranks.setdefault(stage, {})[seed] = r
+    _log(f"timing every stage together ({TIMING_ROUNDS} rounds, the last seed's models)")
+    timing = timing_inputs(prep.split.test, config.max_len, config.latency_budget_s)
+    together = time_together(timers, timing)
     wall = time.perf_counter() - t_start
     results = build_results(
         runs, ranks, reports, dataset=dataset, data_path=data_path, data_sha256=data_sha256,
         command=command, recipe_name=args.recipe, wall_seconds=wall, config=config,
-        seeds=seeds, teacher_reused=reused, provenance=provenance,
+        seeds=seeds, teacher_reused=reused, provenance=provenance, together=together,
     )  # fmt: skip
     _write(results, ranks, args.out, dataset, plot=not args.no_plot)
     _log(f"wall time {duration(wall)}; targets "

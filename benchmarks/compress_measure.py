@@ -22,11 +22,17 @@ One record per stage and seed (`StageRecord` as a dict), with
                        for the served stage (`stats.MISS` when absent).
 
 `torch_us_*` (the PyTorch forward, every position) are context, never in a target.
+
+Per-seed times are context too: a stage timed minutes after another ran under other load.
+The figures of the report come from `time_together`: at the end of the run every stage is
+timed in turn, over several rounds (teacher, student, ..., served, then again), and each
+stage keeps the median of its rounds, so every ratio compares times taken side by side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +59,63 @@ I64 = npt.NDArray[np.int64]
 # What a served bundle needs to answer; the rest of its files are metadata.
 SERVED_FILES = (bundle.MODEL_FILE, bundle.ITEMS_FILE, bundle.SCALES_FILE)
 E2E_K = 10  # a whole answer is the top 10
+TIMING_ROUNDS = 7
+TIMED = ("encoder_us_b1", "encoder_us_b32", "e2e_us_b1", "e2e_us_b32")
+
+
+@dataclass
+class StageTimer:
+    """What a stage runs to answer: its encoder and its catalog scorer."""
+
+    encode: Callable[[I64], npt.NDArray[np.float32]]
+    scorer: Scorer
+
+
+def fp32_timer(model: SASRec, onnx_model: bytes) -> StageTimer:
+    """An fp32 stage as it would be served: fp32 ONNX encoder, fp32 item table."""
+    scorer = Scorer(item_array(model), None, precision="fp32", threads=1)
+    return StageTimer(onnx_encoder(onnx_model, threads=1), scorer)
+
+
+def served_timer(bundle_dir: Path) -> StageTimer:
+    """The served bundle exactly as the service loads it."""
+    loaded = load_model(bundle_dir, service_model_options())
+    return StageTimer(loaded.encode, loaded.scorer)
+
+
+def _times(timer: StageTimer, timing: TimingInputs) -> dict[str, float]:
+    encoder = measure_latency(timer.encode, timing.inputs, budget_s=timing.budget_s)
+    e2e = measure_e2e(
+        timer.encode, timer.scorer, timing.inputs, timing.banned, k=E2E_K,
+        budget_s=timing.budget_s,
+    )  # fmt: skip
+    return {
+        "encoder_us_b1": encoder["latency_us_b1"],
+        "encoder_us_b32": encoder["latency_us_per_row_b32"],
+        **e2e,
+    }
+
+
+def time_together(
+    timers: dict[str, StageTimer], timing: TimingInputs, *, rounds: int = TIMING_ROUNDS
+) -> dict[str, dict[str, Any]]:
+    """Every stage's `TIMED` figures, the stages timed in turn `rounds` times over; each
+    figure is the median of its rounds (and `<figure>_rounds` keeps them all). The process is
+    pinned to one core meanwhile (the last it may use), then unpinned."""
+    seen: dict[str, list[dict[str, float]]] = {name: [] for name in timers}
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(allowed)})
+    try:
+        for _ in range(rounds):
+            for name, timer in timers.items():
+                seen[name].append(_times(timer, timing))
+    finally:
+        os.sched_setaffinity(0, allowed)
+    out: dict[str, dict[str, Any]] = {}
+    for name, rows in seen.items():
+        out[name] = {key: float(np.median([r[key] for r in rows])) for key in TIMED}
+        out[name].update({f"{key}_rounds": [r[key] for r in rows] for key in TIMED})
+    return out
 
 
 @dataclass

@@ -23,6 +23,7 @@ from benchmarks.compress import (
     parse_sets,
     pruning_summary,
 )
+from benchmarks.compress_measure import TIMED, TIMING_ROUNDS
 from benchmarks.compress_report import (
     TARGET_QUANT_LOSS,
     evaluate_targets,
@@ -360,3 +361,16 @@ def test_a_rerun_replaces_the_previous_work_of_every_seed(tmp_path: Path) -> Non
     (tmp_path / "other.txt").write_text("kept")
     _clear_previous(tmp_path, "bench-demo")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt", "teacher-seed0.pt"]
+
+
+def test_every_stage_is_timed_together_at_the_end(bench: dict[str, Any]) -> None:
+    """The reported times are the medians of rounds in which every stage ran in turn; the
+    per-seed times stay under `runs` as context."""
+    for s in bench["json"]["stages"]:
+        assert s["timed"] == "together"
+        for key in TIMED:
+            rounds = s[f"{key}_rounds"]
+            assert len(rounds) == TIMING_ROUNDS and all(v > 0 for v in rounds)
+            assert s[key] == pytest.approx(float(np.median(rounds)))
+    teacher = _by(bench["json"])["teacher"]
+    assert teacher["e2e_us_b1"] >= teacher["encoder_us_b1"]  # a whole answer includes encoding

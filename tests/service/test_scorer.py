@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bundle import decode_items, encode_items
-from service.scorer import EXACT_F32_DIM, GROUP, Scorer
+from service.scorer import EXACT_F32_DIM, FUSED_MIN_BATCH, GROUP, Scorer
 
 
 def catalog(rows: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,18 +45,19 @@ def test_fp32_top_k_is_the_exact_top_k(rows, k):
         assert np.all(np.diff(scores[row][finite]) <= 0)  # best first
 
 
-def test_int8_top_k_is_exact_on_its_own_scores_and_matches_score():
+@pytest.mark.parametrize("n_users", [4, FUSED_MIN_BATCH + 3], ids=["small_batch", "fused_batch"])
+def test_int8_top_k_is_exact_on_its_own_scores_and_matches_score(n_users):
     q, scales, _ = catalog(3000, 16, seed=1)
     scorer = Scorer(q, scales)
     assert scorer.precision == "int8"
     rng = np.random.default_rng(2)
-    users = rng.standard_normal((4, 16)).astype(np.float32)
-    banned = [rng.integers(1, 3000, size=5) for _ in range(4)]
+    users = rng.standard_normal((n_users, 16)).astype(np.float32)
+    banned = [rng.integers(1, 3000, size=5) for _ in range(n_users)]
     idx, scores = scorer.top_k(users, banned, 50)
     every_row = np.arange(3000)
     own = np.stack([scorer.score(u, every_row) for u in users])  # the same int8 arithmetic
     expected = exact_top_k(own, banned, 50)
-    for row in range(4):
+    for row in range(n_users):
         assert set(idx[row].tolist()) == set(expected[row].tolist())
         # reranking a row's items gives bit-identical scores to the full-catalog path
         np.testing.assert_array_equal(scorer.score(users[row], idx[row]), scores[row])
@@ -87,13 +88,18 @@ def test_int8_scores_stay_close_to_fp32_and_agree_on_the_top_10():
 
 
 def test_a_user_s_answer_does_not_depend_on_the_rest_of_the_batch():
+    """Alone, in a small batch and in a large one (the fused graph): the same answer."""
     q, scales, _ = catalog(5000, 32, seed=5)
     scorer = Scorer(q, scales)
     rng = np.random.default_rng(6)
-    users = rng.standard_normal((9, 32)).astype(np.float32)
-    banned = [rng.integers(1, 5000, size=int(n)) for n in rng.integers(0, 20, size=9)]
+    n = 2 * FUSED_MIN_BATCH
+    users = rng.standard_normal((n, 32)).astype(np.float32)
+    banned = [rng.integers(1, 5000, size=int(b)) for b in rng.integers(0, 20, size=n)]
     idx, scores = scorer.top_k(users, banned, 10)
-    for row in range(9):
+    small_idx, small_scores = scorer.top_k(users[:3], banned[:3], 10)
+    np.testing.assert_array_equal(small_idx, idx[:3])
+    np.testing.assert_array_equal(small_scores, scores[:3])
+    for row in range(n):
         one_idx, one_scores = scorer.top_k(users[row : row + 1], [banned[row]], 10)
         np.testing.assert_array_equal(one_idx[0], idx[row])
         np.testing.assert_array_equal(one_scores[0], scores[row])
