@@ -10,7 +10,8 @@ DEMO_BUNDLE := $(DEMO_DIR)/demo.tar.gz
 
 export HOST PORT
 
-.PHONY: help venv demo serve test lint format clean bench-compress bench-serve bench-swap
+.PHONY: help venv demo serve test lint format clean bench-compress bench-serve bench-swap \
+	bench-scoring bench-int8-activations
 
 help:
 	@echo "make serve   build the demo bundle if needed and serve on $$HOST:$$PORT (default 0.0.0.0:8000)"
@@ -18,6 +19,8 @@ help:
 	@echo "make bench-compress DATA=../shared/data/amazon-beauty.txt   compression benchmark (long)"
 	@echo "make bench-serve [DATA=...] [SERVE_ARGS='--bundle DIR']        serving benchmark (~16 min)"
 	@echo "make bench-swap [DATA=...] [SWAP_ARGS='--cycles 100']          swap / fault benchmark (~10 min)"
+	@echo "make bench-scoring                                              int8 rows vs pq4 codes, top 10 (~1 min)"
+	@echo "make bench-int8-activations                                     static vs dynamic INT8 encoder (~1 min)"
 
 # The environment: serving deps + the offline pipeline (CPU torch, pinned) + dev and bench tools.
 $(VENV)/.installed: pyproject.toml
@@ -62,6 +65,10 @@ BENCH_ARGS ?=
 
 bench-compress: venv
 	$(PY) -m benchmarks.compress --data $(DATA) $(BENCH_ARGS)
+
+# Full-catalog top 10 from int8 rows vs from 4-bit PQ codes (the service's scorers), pinned.
+bench-scoring: venv
+	taskset -c 1 $(PY) -m benchmarks.scoring --out benchmarks/results/scoring.json
 
 # Static vs dynamic INT8 activations of the served encoder (speed, batch independence), pinned.
 bench-int8-activations: venv

@@ -53,7 +53,7 @@ from models.evaluate import item_array, measure_latency, metrics_from_ranks, onn
 from models.sasrec import SASRec, encoder_flops, encoder_params
 from models.split import EvalSet
 from service.registry import load_model
-from service.scorer import Scorer
+from service.scorer import CatalogScorer, Scorer
 
 I64 = npt.NDArray[np.int64]
 # What a served bundle needs to answer; the rest of its files are metadata.
@@ -68,7 +68,7 @@ class StageTimer:
     """What a stage runs to answer: its encoder and its catalog scorer."""
 
     encode: Callable[[I64], npt.NDArray[np.float32]]
-    scorer: Scorer
+    scorer: CatalogScorer
 
 
 def fp32_timer(model: SASRec, onnx_model: bytes) -> StageTimer:

@@ -31,7 +31,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from service.registry import load_model
 from service.runner import LoadedModel, ModelOptions, RecRequest
 from service.schemas import RecommendRequest
-from service.scorer import Scorer
+from service.scorer import CatalogScorer
 from service.settings import Settings
 
 I64 = npt.NDArray[np.int64]
@@ -135,7 +135,7 @@ def ranks_from_answers(answers: Sequence[Sequence[str]], targets: Sequence[str])
 
 def measure_e2e(
     encode: Callable[[I64], F32],
-    scorer: Scorer,
+    scorer: CatalogScorer,
     inputs: I64,
     banned: Sequence[Sequence[int]],
     *,

@@ -9,6 +9,8 @@ A bundle is a flat directory (or the same files in a .tar.gz for upload):
                       data, so the tied item matrix is stored once: see `npy_data_offset`)
     items.npy         item scoring matrix, row i = item index i (row 0 = padding), int8/fp16/fp32
     item_scales.npy   float32 per-row scales when items.npy is int8 (score = (u . q_i) * scale_i)
+    codebooks.npy     pq4 only: float32 (M, K, dim / M) centroids; items.npy then holds each
+                      item's M 4-bit codes, two per byte (see `bundle.pq`)
     vocab.json        external item IDs in index order; entry 0 is "" (padding)
     popularity.npy    interaction counts per index (int32, or int64 if needed), cold-start fallback
     manifest.json     see `bundle.manifest.Manifest`
@@ -17,6 +19,7 @@ A bundle is a flat directory (or the same files in a .tar.gz for upload):
 from bundle.archive import extract_archive, pack_bundle
 from bundle.errors import BundleError
 from bundle.io import (
+    CODEBOOKS_FILE,
     ITEMS_FILE,
     MODEL_FILE,
     SCALES_FILE,
@@ -28,8 +31,10 @@ from bundle.io import (
 )
 from bundle.items import decode_items, encode_items
 from bundle.manifest import FORMAT_VERSION, FileInfo, Golden, Manifest
+from bundle.pq import PQTable
 
 __all__ = [
+    "CODEBOOKS_FILE",
     "FORMAT_VERSION",
     "ITEMS_FILE",
     "MODEL_FILE",
@@ -39,6 +44,7 @@ __all__ = [
     "FileInfo",
     "Golden",
     "Manifest",
+    "PQTable",
     "decode_items",
     "encode_items",
     "extract_archive",

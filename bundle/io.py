@@ -17,10 +17,12 @@ from pydantic import ValidationError
 from bundle.errors import BundleError
 from bundle.items import encode_items
 from bundle.manifest import FileInfo, Golden, ItemEncoding, Manifest
+from bundle.pq import PQTable
 
 MODEL_FILE = "model.onnx"
 ITEMS_FILE = "items.npy"
 SCALES_FILE = "item_scales.npy"
+CODEBOOKS_FILE = "codebooks.npy"  # pq4 only: items.npy then holds the packed codes
 VOCAB_FILE = "vocab.json"
 POPULARITY_FILE = "popularity.npy"
 MANIFEST_FILE = "manifest.json"
@@ -34,10 +36,18 @@ class Bundle:
 
     path: Path
     manifest: Manifest
-    items: npt.NDArray[np.generic]  # (n_items + 1, dim), int8 / fp16 / fp32
+    items: npt.NDArray[np.generic]  # (n_items + 1, dim) int8 / fp16 / fp32; pq4: packed codes
     item_scales: npt.NDArray[np.float32] | None  # (n_items + 1,) when items is int8
     vocab: list[str]  # index -> external ID; vocab[0] == ""
     popularity: npt.NDArray[np.int64]  # (n_items + 1,)
+    codebooks: npt.NDArray[np.float32] | None = None  # pq4: (M, K, dim / M)
+
+    @property
+    def pq(self) -> PQTable | None:
+        """The product-quantized item table of a pq4 bundle."""
+        if self.codebooks is None:
+            return None
+        return PQTable(self.items.astype(np.uint8, copy=False), self.codebooks)
 
     @property
     def model_path(self) -> Path:
@@ -97,7 +107,7 @@ def write_bundle(
     *,
     model_version: str,
     onnx_model: bytes,
-    item_matrix: npt.NDArray[np.floating],
+    item_matrix: npt.NDArray[np.floating] | PQTable,
     vocab: Sequence[str],
     popularity: npt.NDArray[np.integer],
     max_len: int,
@@ -119,9 +129,18 @@ def write_bundle(
     `item_scales.npy`) as ONNX external data, at offset `npy_data_offset(stored)`, where
     `stored, scales = encode_items(item_matrix, item_encoding)`: the files written here hold
     exactly those arrays, so the encoder's item embedding and the scoring matrix are one copy.
+
+    A `PQTable` (item_encoding "pq4") is stored as its packed codes (`items.npy`) and
+    codebooks (`codebooks.npy`); the encoder may read both the same way.
     """
     vocab = list(vocab)
-    n_rows, dim = item_matrix.shape
+    if isinstance(item_matrix, PQTable) != (item_encoding == "pq4"):
+        raise BundleError('item_encoding "pq4" goes with a PQTable item table, and only with one')
+    n_rows, dim = (
+        (item_matrix.rows, item_matrix.dim)
+        if isinstance(item_matrix, PQTable)
+        else item_matrix.shape
+    )
     if vocab[0] != PAD_ID:
         raise BundleError("vocab[0] must be the padding entry ''")
     if len(vocab) != n_rows or len(popularity) != n_rows:
@@ -134,10 +153,15 @@ def write_bundle(
         raise BundleError(f"{out_dir} already holds a bundle")
 
     (out_dir / MODEL_FILE).write_bytes(onnx_model)
-    stored, scales = encode_items(item_matrix, item_encoding)
-    _save_npy(out_dir / ITEMS_FILE, stored)
-    if scales is not None:
-        _save_npy(out_dir / SCALES_FILE, scales)
+    if isinstance(item_matrix, PQTable):
+        item_matrix.check()
+        _save_npy(out_dir / ITEMS_FILE, item_matrix.packed)
+        _save_npy(out_dir / CODEBOOKS_FILE, item_matrix.codebooks)
+    else:
+        stored, scales = encode_items(item_matrix, item_encoding)
+        _save_npy(out_dir / ITEMS_FILE, stored)
+        if scales is not None:
+            _save_npy(out_dir / SCALES_FILE, scales)
     # Compact JSON: on a 54k-item catalog the separators alone would be 100 KB.
     (out_dir / VOCAB_FILE).write_text(
         json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8"
@@ -246,6 +270,8 @@ def read_bundle(path: Path) -> Bundle:
     required = {MODEL_FILE, ITEMS_FILE, VOCAB_FILE, POPULARITY_FILE}
     if manifest.item_encoding == "int8":
         required.add(SCALES_FILE)
+    if manifest.item_encoding == "pq4":
+        required.add(CODEBOOKS_FILE)
     for name in manifest.files:
         if name in ("", ".", "..", MANIFEST_FILE) or "/" in name or "\\" in name:
             raise BundleError(f"manifest lists {name!r}; bundle files are plain file names")
@@ -267,15 +293,18 @@ def read_bundle(path: Path) -> Bundle:
 
     rows = manifest.n_items + 1
     items = _load_npy(path / ITEMS_FILE)
-    expected_dtype = {"int8": np.int8, "fp16": np.float16, "fp32": np.float32}[
-        manifest.item_encoding
-    ]
-    if items.dtype != expected_dtype or items.shape != (rows, manifest.dim):
+    codebooks = None
+    if manifest.item_encoding == "pq4":
+        codebooks = _read_pq(path, manifest, items)
+    elif items.dtype != _ITEM_DTYPES[manifest.item_encoding] or items.shape != (
+        rows,
+        manifest.dim,
+    ):
         raise BundleError(
             f"{ITEMS_FILE} is {items.dtype} {items.shape}, manifest says "
             f"{manifest.item_encoding} ({rows}, {manifest.dim})"
         )
-    if items.dtype != np.int8 and not np.isfinite(items).all():
+    if items.dtype.kind == "f" and not np.isfinite(items).all():
         raise BundleError(f"{ITEMS_FILE} contains NaN or Inf")
     scales = None
     if manifest.item_encoding == "int8":
@@ -344,7 +373,24 @@ def read_bundle(path: Path) -> Bundle:
         item_scales=scales,
         vocab=vocab,
         popularity=popularity.astype(np.int64),
+        codebooks=codebooks,
     )
+
+
+_ITEM_DTYPES = {"int8": np.int8, "fp16": np.float16, "fp32": np.float32}
+
+
+def _read_pq(path: Path, manifest: Manifest, packed: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """The codebooks of a pq4 bundle, checked against its packed codes and the manifest."""
+    codebooks = _load_npy(path / CODEBOOKS_FILE)
+    table = PQTable(packed, codebooks)
+    table.check(codes_file=ITEMS_FILE, codebooks_file=CODEBOOKS_FILE)
+    if table.rows != manifest.n_items + 1 or table.dim != manifest.dim:
+        raise BundleError(
+            f"{ITEMS_FILE} and {CODEBOOKS_FILE} make a ({table.rows}, {table.dim}) item table, "
+            f"manifest says ({manifest.n_items + 1}, {manifest.dim})"
+        )
+    return table.codebooks
 
 
 def verify_golden(

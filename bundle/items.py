@@ -18,7 +18,11 @@ F32 = npt.NDArray[np.float32]
 def encode_items(
     matrix: npt.NDArray[np.floating], encoding: ItemEncoding
 ) -> tuple[npt.NDArray[np.generic], F32 | None]:
-    """Return (stored matrix, per-row scales or None) for `matrix` of shape (rows, dim)."""
+    """Return (stored matrix, per-row scales or None) for `matrix` of shape (rows, dim).
+
+    "pq4" tables are learned with the model, not encoded from a matrix: see `bundle.pq`."""
+    if encoding == "pq4":
+        raise ValueError("a pq4 item table is trained, not encoded: pass a bundle.pq.PQTable")
     m = np.asarray(matrix, dtype=np.float32)
     if m.ndim != 2:
         raise ValueError(f"item matrix must be 2-D, got shape {m.shape}")

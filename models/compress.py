@@ -36,11 +36,13 @@ import numpy.typing as npt
 import torch
 
 import bundle
+from bundle.pq import PQ_MAX_CENTROIDS, PQTable
 from models.distill import (
     DistillConfig,
     StudentInit,
     TeacherTopK,
     distill_student,
+    distillation_loss,
     kl_to_teacher,
     teacher_top_k,
 )
@@ -55,6 +57,7 @@ from models.evaluate import (
     torch_threads,
 )
 from models.export import check_parity, export_onnx
+from models.pq import decoded_copy, pq_table_of, train_pq, with_pq_items
 from models.prune import PruneConfig, prune_and_finetune
 from models.quantize import (
     Activations,
@@ -67,7 +70,7 @@ from models.quantize import (
 from models.readers import InteractionData, read_interactions
 from models.sasrec import SASRec, SASRecConfig, build_model
 from models.split import EvalSet, Split, leave_one_out, pad_left
-from models.train import FitResult, LrSchedule, TrainConfig, train_teacher
+from models.train import FitResult, LrSchedule, TrainConfig, fit, mm_dtype, train_teacher
 
 ACCEPTANCE_RATIO = 2.0  # served NDCG@10 must be at least this multiple of popularity's
 
@@ -131,7 +134,11 @@ class CompressConfig:
     quantize_embeddings: bool = True  # the encoder's item embedding reads items.npy (shared)
     quantize_activations: Activations = "static"  # see models.quantize
     calibration_users: int = 1024  # training histories the static scales are fitted on
-    item_encoding: Literal["int8", "fp16", "fp32"] = "int8"
+    item_encoding: Literal["int8", "fp16", "fp32", "pq4"] = "int8"
+    # pq4: M subspaces of 4-bit codes (M / 2 bytes per item), then this many epochs of
+    # distillation with the codes fixed and the codebooks (and the encoder) trained
+    pq_subspaces: int = 16
+    pq_finetune_epochs: int = 2
     n_golden: int = 4
     # evaluation
     ks: tuple[int, ...] = (10, 20)
@@ -537,10 +544,18 @@ def run_compress(
         }
         phase("prune_finetune", t0)
     fp32_name = "pruned" if pruning["ran"] else "student"
-    served_name = f"{fp32_name}+int8"
     stage_models = {"teacher": teacher, "student": student}
     if pruning["ran"]:
         stage_models["pruned"] = pruned
+    items: npt.NDArray[np.float32] | PQTable = item_array(pruned)
+    item_table: dict[str, Any] = {"encoding": c.item_encoding}
+    if c.item_encoding == "pq4":
+        t0 = time.perf_counter()
+        items, pq_model, item_table = _product_quantize(c, pruned, teacher, train_split, cached)
+        fp32_name = f"{fp32_name}+pq4"
+        stage_models[fp32_name] = pq_model
+        phase("pq", t0)
+    served_name = f"{fp32_name}+int8"
 
     t0 = time.perf_counter()
     _log(c, "exporting, quantizing and evaluating every stage")
@@ -591,14 +606,17 @@ def run_compress(
     # shipped model.onnx reads from items.npy (stored once). Off: the fp32 table stays inside.
     shipped_onnx = int8_onnx
     if c.quantize_embeddings:
-        int8_onnx = share_item_table(int8_onnx, item_array(pruned), c.item_encoding)
+        int8_onnx = share_item_table(int8_onnx, items, c.item_encoding)
         shipped_onnx = link_item_table(int8_onnx)
     phase("quantize", t0)
 
     # The served artifact: INT8 ONNX + the item matrix exactly as the bundle stores it.
     t0 = time.perf_counter()
-    stored, scales = bundle.encode_items(item_array(pruned), c.item_encoding)
-    served_items = bundle.decode_items(stored, scales)
+    if isinstance(items, PQTable):
+        served_items = items.decode()
+    else:
+        stored, scales = bundle.encode_items(items, c.item_encoding)
+        served_items = bundle.decode_items(stored, scales)
     served = onnx_encoder(int8_onnx)
     served_metrics = measure(served, served_items, served_name)
     golden_inputs = pad_left(split.valid.histories[: c.n_golden], c.max_len)
@@ -643,6 +661,7 @@ def run_compress(
             "item_encoding": c.item_encoding,
             "item_embedding": "shared with items.npy" if c.quantize_embeddings else "fp32",
         },
+        "item_table": item_table,
         "onnx_parity_max_abs_diff": parity,
         "golden_spread": golden_spread,
     }
@@ -652,7 +671,7 @@ def run_compress(
         bundle_dir,
         model_version=version,
         onnx_model=shipped_onnx,
-        item_matrix=item_array(pruned),
+        item_matrix=items,
         vocab=data.vocab,
         popularity=data.popularity(),
         max_len=c.max_len,
@@ -730,6 +749,50 @@ def run_compress(
         models=stage_models,
         fp32_onnx=fp32_onnx,
     )
+
+
+def _product_quantize(
+    c: CompressConfig,
+    model: SASRec,
+    teacher: SASRec,
+    split: Split,
+    cached: TeacherTopK | None,
+) -> tuple[PQTable, SASRec, dict[str, Any]]:
+    """4-bit PQ of `model`'s item table, fine-tuned by distillation with the codes fixed:
+    (the table, a plain model holding its decoded vectors, what was done)."""
+    if not c.quantize_embeddings:
+        raise ValueError(
+            "pq4 ships the encoder's item lookup from the codes: keep quantize_embeddings"
+        )
+    _log(c, f"product-quantizing the item table: {c.pq_subspaces} subspaces x 4 bits")
+    table = train_pq(item_array(model), m=c.pq_subspaces, seed=c.seed)
+    pq_model = with_pq_items(model, table)
+    info: dict[str, Any] = {
+        "encoding": "pq4",
+        "subspaces": c.pq_subspaces,
+        "centroids": PQ_MAX_CENTROIDS,
+        "bytes_per_item": c.pq_subspaces // 2,
+        "assignment": "k-means per subspace on the trained item vectors (codes then fixed)",
+        "finetune_epochs": c.pq_finetune_epochs,
+    }
+    if c.pq_finetune_epochs > 0:
+        loss_fn = distillation_loss(
+            teacher,
+            DistillConfig(temperature=c.temperature, alpha=c.alpha, top_k=c.distill_top_k),
+            mm_dtype=mm_dtype(c.train_config(c.pq_finetune_epochs)),
+            cached=cached,
+        )
+        result = fit(
+            pq_model,
+            train=split.train,
+            valid=split.valid,
+            config=c.train_config(c.pq_finetune_epochs, c.finetune_lr_schedule),
+            loss_fn=loss_fn,
+            desc="pq fine-tune",
+        )
+        info.update(finetune_best_epoch=result.best_epoch, finetune_val_ndcg10=result.best_ndcg)
+        table = pq_table_of(pq_model)
+    return table, decoded_copy(pq_model), info
 
 
 def _sample(eval_set: EvalSet, n: int, *, seed: int) -> EvalSet:

@@ -60,11 +60,17 @@ from onnxruntime.quantization import (
 
 import bundle
 from bundle.manifest import ItemEncoding
+from bundle.pq import PQTable
 
 # Initializer names of the shared tables; each maps to the bundle file that holds its bytes.
 ITEMS_INIT = "items"
 SCALES_INIT = "item_scales"
-LINKED_FILES = {ITEMS_INIT: bundle.ITEMS_FILE, SCALES_INIT: bundle.SCALES_FILE}
+CODEBOOKS_INIT = "item_codebooks"
+LINKED_FILES = {
+    ITEMS_INIT: bundle.ITEMS_FILE,
+    SCALES_INIT: bundle.SCALES_FILE,
+    CODEBOOKS_INIT: bundle.CODEBOOKS_FILE,
+}
 CALIBRATION_BATCH = 64  # rows per calibration call
 
 Activations = Literal["static", "dynamic"]
@@ -168,9 +174,10 @@ class ShareError(ValueError):
 
 
 def share_item_table(
-    model: bytes, item_matrix: npt.NDArray[np.floating], encoding: ItemEncoding
+    model: bytes, item_matrix: npt.NDArray[np.floating] | PQTable, encoding: ItemEncoding
 ) -> bytes:
-    """Make `model`'s item embedding read `bundle.encode_items(item_matrix, encoding)`.
+    """Make `model`'s item embedding read `bundle.encode_items(item_matrix, encoding)`, or,
+    for "pq4", the PQTable's packed codes and codebooks (`_pq_lookup`).
 
     The lookup replaced is the one Gather of a 2-D initializer by the graph input, together
     with the DequantizeLinear quantize_dynamic puts after it when it quantized the table (static
@@ -179,7 +186,11 @@ def share_item_table(
     """
     m = onnx.load_from_string(model)
     g = m.graph
-    stored, scales = bundle.encode_items(item_matrix, encoding)
+    if isinstance(item_matrix, PQTable):
+        shape: tuple[int, ...] = (item_matrix.rows, item_matrix.dim)
+    else:
+        stored, scales = bundle.encode_items(item_matrix, encoding)
+        shape = stored.shape
     inits = {i.name: i for i in g.initializer}
     if len(g.input) != 1:
         raise ShareError(f"expected one graph input, got {[i.name for i in g.input]}")
@@ -198,9 +209,9 @@ def share_item_table(
     if any(a.name == "axis" and a.i != 0 for a in gather.attribute):
         raise ShareError("the item-embedding Gather must gather rows (axis 0)")
     table = inits[gather.input[0]]
-    if tuple(table.dims) != stored.shape:
-        raise ShareError(f"the encoder's item table is {tuple(table.dims)}, items {stored.shape}")
-    if any(name in inits for name in (ITEMS_INIT, SCALES_INIT)):
+    if tuple(table.dims) != shape:
+        raise ShareError(f"the encoder's item table is {tuple(table.dims)}, items {shape}")
+    if any(name in inits for name in (ITEMS_INIT, SCALES_INIT, CODEBOOKS_INIT)):
         raise ShareError("the encoder already has shared item tables")
     replaced = [gather]
     out = gather.output[0]
@@ -212,6 +223,28 @@ def share_item_table(
         raise ShareError("the item table is quantized, but not by a DequantizeLinear after it")
 
     p = "shared_items/"
+    if isinstance(item_matrix, PQTable):
+        nodes, new_inits = _pq_lookup(item_matrix, seq, p)
+    else:
+        nodes, new_inits = _row_lookup(stored, scales, seq, p)
+    nodes[-1].output[0] = out  # the last new node produces what the old lookup produced
+    position = list(g.node).index(gather)
+    kept = [n for n in g.node if n not in replaced]
+    del g.node[:]
+    g.node.extend(kept[:position] + nodes + kept[position:])
+    g.initializer.extend(new_inits)
+    # The displaced table (and its quantization scale / zero point) is now unused: drop it.
+    displaced = {name for n in replaced for name in n.input if name in inits}
+    _drop_initializers(g, displaced - {name for n in g.node for name in n.input})
+    onnx.checker.check_model(m)
+    out_bytes: bytes = m.SerializeToString()
+    return out_bytes
+
+
+def _row_lookup(
+    stored: npt.NDArray[np.generic], scales: npt.NDArray[np.float32] | None, seq: str, p: str
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Gather rows of the stored matrix, to float, times their scales (int8)."""
     nodes = [helper.make_node("Gather", [ITEMS_INIT, seq], [p + "rows"], name=p + "Gather")]
     rows = p + "rows"
     if stored.dtype != np.float32:
@@ -233,18 +266,45 @@ def share_item_table(
             _little_endian_tensor(scales, SCALES_INIT),
             numpy_helper.from_array(np.array([-1], dtype=np.int64), p + "axis"),
         ]
-    nodes[-1].output[0] = out  # the last new node produces what the old lookup produced
-    position = list(g.node).index(gather)
-    kept = [n for n in g.node if n not in replaced]
-    del g.node[:]
-    g.node.extend(kept[:position] + nodes + kept[position:])
-    g.initializer.extend(new_inits)
-    # The displaced table (and its quantization scale / zero point) is now unused: drop it.
-    displaced = {name for n in replaced for name in n.input if name in inits}
-    _drop_initializers(g, displaced - {name for n in g.node for name in n.input})
-    onnx.checker.check_model(m)
-    out_bytes: bytes = m.SerializeToString()
-    return out_bytes
+    return nodes, new_inits
+
+
+def _pq_lookup(table: PQTable, seq: str, p: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Each position's item vector from its 4-bit codes: gather the packed bytes (B, T, M/2),
+    split each byte into its low and high code (B, T, M), offset code m by m * K into the
+    flattened codebooks (M * K, dim / M), gather the centroids and lay them side by side."""
+    m, k, sub = table.codebooks.shape
+    consts = {
+        "sixteen": np.array(16, dtype=np.int64),
+        "last": np.array([-1], dtype=np.int64),
+        "codes_shape": np.array([0, 0, m], dtype=np.int64),
+        "offsets": (np.arange(m, dtype=np.int64) * k),
+        "vec_shape": np.array([0, 0, m * sub], dtype=np.int64),
+        "flat_shape": np.array([m * k, sub], dtype=np.int64),
+    }
+    node = helper.make_node
+    nodes = [
+        node("Gather", [ITEMS_INIT, seq], [p + "bytes"], name=p + "Gather"),
+        node("Cast", [p + "bytes"], [p + "bytes64"], to=TensorProto.INT64, name=p + "Cast"),
+        node("Mod", [p + "bytes64", p + "sixteen"], [p + "low"], name=p + "Low"),
+        node("Div", [p + "bytes64", p + "sixteen"], [p + "high"], name=p + "High"),
+        node("Unsqueeze", [p + "low", p + "last"], [p + "low4"], name=p + "UnsqueezeL"),
+        node("Unsqueeze", [p + "high", p + "last"], [p + "high4"], name=p + "UnsqueezeH"),
+        node("Concat", [p + "low4", p + "high4"], [p + "pairs"], axis=-1, name=p + "Pairs"),
+        node("Reshape", [p + "pairs", p + "codes_shape"], [p + "codes"], name=p + "Codes"),
+        node("Add", [p + "codes", p + "offsets"], [p + "centroid"], name=p + "Offsets"),
+        # the initializer keeps codebooks.npy's own (M, K, dim / M) shape, so external data
+        # reads the file unchanged; flattened here (constant-folded when the session loads)
+        node("Reshape", [CODEBOOKS_INIT, p + "flat_shape"], [p + "flat"], name=p + "Flat"),
+        node("Gather", [p + "flat", p + "centroid"], [p + "parts"], name=p + "Centroids"),
+        node("Reshape", [p + "parts", p + "vec_shape"], [p + "out"], name=p + "Vectors"),
+    ]
+    inits = [
+        _little_endian_tensor(table.packed, ITEMS_INIT),
+        _little_endian_tensor(table.codebooks, CODEBOOKS_INIT),
+        *(numpy_helper.from_array(v, p + name) for name, v in consts.items()),
+    ]
+    return nodes, inits
 
 
 def link_item_table(model: bytes) -> bytes:

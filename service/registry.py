@@ -79,6 +79,7 @@ from bundle import (
 from bundle.manifest import VERSION_PATTERN
 from service.ann import build_for_catalog
 from service.canary import Serving
+from service.code_scorer import CodeScorer
 from service.encoder import OnnxEncoder
 from service.errors import (
     AdminBusy,
@@ -92,7 +93,7 @@ from service.errors import (
 from service.fleet import Event, Fleet, LocalFleet
 from service.gates import GateConfig, check_gates
 from service.runner import LoadedModel, ModelOptions
-from service.scorer import Scorer
+from service.scorer import CatalogScorer, Scorer
 from service.store import ActiveState, ItemMatrix, Store
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,25 @@ def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
         raise BundleError(
             f"encoder returns {single.shape} for a batch of one, expected (1, {m.dim})"
         )
-    ann = build_for_catalog(
-        bundle.items, bundle.item_scales, min_items=options.ann_min_items, config=options.ann
-    )
+    pq = bundle.pq
+    # A pq4 table is scanned from its codes at any catalog size (service.code_scorer).
+    ann = None
+    if pq is None:
+        ann = build_for_catalog(
+            bundle.items, bundle.item_scales, min_items=options.ann_min_items, config=options.ann
+        )
     try:
+        scorer: CatalogScorer = (
+            CodeScorer(pq)
+            if pq is not None
+            else Scorer(
+                bundle.items,
+                bundle.item_scales,
+                precision=options.scoring_precision,
+                threads=options.intra_op_threads,
+                catalog_top_k=ann is None,
+            )
+        )
         model = LoadedModel(
             manifest=m,
             encoder=encoder,
@@ -142,13 +158,7 @@ def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
             scales=bundle.item_scales,
             vocab=bundle.vocab,
             popularity=bundle.popularity,
-            scorer=Scorer(
-                bundle.items,
-                bundle.item_scales,
-                precision=options.scoring_precision,
-                threads=options.intra_op_threads,
-                catalog_top_k=ann is None,
-            ),
+            scorer=scorer,
             ann=ann,
         )
     except ValueError as e:
@@ -676,7 +686,11 @@ class Registry:
         return model
 
     def _publish_items(self, model: LoadedModel) -> None:
-        """Cache the item matrix in the store (best effort: serving never depends on it)."""
+        """Cache the item matrix in the store (best effort: serving never depends on it).
+        The store holds dense matrices (rows x dim, with scales); a pq4 table's codes are
+        not one, so pq4 versions are not cached."""
+        if model.manifest.item_encoding == "pq4":
+            return
         try:
             if not self._store.has_items(model.version):
                 self._store.put_items(model.version, ItemMatrix(model.items, model.scales))

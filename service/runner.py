@@ -36,7 +36,7 @@ import numpy.typing as npt
 from bundle import Manifest
 from service.ann import AnnConfig, AnnIndex
 from service.encoder import Encoder
-from service.scorer import Precision, Scorer
+from service.scorer import CatalogScorer, Precision, Scorer
 from service.settings import Settings
 
 I64 = npt.NDArray[np.int64]
@@ -117,11 +117,14 @@ class LoadedModel:
         scales: F32 | None,
         vocab: Sequence[str],
         popularity: I64,
-        scorer: Scorer | None = None,
+        scorer: CatalogScorer | None = None,
         ann: AnnIndex | None = None,
     ) -> None:
+        """`items` is the bundle's `items.npy` as loaded: dense rows, or a pq4 table's packed
+        codes (whose `scorer` reads them)."""
         rows = manifest.n_items + 1
-        if items.shape != (rows, manifest.dim) or len(vocab) != rows or popularity.shape != (rows,):
+        width = manifest.dim if manifest.item_encoding != "pq4" else items.shape[-1]
+        if items.shape != (rows, width) or len(vocab) != rows or popularity.shape != (rows,):
             raise ValueError(
                 f"item matrix {items.shape}, vocab {len(vocab)} and popularity {popularity.shape} "
                 f"do not match n_items + 1 = {rows}, dim = {manifest.dim}"
@@ -138,9 +141,9 @@ class LoadedModel:
         # dict(zip()) builds the index about 3x faster than a dict comprehension.
         self._index = dict(zip(self._vocab[1:], range(1, rows), strict=True))
         self._popularity = popularity
-        self._scorer = scorer or Scorer(items, scales)
+        self._scorer: CatalogScorer = scorer or Scorer(items, scales)
         # Full-catalog top-k: the ANN index for large catalogs, else exact scoring.
-        self._full: Scorer | AnnIndex = ann or self._scorer
+        self._full: CatalogScorer | AnnIndex = ann or self._scorer
         self.approximate = ann is not None
         # Most popular first; index 0 (padding) never appears. Stable: ties keep vocab order.
         order = np.argsort(-popularity[1:], kind="stable") + 1
@@ -164,7 +167,7 @@ class LoadedModel:
         return self._scales
 
     @property
-    def scorer(self) -> Scorer:
+    def scorer(self) -> CatalogScorer:
         """The exact catalog scorer (reranks; full-catalog answers unless an ANN serves them)."""
         return self._scorer
 

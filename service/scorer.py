@@ -27,7 +27,7 @@ products with zero point 128); 127 * 127 * 2 fits. Its s8 x s8 kernel is exact b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,20 @@ EXACT_F32_DIM = 2**24 // (128 * 63)
 
 Precision = Literal["int8", "fp32"]
 Rows = Sequence[int] | npt.NDArray[np.integer]  # catalog row indices
+
+
+class CatalogScorer(Protocol):
+    """What the request path needs from a catalog scorer: `Scorer` (dense rows) or
+    `service.code_scorer.CodeScorer` (product-quantized codes)."""
+
+    rows: int
+    dim: int
+
+    def top_k(self, users: F32, banned: Sequence[Rows], k: int) -> tuple[I64, F32]: ...
+
+    def score(self, user: F32, rows: I64) -> F32: ...
+
+    def score_sets(self, users: F32, row_sets: Sequence[I64]) -> list[F32]: ...
 
 
 class Scorer:

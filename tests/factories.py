@@ -33,7 +33,7 @@ import onnxruntime as ort
 import redis
 from onnx import TensorProto, helper, numpy_helper
 
-from bundle import pack_bundle, write_bundle
+from bundle import PQTable, pack_bundle, write_bundle
 from bundle.io import sha256_file
 from service.runner import RecRequest
 
@@ -199,11 +199,14 @@ def make_bundle_dir(out_dir: Path, spec: BundleSpec | None = None, **overrides: 
         shipped = link_item_table(model)
     rng = np.random.default_rng(spec.seed + 1)
     inputs = golden_inputs(rng, n=spec.n_golden, n_items=spec.n_items, max_len=spec.max_len)
+    items: np.ndarray | PQTable = p["E"]
+    if spec.item_encoding == "pq4":
+        items = pq_table(p["E"], m=max(2, spec.dim // 2))
     write_bundle(
         out_dir,
         model_version=spec.version,
         onnx_model=shipped,
-        item_matrix=p["E"],
+        item_matrix=items,
         vocab=["", *item_ids(spec.n_items)],
         popularity=p["popularity"],
         max_len=spec.max_len,
@@ -215,6 +218,27 @@ def make_bundle_dir(out_dir: Path, spec: BundleSpec | None = None, **overrides: 
         metrics={"test_ndcg@10": spec.ndcg, "ndcg@10": spec.ndcg},
     )
     return out_dir
+
+
+def pq_table(matrix: np.ndarray, *, m: int, k: int = 16, iters: int = 8, seed: int = 0) -> PQTable:
+    """A 4-bit product quantization of `matrix` (rows, dim) by a few k-means steps per
+    subspace: test data, not the pipeline's training."""
+    rng = np.random.default_rng(seed)
+    rows, dim = matrix.shape
+    parts = matrix.astype(np.float32).reshape(rows, m, dim // m)
+    codebooks = np.empty((m, k, dim // m), dtype=np.float32)
+    codes = np.empty((rows, m), dtype=np.uint8)
+    for sub in range(m):
+        x = parts[:, sub]
+        centers = x[rng.choice(rows, size=k, replace=False)].copy()
+        for _ in range(iters):
+            nearest = ((x[:, None, :] - centers[None]) ** 2).sum(-1).argmin(1)
+            for c in range(k):
+                if (nearest == c).any():
+                    centers[c] = x[nearest == c].mean(0)
+        codes[:, sub] = ((x[:, None, :] - centers[None]) ** 2).sum(-1).argmin(1)
+        codebooks[sub] = centers
+    return PQTable.from_codes(codes, codebooks)
 
 
 def clustered_items(

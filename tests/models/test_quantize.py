@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 
 import bundle
+from bundle import PQTable
 from models.evaluate import evaluate, onnx_encoder
 from models.export import export_onnx
 from models.quantize import (
@@ -20,6 +23,7 @@ from models.quantize import (
 )
 from models.sasrec import SASRec, SASRecConfig
 from models.split import pad_left
+from tests.factories import pq_table
 from tests.models.conftest import MAX_LEN, Dataset
 
 DYNAMIC = QuantizeConfig(activations="dynamic")
@@ -268,3 +272,43 @@ def test_sharing_refuses_a_table_of_another_shape(
         share_item_table(int8, items[:-1], "int8")
     with pytest.raises(ShareError, match="already"):
         share_item_table(share_item_table(int8, items, "int8"), items, "int8")
+
+
+def test_a_pq4_encoder_looks_items_up_in_the_codes_and_codebooks_it_ships(
+    teacher: SASRec, synthetic: Dataset, tmp_path: Path
+) -> None:
+    """The encoder's input embedding from packed 4-bit codes equals the decoded table's, and
+    the bundle stores the codes and codebooks once (the encoder reads them from the files)."""
+    items = teacher.item_matrix().detach().numpy()
+    table = pq_table(items, m=8)
+    served = share_item_table(export_onnx(teacher), table, "pq4")
+    decoded = copy.deepcopy(teacher)
+    with torch.no_grad():
+        decoded.item_emb.weight.copy_(torch.from_numpy(table.decode()))
+    inputs = synthetic.split.test.inputs(max_len=MAX_LEN)[:64]
+    want = onnx_encoder(export_onnx(decoded))(inputs)
+    np.testing.assert_allclose(onnx_encoder(served)(inputs), want, rtol=1e-4, atol=1e-5)
+    path = write_pq(tmp_path / "b", link_item_table(served), served, table)
+    check_linked_bundle(path, served)
+    from_path = onnx_encoder(str(path / "model.onnx"))(inputs)
+    np.testing.assert_array_equal(from_path, onnx_encoder(served)(inputs))
+    sizes = {p.name: p.stat().st_size for p in path.iterdir()}
+    assert len(served) - sizes["model.onnx"] >= table.nbytes  # codes and codebooks live outside
+
+
+def write_pq(out: Path, shipped: bytes, served: bytes, table: PQTable) -> Path:
+    golden = np.zeros((4, MAX_LEN), dtype=np.int64)
+    golden[1:, -5:] = np.random.default_rng(0).integers(1, table.rows, size=(3, 5))
+    bundle.write_bundle(
+        out,
+        model_version="v1",
+        onnx_model=shipped,
+        item_matrix=table,
+        vocab=["", *(f"i{i}" for i in range(1, table.rows))],
+        popularity=np.ones(table.rows, dtype=np.int64),
+        max_len=MAX_LEN,
+        golden_inputs=golden,
+        golden_outputs=onnx_encoder(served)(golden),
+        item_encoding="pq4",
+    )
+    return out

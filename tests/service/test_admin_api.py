@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
+import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -254,3 +257,55 @@ def test_a_restarted_app_comes_back_on_the_activated_version(
         assert first.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
     second = client_for(settings)
     assert recommended_version(second) == "v2"  # not the bootstrap bundle
+
+
+V2_PQ = dataclasses.replace(V2, item_encoding="pq4")
+
+
+def _pq_corruption(kind: str):
+    """Rewrite a pq4 bundle's codebooks or codes, keeping its manifest self-consistent."""
+
+    def corrupt(d):
+        codebooks = np.load(d / "codebooks.npy")
+        packed = np.load(d / "items.npy")
+        if kind == "nan_codebook":
+            codebooks[0, 2, 1] = np.nan
+        else:  # 12 centroids per subspace, and a code of 15 pointing past them
+            codebooks = codebooks[:, :12]
+            packed[3, 0] = 0xF0 | (packed[3, 0] & 0x0F)
+        for name, array in (("codebooks.npy", codebooks), ("items.npy", packed)):
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+            f.replace_file(d, name, buf.getvalue())
+
+    return corrupt
+
+
+def test_a_pq4_bundle_uploads_activates_and_answers_from_its_codes(
+    client: TestClient, admin_headers, bad_bundle_dir
+):
+    d = bad_bundle_dir(V2_PQ)
+    r = upload(client, f.repack(d), admin_headers)
+    assert r.status_code == 201, r.text
+    assert client.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
+    r = client.post("/recommend", json={"history": ["i1", "i2"], "k": 5})
+    assert r.status_code == 200 and r.json()["model_version"] == "v2"
+    assert len(r.json()["items"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("nan_codebook", "codebooks.npy contains NaN or Inf"),
+        ("code_out_of_range", "items.npy holds code 15, but codebooks.npy has only 12 centroids"),
+    ],
+)
+def test_a_pq4_bundle_with_a_corrupt_codebook_or_codes_is_refused_by_name(
+    client: TestClient, admin_headers, bad_bundle_dir, kind, reason
+):
+    d = bad_bundle_dir(V2_PQ)
+    _pq_corruption(kind)(d)
+    r = upload(client, f.repack(d), admin_headers)
+    assert r.status_code == 422
+    assert reason in r.json()["detail"]
+    assert recommended_version(client) == "v1"
