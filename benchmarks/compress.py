@@ -78,6 +78,7 @@ from models.compress import (
     fit_ce_baseline,
     fit_teacher,
     load_teacher,
+    make_pq_variant,
     prepare_data,
     run_compress,
     save_teacher,
@@ -149,6 +150,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "demo": dict(DEMO_OVERRIDES),
 }
 DEFAULT_RECIPE = "beauty"
+# pq4 item tables shipped beside the recipe's bundle, from the first seed's model (M
+# subspaces of 4-bit codes: M / 2 bytes per item against 68 for int8 rows at d = 64)
+PQ_VARIANTS: dict[str, tuple[int, ...]] = {"beauty": (8, 16, 32), "demo": ()}
 BF16_AUTO = "auto"  # a recipe's "bf16": measure, then use bf16 where it is this much faster
 BF16_MIN_SPEEDUP = 1.5
 
@@ -235,6 +239,19 @@ def build_config(
             f"bf16 products {speedup:.2f}x as fast as fp32 here: bf16 {'on' if values['bf16'] else 'off'}"
         )
     return CompressConfig(data=data, out=str(work), **values)
+
+
+def parse_variants(raw: str | None, recipe: str) -> tuple[int, ...]:
+    """`--pq-variants`: "8,16,32" -> (8, 16, 32); None -> the recipe's; "" -> none."""
+    if raw is None:
+        return PQ_VARIANTS.get(recipe, ())
+    try:
+        values = tuple(int(x) for x in raw.split(",") if x.strip())
+    except ValueError as e:
+        raise ValueError(f"--pq-variants takes comma-separated integers, got {raw!r}") from e
+    if any(m < 2 or m % 2 for m in values):
+        raise ValueError(f"--pq-variants: subspace counts must be even and >= 2, got {raw!r}")
+    return values
 
 
 # --- provenance ------------------------------------------------------------------------------
@@ -393,6 +410,7 @@ def run_seed(
     cached: TeacherTopK | None,
     *,
     with_teacher: bool,
+    pq_variants: Sequence[int] = (),
 ) -> tuple[
     list[dict[str, Any]], dict[str, npt.NDArray[np.int64]], dict[str, Any], dict[str, StageTimer]
 ]:
@@ -429,6 +447,22 @@ def run_seed(
     records.append(_ce_baseline(config, prep, timing, ks))
     ranks["ce_baseline"] = records[-1].pop("ranks")
     timers["ce_baseline"] = records[-1].pop("timer")
+    for subspaces in pq_variants:
+        v = make_pq_variant(config, result, prep, teacher.model, cached, subspaces=subspaces)
+        _, ranks[v.fp32_name] = evaluate_ranks(
+            onnx_encoder(v.fp32_onnx), item_array(v.fp32_model), test, max_len=config.max_len,
+            ks=ks,
+        )  # fmt: skip
+        rec = fp32_stage(v.fp32_name, v.fp32_model, v.fp32_onnx, ranks[v.fp32_name], timing,
+                         seed=config.seed, ks=ks)  # fmt: skip
+        records.append({**rec, "item_table": v.item_table})
+        timers[v.fp32_name] = fp32_timer(v.fp32_model, v.fp32_onnx)
+        rec, ranks[v.served_name] = served_stage(
+            v.served_name, v.bundle_dir, v.archive, v.fp32_model, test, prep.data.vocab, timing,
+            seed=config.seed, ks=ks,
+        )  # fmt: skip
+        records.append({**rec, "item_table": v.item_table})
+        timers[v.served_name] = served_timer(v.bundle_dir)
     return records, ranks, report, timers
 
 
@@ -499,6 +533,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: the recipe's, cpu)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a CompressConfig field, e.g. --set prune_ratio=0.3")  # fmt: skip
+    p.add_argument("--pq-variants", default=None, metavar="M,M,...",
+                   help="also ship pq4 bundles of these subspace counts from the first seed's "
+                   "model (default: the recipe's; '' for none)")  # fmt: skip
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
     return p
 
@@ -532,6 +569,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"no such teacher checkpoint: {args.teacher}")
     try:
         overrides = parse_sets(args.sets)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        variants = parse_variants(args.pq_variants, args.recipe)
     except ValueError as e:
         parser.error(str(e))
     dataset = data_path.stem
@@ -571,8 +612,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, seed in enumerate(seeds):
         _log(f"student side, seed {seed} ({i + 1} of {len(seeds)})")
         seed_config = dataclasses.replace(config, seed=seed, version=f"{config.version}-s{seed}")
-        records, seed_ranks, report, timers = run_seed(seed_config, prep, teacher, cached,
-                                                       with_teacher=i == 0)  # fmt: skip
+        # Other item encodings of the same model: on the first seed (they cost minutes each).
+        records, seed_ranks, report, seed_timers = run_seed(
+            seed_config, prep, teacher, cached, with_teacher=i == 0,
+            pq_variants=variants if i == 0 else (),
+        )  # fmt: skip
+        timers.update(seed_timers)  # the last seed's stages, and the first seed's variants
         runs.append(records)
         reports.append(report)
         for stage, r in seed_ranks.items():

@@ -5,7 +5,8 @@ One record per stage and seed (`StageRecord` as a dict), with
     model_bytes        unpacked bytes of the files the stage needs to answer, per file in
                        `model_files`: an fp32 stage's ONNX file (encoder graph with the tied
                        fp32 item table inside, which scoring reads too); the served bundle's
-                       model.onnx + items.npy + item_scales.npy. Vocabulary, popularity and
+                       model.onnx + items.npy + item_scales.npy (int8 rows) or codebooks.npy
+                       (pq4). `bits_per_item`: the item table's bytes x 8 per row. Vocabulary, popularity and
                        manifest are listed apart (`metadata_files`), the archive as
                        `archive_bytes`.
     encoder_us_b1/b32  onnxruntime, one intra-op thread, every stage on the same 32 test
@@ -57,7 +58,8 @@ from service.scorer import CatalogScorer, Scorer
 
 I64 = npt.NDArray[np.int64]
 # What a served bundle needs to answer; the rest of its files are metadata.
-SERVED_FILES = (bundle.MODEL_FILE, bundle.ITEMS_FILE, bundle.SCALES_FILE)
+SERVED_FILES = (bundle.MODEL_FILE, bundle.ITEMS_FILE, bundle.SCALES_FILE, bundle.CODEBOOKS_FILE)
+ITEM_FILES = (bundle.ITEMS_FILE, bundle.SCALES_FILE, bundle.CODEBOOKS_FILE)
 E2E_K = 10  # a whole answer is the top 10
 TIMING_ROUNDS = 7
 TIMED = ("encoder_us_b1", "encoder_us_b32", "e2e_us_b1", "e2e_us_b32")
@@ -168,6 +170,7 @@ def fp32_stage(
         **_shape(model),
         "model_bytes": len(onnx_model),
         "model_files": {"model.onnx (fp32, item table inside)": len(onnx_model)},
+        "bits_per_item": 32 * model.config.dim,
         "encoder_us_b1": encoder["latency_us_b1"],
         "encoder_us_b32": encoder["latency_us_per_row_b32"],
         **measure_e2e(
@@ -213,6 +216,8 @@ def served_stage(
         **_shape(model),
         "model_bytes": sum(needed.values()),
         "model_files": needed,
+        # the item table's files (codebooks and scales included) per catalog row
+        "bits_per_item": 8 * sum(needed.get(f, 0) for f in ITEM_FILES) / len(vocab),
         "metadata_files": {f: b for f, b in files.items() if f not in needed},
         "archive_bytes": archive.stat().st_size,
         "encoder_us_b1": encoder["latency_us_b1"],

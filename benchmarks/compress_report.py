@@ -36,7 +36,8 @@ METRICS = ("hr@10", "ndcg@10", "mrr@10")
 TIMINGS = ("encoder_us_b1", "encoder_us_b32", "e2e_us_b1", "e2e_us_b32", "torch_us_b1",
            "torch_us_b32")  # fmt: skip
 SHAPE = ("params", "encoder_params", "item_table_params", "encoder_flops", "model_bytes",
-         "model_files", "metadata_files", "archive_bytes", "evaluated_with")  # fmt: skip
+         "model_files", "metadata_files", "archive_bytes", "evaluated_with", "bits_per_item",
+         "item_table")  # fmt: skip
 
 
 def seed_mean_gains(ranks: dict[int, I64]) -> npt.NDArray[np.float64]:
@@ -168,7 +169,7 @@ def _mean_sd(s: dict[str, Any], key: str) -> str:
 def stage_rows(results: dict[str, Any]) -> list[list[str]]:
     served = results["served_stage"]
     pop = results["popularity"]
-    rows = [["popularity (baseline)", "-", "-", "-", "-", "-", f"{pop['ndcg@10']:.4f}", "-",
+    rows = [["popularity (baseline)", "-", "-", "-", "-", "-", "-", f"{pop['ndcg@10']:.4f}", "-",
              f"{pop['hr@10']:.4f}"] + ["-"] * 5]  # fmt: skip
     for s in results["stages"]:
         name = f"**{s['name']}** (served)" if s["name"] == served else s["name"]
@@ -181,6 +182,7 @@ def stage_rows(results: dict[str, Any]) -> list[list[str]]:
                 f"{s['encoder_params']:,}",
                 f"{s['encoder_flops'] / 1e6:.2f}",
                 _bytes(s["model_bytes"]),
+                _f(s.get("bits_per_item"), ".0f"),
                 _mean_sd(s, "ndcg@10"),
                 f"[{lo:.4f}, {hi:.4f}]",
                 _mean_sd(s, "hr@10"),
@@ -193,13 +195,13 @@ def stage_rows(results: dict[str, Any]) -> list[list[str]]:
         )
     if results["references"]["applies_to_this_data"]:
         for r in results["references"]["models"]:
-            rows.append([f"*{r['name']}*", "-", "-", "-", "-", "-", f"*{r['ndcg@10']:.4f}*",
-                         "-", f"*{r['hr@10']:.4f}*"] + ["-"] * 5)  # fmt: skip
+            rows.append([f"*{r['name']}*", "-", "-", "-", "-", "-", "-",
+                         f"*{r['ndcg@10']:.4f}*", "-", f"*{r['hr@10']:.4f}*"] + ["-"] * 5)  # fmt: skip
     return rows
 
 
 STAGE_HEADER = ["stage", "seeds", "params", "encoder params", "encoder MFLOP", "model bytes",
-                "NDCG@10 mean ± sd", "95% CI", "HR@10", "enc µs b1", "enc µs/row b32",
+                "bits / item", "NDCG@10 mean ± sd", "95% CI", "HR@10", "enc µs b1", "enc µs/row b32",
                 "e2e µs b1", "e2e µs/row b32", "evaluated with"]  # fmt: skip
 
 
@@ -305,7 +307,8 @@ def render_plot(results: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(12, 5.4), dpi=110)
     FigureCanvasAgg(fig)
     ax_size, ax_lat = fig.subplots(1, 2)
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+              "tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black", "gold"]  # fmt: skip
     for i, s in enumerate(results["stages"]):
         served = s["name"] == results["served_stage"]
         style: dict[str, Any] = {"color": colors[i % len(colors)], "fmt": "*" if served else "o",

@@ -552,7 +552,7 @@ def run_compress(
     if c.item_encoding == "pq4":
         t0 = time.perf_counter()
         items, pq_model, item_table = _product_quantize(c, pruned, teacher, train_split, cached)
-        fp32_name = f"{fp32_name}+pq4"
+        fp32_name = f"{fp32_name}+pq4m{c.pq_subspaces}"
         stage_models[fp32_name] = pq_model
         phase("pq", t0)
     served_name = f"{fp32_name}+int8"
@@ -592,22 +592,7 @@ def run_compress(
     phase("export_evaluate", t0)
 
     t0 = time.perf_counter()
-    int8_onnx = quantize_onnx(
-        fp32_onnx[fp32_name],
-        QuantizeConfig(
-            per_channel=c.quantize_per_channel,
-            reduce_range=c.quantize_reduce_range,
-            embeddings=c.quantize_embeddings,
-            activations=c.quantize_activations,
-        ),
-        calibration=calibration_inputs(split, c),
-    )
-    # Tied embedding: the encoder looks items up in the bundle's own item matrix, which the
-    # shipped model.onnx reads from items.npy (stored once). Off: the fp32 table stays inside.
-    shipped_onnx = int8_onnx
-    if c.quantize_embeddings:
-        int8_onnx = share_item_table(int8_onnx, items, c.item_encoding)
-        shipped_onnx = link_item_table(int8_onnx)
+    int8_onnx, shipped_onnx = _served_encoder(c, fp32_onnx[fp32_name], items, split)
     phase("quantize", t0)
 
     # The served artifact: INT8 ONNX + the item matrix exactly as the bundle stores it.
@@ -620,7 +605,6 @@ def run_compress(
     served = onnx_encoder(int8_onnx)
     served_metrics = measure(served, served_items, served_name)
     golden_inputs = pad_left(split.valid.histories[: c.n_golden], c.max_len)
-    golden_outputs = served(golden_inputs)
     golden_atol, golden_spread = golden_tolerance(served, golden_inputs)
     kl = {
         name: kl_to_teacher(teacher, m, test_inputs[:1024])
@@ -667,31 +651,11 @@ def run_compress(
     }
     bundle_metrics = {f"test_{k}": v for k, v in served_metrics.items()}
     bundle_metrics.update({f"popularity_test_{k}": v for k, v in popularity_metrics.items()})
-    bundle.write_bundle(
-        bundle_dir,
-        model_version=version,
-        onnx_model=shipped_onnx,
-        item_matrix=items,
-        vocab=data.vocab,
-        popularity=data.popularity(),
-        max_len=c.max_len,
-        golden_inputs=golden_inputs,
-        golden_outputs=golden_outputs,
-        item_encoding=c.item_encoding,
-        golden_atol=golden_atol,
-        architecture=arch,
-        recipe=recipe,
-        metrics=bundle_metrics,
-        dataset=dict(data.counts()),
-    )
-    if c.quantize_embeddings:
-        check_linked_bundle(bundle_dir, int8_onnx)
-    # The shipped file, as the service opens it (by path, external data resolved in the bundle).
-    bundle.verify_golden(
-        bundle.read_bundle(bundle_dir), onnx_encoder(str(bundle_dir / bundle.MODEL_FILE))
-    )
-    archive = out / f"{version}.tar.gz"
-    bundle.pack_bundle(bundle_dir, archive)
+    archive = _write_and_pack(
+        c, bundle_dir, data, int8_onnx, shipped_onnx, items,
+        golden_inputs=golden_inputs, golden_atol=golden_atol, architecture=arch,
+        recipe=recipe, metrics=bundle_metrics,
+    )  # fmt: skip
     # The served stage's size is the archive ops upload (`POST /admin/models`), the artifact
     # that ships; the unpacked directory is reported beside it.
     dir_bytes = sum(p.stat().st_size for p in bundle_dir.iterdir() if p.is_file())
@@ -751,6 +715,72 @@ def run_compress(
     )
 
 
+def _served_encoder(
+    c: CompressConfig, fp32_onnx: bytes, items: npt.NDArray[np.float32] | PQTable, split: Split
+) -> tuple[bytes, bytes]:
+    """(self-contained INT8 encoder, the one the bundle ships). Tied embedding: the encoder
+    looks items up in the bundle's own item table, which the shipped model.onnx reads from
+    items.npy (and item_scales.npy / codebooks.npy), stored once. Off: the fp32 table stays
+    inside."""
+    int8_onnx = quantize_onnx(
+        fp32_onnx,
+        QuantizeConfig(
+            per_channel=c.quantize_per_channel,
+            reduce_range=c.quantize_reduce_range,
+            embeddings=c.quantize_embeddings,
+            activations=c.quantize_activations,
+        ),
+        calibration=calibration_inputs(split, c),
+    )
+    if not c.quantize_embeddings:
+        return int8_onnx, int8_onnx
+    served = share_item_table(int8_onnx, items, c.item_encoding)
+    return served, link_item_table(served)
+
+
+def _write_and_pack(
+    c: CompressConfig,
+    bundle_dir: Path,
+    data: InteractionData,
+    served_onnx: bytes,
+    shipped_onnx: bytes,
+    items: npt.NDArray[np.float32] | PQTable,
+    *,
+    golden_inputs: npt.NDArray[np.int64],
+    golden_atol: float,
+    architecture: dict[str, Any],
+    recipe: dict[str, Any],
+    metrics: dict[str, float],
+) -> Path:
+    """Write the bundle, prove the shipped file reproduces the served encoder, pack it."""
+    bundle.write_bundle(
+        bundle_dir,
+        model_version=bundle_dir.name,
+        onnx_model=shipped_onnx,
+        item_matrix=items,
+        vocab=data.vocab,
+        popularity=data.popularity(),
+        max_len=c.max_len,
+        golden_inputs=golden_inputs,
+        golden_outputs=onnx_encoder(served_onnx)(golden_inputs),
+        item_encoding=c.item_encoding,
+        golden_atol=golden_atol,
+        architecture=architecture,
+        recipe=recipe,
+        metrics=metrics,
+        dataset=dict(data.counts()),
+    )
+    if c.quantize_embeddings:
+        check_linked_bundle(bundle_dir, served_onnx)
+    # The shipped file, as the service opens it (by path, external data resolved in the bundle).
+    bundle.verify_golden(
+        bundle.read_bundle(bundle_dir), onnx_encoder(str(bundle_dir / bundle.MODEL_FILE))
+    )
+    archive = bundle_dir.parent / f"{bundle_dir.name}.tar.gz"
+    bundle.pack_bundle(bundle_dir, archive)
+    return archive
+
+
 def _product_quantize(
     c: CompressConfig,
     model: SASRec,
@@ -793,6 +823,59 @@ def _product_quantize(
         info.update(finetune_best_epoch=result.best_epoch, finetune_val_ndcg10=result.best_ndcg)
         table = pq_table_of(pq_model)
     return table, decoded_copy(pq_model), info
+
+
+@dataclass
+class Variant:
+    """One more served bundle from a finished run: its fp32 model's item table product-
+    quantized with `subspaces` 4-bit codes, fine-tuned, quantized and shipped like the run's."""
+
+    fp32_name: str  # e.g. "student+pq4m8": the fp32 encoder over the decoded table
+    served_name: str  # "student+pq4m8+int8": the bundle
+    fp32_model: SASRec  # eval mode, CPU, the decoded table inside
+    fp32_onnx: bytes
+    bundle_dir: Path
+    archive: Path
+    item_table: dict[str, Any]
+
+
+def make_pq_variant(
+    c: CompressConfig,
+    result: CompressResult,
+    prep: PreparedData,
+    teacher: SASRec,
+    cached: TeacherTopK | None,
+    *,
+    subspaces: int,
+) -> Variant:
+    """A pq4 bundle of `subspaces` codes next to `result`'s, from the same fp32 model (the
+    pruned one when the run pruned), so encodings compare on one model."""
+    base_name = "pruned" if "pruned" in result.models else "student"
+    vc = dataclasses.replace(c, item_encoding="pq4", pq_subspaces=subspaces)
+    table, pq_model, info = _product_quantize(
+        vc, result.models[base_name], teacher, prep.train_split, cached
+    )
+    fp32_onnx = export_onnx(pq_model)
+    served, shipped = _served_encoder(vc, fp32_onnx, table, prep.split)
+    golden = pad_left(prep.split.valid.histories[: c.n_golden], c.max_len)
+    atol, _ = golden_tolerance(onnx_encoder(served), golden)
+    suffix = f"pq4m{subspaces}"
+    bundle_dir = result.bundle_dir.parent / f"{result.bundle_dir.name}-{suffix}"
+    recipe = {"variant_of": result.report["version"], "item_table": info,
+              "config": _jsonable(asdict(vc))}  # fmt: skip
+    archive = _write_and_pack(
+        vc, bundle_dir, prep.data, served, shipped, table, golden_inputs=golden,
+        golden_atol=atol, architecture=result.report["architecture"], recipe=recipe, metrics={},
+    )  # fmt: skip
+    return Variant(
+        fp32_name=f"{base_name}+{suffix}",
+        served_name=f"{base_name}+{suffix}+int8",
+        fp32_model=pq_model,
+        fp32_onnx=fp32_onnx,
+        bundle_dir=bundle_dir,
+        archive=archive,
+        item_table=info,
+    )
 
 
 def _sample(eval_set: EvalSet, n: int, *, seed: int) -> EvalSet:

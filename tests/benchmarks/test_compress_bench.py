@@ -51,6 +51,8 @@ TINY_SETS = [
     "n_golden=2", "latency_budget_s=0.01", "progress=false",
 ]  # fmt: skip
 STAGES = ["teacher", "student", "pruned", "pruned+int8", "ce_baseline"]
+VARIANTS = ["pruned+pq4m8", "pruned+pq4m8+int8"]  # --pq-variants 8: the first seed only
+SERVED = {"pruned+int8", "pruned+pq4m8+int8"}
 STAGE_KEYS = {
     "name", "seeds", "params", "encoder_params", "item_table_params", "encoder_flops",
     "model_bytes", "model_files", "encoder_us_b1", "encoder_us_b32", "e2e_us_b1", "e2e_us_b32",
@@ -71,7 +73,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_synthetic(data, SYNTH)
     argv = [
         "--data", str(data), "--out", str(root / "results"), "--work", str(root / "work"),
-        "--recipe", "demo", "--seeds", "2",
+        "--recipe", "demo", "--seeds", "2", "--pq-variants", "8",
     ]  # fmt: skip
     for s in TINY_SETS:
         argv += ["--set", s]
@@ -99,11 +101,11 @@ def test_json_has_every_stage_measured_alike(bench: dict[str, Any]) -> None:
     assert set(r) >= TOP_KEYS
     assert r["dataset"] == "tiny-shop" and r["seeds"] == [0, 1] and r["teacher_seed"] == 0
     assert "--seeds 2" in r["command"] and r["teacher_reused"] is None
-    assert [s["name"] for s in r["stages"]] == STAGES
+    assert [s["name"] for s in r["stages"]] == STAGES + VARIANTS
     assert r["served_stage"] == "pruned+int8"
     for s in r["stages"]:
         assert set(s) >= STAGE_KEYS, s["name"]
-        assert s["seeds"] == ([0] if s["name"] == "teacher" else [0, 1])
+        assert s["seeds"] == ([0] if s["name"] in ("teacher", *VARIANTS) else [0, 1])
         assert s["mrr@10"] <= s["ndcg@10"] <= s["hr@10"] <= 1.0
         for key in ("encoder_us_b1", "encoder_us_b32", "e2e_us_b1", "e2e_us_b32"):
             assert s[key] > 0, (s["name"], key)
@@ -111,8 +113,8 @@ def test_json_has_every_stage_measured_alike(bench: dict[str, Any]) -> None:
         assert s["e2e_us_b1"] > 0.5 * s["encoder_us_b1"]
         assert s["params"] == s["encoder_params"] + s["item_table_params"]
     by = _by(r)
-    assert by["pruned+int8"]["evaluated_with"] == "service"
-    assert all(by[n]["evaluated_with"].startswith("pipeline") for n in STAGES if n != "pruned+int8")
+    assert all(by[n]["evaluated_with"] == "service" for n in SERVED)
+    assert all(by[n]["evaluated_with"].startswith("pipeline") for n in by if n not in SERVED)
     assert by["teacher"]["torch_us_b1"] > 0  # context only, never in a target
     assert r["targets"] is None and "amazon-beauty" in r["targets_note"]
     assert r["references"]["applies_to_this_data"] is False
@@ -218,6 +220,7 @@ def test_paired_tests_compare_the_served_stage_with_its_predecessors(bench: dict
 def test_ranks_are_saved_for_every_stage_and_seed(bench: dict[str, Any]) -> None:
     ranks = bench["ranks"]
     want = {"teacher/seed0"} | {f"{n}/seed{x}" for n in STAGES[1:] for x in (0, 1)}
+    want |= {f"{n}/seed0" for n in VARIANTS}
     assert set(ranks) == want
     assert {len(v) for v in ranks.values()} == {SYNTH.n_users}
     assert (ranks["student/seed0"] >= 0).all()  # full ranking: every target has a rank
@@ -374,3 +377,18 @@ def test_every_stage_is_timed_together_at_the_end(bench: dict[str, Any]) -> None
             assert s[key] == pytest.approx(float(np.median(rounds)))
     teacher = _by(bench["json"])["teacher"]
     assert teacher["e2e_us_b1"] >= teacher["encoder_us_b1"]  # a whole answer includes encoding
+
+
+def test_a_pq4_variant_ships_a_fraction_of_the_int8_rows_bytes(bench: dict[str, Any]) -> None:
+    by = _by(bench["json"])
+    rows, pq = by["pruned+int8"], by["pruned+pq4m8+int8"]
+    assert set(pq["model_files"]) == {"model.onnx", "items.npy", "codebooks.npy"}
+    assert pq["item_table"]["subspaces"] == 8 and pq["item_table"]["bytes_per_item"] == 4
+    # 4 bytes of codes per item against 16 int8 values (+ a scale); on a 60-item catalog the
+    # codebooks outweigh the codes, so bits per item count them too
+    n_rows = SYNTH.n_items + 1
+    assert pq["model_files"]["items.npy"] < 0.5 * rows["model_files"]["items.npy"]
+    files = pq["model_files"]
+    assert pq["bits_per_item"] == 8 * (files["items.npy"] + files["codebooks.npy"]) / n_rows
+    assert by["pruned+pq4m8"]["bits_per_item"] == 32 * 16  # its fp32 predecessor: decoded
+    assert pq["timed"] == "together"

@@ -244,7 +244,7 @@ def test_a_pq4_run_ships_codes_the_service_answers_from(
     )  # fmt: skip
     result = run_compress(config)
     report = result.report
-    assert report["served_stage"] == "pruned+pq4+int8"
+    assert report["served_stage"] == "pruned+pq4m8+int8"
     assert report["recipe"]["item_table"]["bytes_per_item"] == 4
     assert "finetune_val_ndcg10" in report["recipe"]["item_table"]
     b = bundle.read_bundle(result.bundle_dir)
@@ -265,7 +265,7 @@ def test_a_pq4_run_ships_codes_the_service_answers_from(
     same = [a.item_ids == [vocab[i] for i in want] for a, want in zip(answers, best, strict=True)]
     assert np.mean(same) > 0.99  # float summation order may swap exact near-ties
     # and its NDCG@10 is the pipeline's figure for the served stage
-    served = next(s for s in report["stages"] if s["stage"] == "pruned+pq4+int8")
+    served = next(s for s in report["stages"] if s["stage"] == "pruned+pq4m8+int8")
     targets = [vocab[int(t)] for t in synthetic.split.test.targets]
     hits = [
         a.item_ids.index(t) if t in a.item_ids else -1
