@@ -37,7 +37,7 @@ I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 Rows = Sequence[int] | npt.NDArray[np.integer]
 
-SHORTLIST_MARGIN = 32  # shortlist beyond k and the user's banned rows
+SHORTLIST_MARGIN = 16  # shortlist beyond k and the user's banned rows
 BOUND_SAFETY = 2.0  # margin on the rounding bound (faiss's exact rounding is its business)
 WIDEN = 4
 
@@ -53,6 +53,7 @@ class CodeScorer:
         self.rows = table.rows
         self.dim = table.dim
         self._index = _fast_scan_index(table)
+        self._centroids_by_dim = np.ascontiguousarray(table.codebooks.transpose(2, 0, 1))
 
     # --- the Scorer interface -------------------------------------------------------------
 
@@ -91,11 +92,13 @@ class CodeScorer:
     # --- helpers --------------------------------------------------------------------------
 
     def lookup_tables(self, users: F32) -> F32:
-        """(B, M, K) tables, each entry summed in the same fixed order whatever B is."""
-        sliced = users.reshape(len(users), self.table.m, -1)
-        luts: F32 = (sliced[:, :, None, :] * self.table.codebooks[None]).sum(
-            axis=3, dtype=np.float32
-        )
+        """(B, M, K) tables. Each entry is summed over the slice's dimensions one at a time,
+        in the same order whatever B is (a BLAS product may order its sums by batch size)."""
+        sliced = users.reshape(len(users), self.table.m, -1, 1)  # (B, M, dim / M, 1)
+        centroids = self._centroids_by_dim  # (dim / M, M, K)
+        luts: F32 = sliced[:, :, 0] * centroids[0]
+        for j in range(1, len(centroids)):
+            luts += sliced[:, :, j] * centroids[j]
         return luts
 
     def _exact(self, lut: F32, rows: I64) -> F32:

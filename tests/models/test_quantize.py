@@ -293,7 +293,8 @@ def test_a_pq4_encoder_looks_items_up_in_the_codes_and_codebooks_it_ships(
     from_path = onnx_encoder(str(path / "model.onnx"))(inputs)
     np.testing.assert_array_equal(from_path, onnx_encoder(served)(inputs))
     sizes = {p.name: p.stat().st_size for p in path.iterdir()}
-    assert len(served) - sizes["model.onnx"] >= table.nbytes  # codes and codebooks live outside
+    # codes and codebooks live outside (the links themselves cost a few dozen bytes each)
+    assert len(served) - sizes["model.onnx"] >= table.nbytes - 256
 
 
 def write_pq(out: Path, shipped: bytes, served: bytes, table: PQTable) -> Path:
