@@ -127,18 +127,18 @@ class PQTable:
         return out
 
     def lookup_tables(self, users: F32) -> F32:
-        """(B, dim) users -> (B, M, K) inner products of each user slice with each centroid."""
-        sliced = np.asarray(users, dtype=np.float32).reshape(len(users), self.m, -1)
-        luts: F32 = np.einsum("bms,mks->bmk", sliced, self.codebooks)
+        """(B, dim) users -> (B, M, K) inner products of each user slice with each centroid.
+        Each entry is summed over the slice's dimensions one at a time, in the same order
+        whatever B is (a BLAS product may order its sums by batch size), so a user's scores
+        do not depend on its batch."""
+        sliced = np.asarray(users, dtype=np.float32).reshape(len(users), self.m, -1, 1)
+        by_dim = self.codebooks.transpose(2, 0, 1)  # (dim / M, M, K)
+        luts: F32 = sliced[:, :, 0] * by_dim[0]
+        for j in range(1, len(by_dim)):
+            luts += sliced[:, :, j] * by_dim[j]
         return luts
 
     def scores(self, luts: F32, rows: npt.NDArray[np.integer]) -> F32:
-        """Scores of user b for `rows` from its lookup table: (B, M, K), (n,) -> (B, n)."""
-        codes = unpack_codes(self.packed[rows]).astype(np.intp)  # (n, M)
-        out: F32 = luts[:, np.arange(self.m)[None, :], codes].sum(axis=2, dtype=np.float32)
-        return out
-
-    def scores_per_user(self, luts: F32, rows: npt.NDArray[np.integer]) -> F32:
         """Scores of user b for its own rows: (B, M, K) tables, (B, n) rows -> (B, n)."""
         codes = unpack_codes(self.packed[rows.ravel()]).reshape(*rows.shape, self.m)
         user = np.arange(len(rows))[:, None, None]

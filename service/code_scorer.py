@@ -17,9 +17,9 @@ in two stages and is exact:
    margin on it), no item outside can enter the top k. Otherwise the row is rescanned with a
    4x wider shortlist, and at last exactly over the whole catalog (never seen in the tests).
 
-Exact scores come from one function (`PQTable.scores` on tables built the same way for any
-batch), so a user's answer does not depend on its batch, and reranking (`score_sets`)
-agrees with full-catalog answers to the bit.
+Exact scores come from one function (`PQTable.scores` on `PQTable.lookup_tables`, built
+the same way for any batch), so a user's answer does not depend on its batch, and reranking
+(`score_sets`) agrees with full-catalog answers to the bit.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ class CodeScorer:
         self.rows = table.rows
         self.dim = table.dim
         self._index = _fast_scan_index(table)
-        self._centroids_by_dim = np.ascontiguousarray(table.codebooks.transpose(2, 0, 1))
 
     # --- the Scorer interface -------------------------------------------------------------
 
@@ -62,7 +61,7 @@ class CodeScorer:
         first; rows with fewer allowed items are padded with index 0 and -inf."""
         users = np.ascontiguousarray(users, dtype=np.float32)
         k = min(k, self.rows)
-        luts = self.lookup_tables(users)
+        luts = self.table.lookup_tables(users)
         out_idx = np.zeros((len(users), k), dtype=np.int64)
         out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
         width = min(self.rows, k + max((len(b) for b in banned), default=0) + SHORTLIST_MARGIN)
@@ -83,7 +82,7 @@ class CodeScorer:
 
     def score_sets(self, users: F32, row_sets: Sequence[I64]) -> list[F32]:
         """Each user against its own rows, from the codes: B arrays of scores."""
-        luts = self.lookup_tables(np.ascontiguousarray(users, dtype=np.float32))
+        luts = self.table.lookup_tables(np.ascontiguousarray(users, dtype=np.float32))
         return [
             self._exact(luts[b], np.asarray(rows, dtype=np.int64))
             for b, rows in enumerate(row_sets)
@@ -91,18 +90,8 @@ class CodeScorer:
 
     # --- helpers --------------------------------------------------------------------------
 
-    def lookup_tables(self, users: F32) -> F32:
-        """(B, M, K) tables. Each entry is summed over the slice's dimensions one at a time,
-        in the same order whatever B is (a BLAS product may order its sums by batch size)."""
-        sliced = users.reshape(len(users), self.table.m, -1, 1)  # (B, M, dim / M, 1)
-        centroids = self._centroids_by_dim  # (dim / M, M, K)
-        luts: F32 = sliced[:, :, 0] * centroids[0]
-        for j in range(1, len(centroids)):
-            luts += sliced[:, :, j] * centroids[j]
-        return luts
-
     def _exact(self, lut: F32, rows: I64) -> F32:
-        scores: F32 = self.table.scores(lut[None], rows)[0]
+        scores: F32 = self.table.scores(lut[None], rows[None])[0]
         return scores
 
     def _settle(
@@ -111,7 +100,7 @@ class CodeScorer:
         """Each user's exact top k within its shortlist, and which of them are certified."""
         n, width = shortlist.shape
         rows = np.maximum(shortlist, 0)  # faiss pads with -1 only past the catalog's end
-        exact = self.table.scores_per_user(luts, rows)  # (n, width)
+        exact = self.table.scores(luts, rows)  # (n, width)
         exact[(rows == 0) | _banned_mask(rows, banned)] = -np.inf
         order = np.lexsort((rows, -exact), axis=-1)[:, :k]  # best first; ties by row index
         best_rows = np.take_along_axis(rows, order, axis=1)

@@ -32,7 +32,7 @@ def test_scores_from_lookup_tables_equal_dot_products_with_the_decoded_table() -
     table = random_table()
     users = np.random.default_rng(1).standard_normal((5, table.dim)).astype(np.float32)
     rows = np.array([0, 3, 7, 49, 3])
-    got = table.scores(table.lookup_tables(users), rows)
+    got = table.scores(table.lookup_tables(users), np.broadcast_to(rows, (5, len(rows))))
     want = users @ table.decode(rows).T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # decode: item i is its M centroids side by side
