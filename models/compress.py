@@ -173,6 +173,14 @@ class CompressConfig:
             dropout=self.dropout,
         )
 
+    def distill_config(self) -> DistillConfig:
+        return DistillConfig(
+            temperature=self.temperature,
+            alpha=self.alpha,
+            top_k=self.distill_top_k,
+            init=self.student_init,
+        )
+
     def train_config(
         self, epochs: int, lr_schedule: LrSchedule = "constant", *, bf16: bool = True
     ) -> TrainConfig:
@@ -496,9 +504,7 @@ def run_compress(
 
     t0 = time.perf_counter()
     _log(c, "distilling student")
-    distill_cfg = DistillConfig(
-        temperature=c.temperature, alpha=c.alpha, top_k=c.distill_top_k, init=c.student_init
-    )
+    distill_cfg = c.distill_config()
     if cached is None and c.distill_top_k > 0:
         t1 = time.perf_counter()
         cached = cache_teacher(c, teacher, prep)
@@ -653,8 +659,8 @@ def run_compress(
     bundle_metrics.update({f"popularity_test_{k}": v for k, v in popularity_metrics.items()})
     archive = _write_and_pack(
         c, bundle_dir, data, int8_onnx, shipped_onnx, items,
-        golden_inputs=golden_inputs, golden_atol=golden_atol, architecture=arch,
-        recipe=recipe, metrics=bundle_metrics,
+        golden_inputs=golden_inputs, golden_outputs=served(golden_inputs),
+        golden_atol=golden_atol, architecture=arch, recipe=recipe, metrics=bundle_metrics,
     )  # fmt: skip
     # The served stage's size is the archive ops upload (`POST /admin/models`), the artifact
     # that ships; the unpacked directory is reported beside it.
@@ -747,6 +753,7 @@ def _write_and_pack(
     items: npt.NDArray[np.float32] | PQTable,
     *,
     golden_inputs: npt.NDArray[np.int64],
+    golden_outputs: npt.NDArray[np.float32],
     golden_atol: float,
     architecture: dict[str, Any],
     recipe: dict[str, Any],
@@ -762,7 +769,7 @@ def _write_and_pack(
         popularity=data.popularity(),
         max_len=c.max_len,
         golden_inputs=golden_inputs,
-        golden_outputs=onnx_encoder(served_onnx)(golden_inputs),
+        golden_outputs=golden_outputs,
         item_encoding=c.item_encoding,
         golden_atol=golden_atol,
         architecture=architecture,
@@ -808,7 +815,7 @@ def _product_quantize(
     if c.pq_finetune_epochs > 0:
         loss_fn = distillation_loss(
             teacher,
-            DistillConfig(temperature=c.temperature, alpha=c.alpha, top_k=c.distill_top_k),
+            c.distill_config(),
             mm_dtype=mm_dtype(c.train_config(c.pq_finetune_epochs)),
             cached=cached,
         )
@@ -858,14 +865,16 @@ def make_pq_variant(
     fp32_onnx = export_onnx(pq_model)
     served, shipped = _served_encoder(vc, fp32_onnx, table, prep.split)
     golden = pad_left(prep.split.valid.histories[: c.n_golden], c.max_len)
-    atol, _ = golden_tolerance(onnx_encoder(served), golden)
+    encode = onnx_encoder(served)
+    atol, _ = golden_tolerance(encode, golden)
     suffix = f"pq4m{subspaces}"
     bundle_dir = result.bundle_dir.parent / f"{result.bundle_dir.name}-{suffix}"
     recipe = {"variant_of": result.report["version"], "item_table": info,
               "config": _jsonable(asdict(vc))}  # fmt: skip
     archive = _write_and_pack(
         vc, bundle_dir, prep.data, served, shipped, table, golden_inputs=golden,
-        golden_atol=atol, architecture=result.report["architecture"], recipe=recipe, metrics={},
+        golden_outputs=encode(golden), golden_atol=atol,
+        architecture=result.report["architecture"], recipe=recipe, metrics={},
     )  # fmt: skip
     return Variant(
         fp32_name=f"{base_name}+{suffix}",
