@@ -20,7 +20,7 @@ help:
 	@echo "make bench-serve [DATA=...] [SERVE_ARGS='--bundle DIR']        serving benchmark (~16 min)"
 	@echo "make bench-swap [DATA=...] [SWAP_ARGS='--cycles 100']          swap / fault benchmark (~10 min)"
 	@echo "make bench-scoring                                              int8 rows vs pq4 codes, top 10 (~1 min)"
-	@echo "make bench-int8-activations                                     static vs dynamic INT8 encoder (~1 min)"
+	@echo "make bench-int8-activations                                     float, static and dynamic INT8 encoder (~2 min)"
 
 # The environment: serving deps + the offline pipeline (CPU torch, pinned) + dev and bench tools.
 $(VENV)/.installed: pyproject.toml

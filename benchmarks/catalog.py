@@ -5,6 +5,9 @@
         --dst benchmarks/work/beauty-1m --items 1000000 --noise 0.3 --seed 0
     # recall@10 of the service's ANN index against exact scoring, and µs per user row
     python -m benchmarks.catalog ann --bundle benchmarks/work/beauty-1m [--nprobe 16]
+    # pq4 codes of a bundle's items grown to 1M in memory: exhaustive fast scan, the IVF index
+    # over the codes (nprobe x refine) and the int8 ANN path, recall@10 and µs per row
+    taskset -c 1 python -m benchmarks.catalog pq-ann --bundle DIR --m 16 32
 
 `grow_bundle` keeps the source items (same rows, IDs, vectors and popularity) and appends
 synthetic ones: row r > n_source is `x_p + e` for a uniformly drawn source row p, with
@@ -43,12 +46,14 @@ from onnx import TensorProto, numpy_helper
 from bundle import (
     ITEMS_FILE,
     SCALES_FILE,
+    PQTable,
     decode_items,
     encode_items,
     npy_data_offset,
     read_bundle,
     write_bundle,
 )
+from bundle.pq import PQ_BITS, PQ_MAX_CENTROIDS
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
@@ -58,6 +63,9 @@ SYNTHETIC_PREFIX = "syn"
 N_GROWN_GOLDEN = 2
 SCORE_CHUNK_ROWS = 16384
 USER_CHUNK = 64
+PQ_TRAIN_ROWS = 65536  # rows the pq-ann subcommand trains 4-bit codebooks on
+
+Search = Callable[[F32], tuple[I64, F32]]  # users -> the 10 best rows and their scores
 
 
 # --- growing a bundle ---------------------------------------------------------------------
@@ -87,10 +95,8 @@ def grow_bundle(
     rng = np.random.default_rng(seed)
     old = decode_items(source.items, source.item_scales)  # (n_src + 1, dim)
     n_new = n_items - n_src
-    parents = rng.integers(1, n_src + 1, size=n_new)
-    sd = noise * np.linalg.norm(old[parents], axis=1) / math.sqrt(m.dim)  # (n_new,)
-    new = old[parents] + rng.standard_normal((n_new, m.dim), dtype=np.float32) * sd[:, None]
-    matrix = np.concatenate([old, new.astype(np.float32)])  # (n_items + 1, dim)
+    parents, new = grown_rows(old, n_new, noise=noise, rng=rng)
+    matrix = np.concatenate([old, new])  # (n_items + 1, dim)
     del new
 
     vocab = [*source.vocab, *(f"{SYNTHETIC_PREFIX}{r}" for r in range(n_src + 1, n_items + 1))]
@@ -148,6 +154,16 @@ def grow_bundle(
         dataset={**m.dataset, "synthetic_growth": growth},
     )
     return dst
+
+
+def grown_rows(old: F32, n_new: int, *, noise: float, rng: np.random.Generator) -> tuple[I64, F32]:
+    """`n_new` synthetic rows grown from the float item matrix `old` (padding row 0 included)
+    as the module docstring says, and the source row each was drawn from."""
+    n_src, dim = old.shape[0] - 1, old.shape[1]
+    parents = rng.integers(1, n_src + 1, size=n_new)
+    sd = noise * np.linalg.norm(old[parents], axis=1) / math.sqrt(dim)  # (n_new,)
+    new = old[parents] + rng.standard_normal((n_new, dim), dtype=np.float32) * sd[:, None]
+    return parents, new.astype(np.float32)
 
 
 def grow_item_tables(
@@ -254,6 +270,17 @@ def recall_at_k(approx_idx: npt.NDArray[np.integer], exact_idx: npt.NDArray[np.i
         for a, e in zip(approx, exact, strict=True)
     ]
     return float(np.mean(hits))
+
+
+def tie_recall(approx_scores: npt.NDArray[np.floating], exact_scores: F32) -> float:
+    """Mean over rows of the share of the k found items that score at least the exact k-th
+    score, both (B, k) exact scores (-inf where nothing was found): recall@k that counts an
+    item tied with the k-th as a hit. pq4 codes repeat (two items with the same codes score
+    the same), and which of the tied rows an exact top k lists is a tie-break, not a miss."""
+    approx, exact = np.asarray(approx_scores), np.asarray(exact_scores)
+    if approx.shape != exact.shape or exact.ndim != 2 or exact.shape[1] == 0:
+        raise ValueError(f"shapes {approx.shape} and {exact.shape} do not match")
+    return float(np.mean(approx >= exact[:, -1:]))
 
 
 def exact_top_k(users: F32, items: npt.NDArray[Any], scales: F32 | None, k: int) -> tuple[I64, F32]:
@@ -391,21 +418,15 @@ def ann_report(
     src_items = b.items[: n_src + 1]
     src_scales = None if b.item_scales is None else b.item_scales[: n_src + 1]
     encoder = OnnxEncoder(b.model_path, manifest=m)
-    rng = np.random.default_rng(seed)
-    walks = _walk_histories(
+    queries = _queries(
         encoder,
         decode_items(src_items, src_scales),
         b.popularity[: n_src + 1],
-        n=users,
-        length=history,
+        users=users,
+        history=history,
         max_len=m.max_len,
-        rng=rng,
+        rng=np.random.default_rng(seed),
     )
-    uniform = rng.integers(1, n_src + 1, size=(users, history))
-    queries = {
-        "model-walk histories": encoder(_left_pad(walks, m.max_len)),
-        "uniform random histories": encoder(_left_pad(uniform, m.max_len)),
-    }
     t0 = time.perf_counter()
     index = AnnIndex(b.items, b.item_scales, AnnConfig(nlist=nlist))
     print(
@@ -437,6 +458,162 @@ def ann_report(
         print("  ".join(line))
 
 
+def pq_ann_report(
+    bundle_dir: Path,
+    *,
+    items: int,
+    noise: float,
+    subspaces: Sequence[int],
+    nprobes: Sequence[int],
+    refines: Sequence[int],
+    users: int,
+    history: int,
+    seed: int,
+) -> None:
+    """Print what full-catalog top 10 costs on pq4 tables of `bundle_dir`'s item vectors
+    grown to `items` items (`grown_rows`, in memory), against int8 rows of the same vectors:
+
+    - the int8 ANN path (`service.ann.AnnIndex`, the service's defaults): recall@10 against
+      exact int8 scoring, µs per query at batch 1 and per row at batch 32;
+    - per M in `subspaces`: `CodeScorer`'s exhaustive fast scan, and the IVF index over the
+      codes (`service.code_ann.CodeAnnIndex`) for each nprobe x refine, with recall@10
+      against the exact top 10 of the same codes (`CodeScorer`, which is exact).
+
+    A pq4 bundle's own codebooks code the grown rows when its M is asked for; otherwise 4-bit
+    codebooks are trained (faiss k-means, `PQ_TRAIN_ROWS` grown rows) for each M. Queries are
+    the bundle's encoder on histories of its own items, as in `ann_report`."""
+    import faiss
+
+    from benchmarks.provenance import cpu_model
+    from service.ann import AnnConfig, AnnIndex
+    from service.code_ann import CodeAnnIndex
+    from service.code_scorer import CodeScorer
+    from service.encoder import OnnxEncoder
+
+    faiss.omp_set_num_threads(1)
+    b = read_bundle(bundle_dir)
+    m = b.manifest
+    own = b.pq
+    source = own.decode() if own is not None else decode_items(b.items, b.item_scales)
+    rng = np.random.default_rng(seed)
+    queries = _queries(
+        OnnxEncoder(b.model_path, manifest=m),
+        source,
+        b.popularity,
+        users=users,
+        history=history,
+        max_len=m.max_len,
+        rng=rng,
+    )
+    _, new = grown_rows(source, max(0, items - m.n_items), noise=noise, rng=rng)
+    matrix = np.concatenate([source, new])
+    del new
+    n = len(matrix) - 1
+    print(
+        f"{m.model_version} ({m.item_encoding}, {m.n_items:,} items) grown to {n:,} items "
+        f"(noise {noise}), dim {m.dim}; {users} users per query kind; 1 thread; {cpu_model()}"
+    )
+    walk = queries["model-walk histories"]
+
+    def report(name: str, top10: Search, truth: dict[str, tuple[I64, F32]], ties: bool) -> None:
+        """recall@10 per query kind (with `ties`, also `tie_recall`: the scores compare
+        exactly), then µs per row at batch 1 and 32."""
+        line = [f"  {name}:"]
+        for kind, u in queries.items():
+            (found, found_scores), (want, want_scores) = top10(u), truth[kind]
+            tied = f", ties {tie_recall(found_scores, want_scores):.4f}" if ties else ""
+            line.append(f"recall@10 {recall_at_k(found, want):.4f}{tied} ({kind})")
+        for batch in (1, 32):
+            us = _us_per_row(top10, walk, batch, 200 // batch + 20)
+            line.append(f"{us:.0f} µs/row b{batch}")
+        print("  ".join(line))
+
+    stored, scales = encode_items(matrix, "int8")
+    t0 = time.perf_counter()
+    ann = AnnIndex(stored, scales, AnnConfig())
+    print(
+        f"int8 rows, {stored.nbytes + (scales.nbytes if scales is not None else 0):,} bytes; "
+        f"IVF nlist {ann.nlist} built in {time.perf_counter() - t0:.1f} s"
+    )
+    truth = {kind: exact_top_k(u, stored, scales, 10) for kind, u in queries.items()}
+    name = f"ANN nprobe {ann.nprobe} refine {ann.config.refine} (service defaults)"
+    report(name, partial(_ann_top10, ann), truth, ties=False)  # fp32 vs int8 arithmetic
+    for n_sub in subspaces:
+        t0 = time.perf_counter()
+        table = _pq4_table(matrix, n_sub, own, seed=seed)
+        origin = "the bundle's" if own is not None and own.m == n_sub else "trained"
+        print(
+            f"pq4 M = {n_sub}, {table.nbytes:,} bytes ({origin} codebooks, coded in "
+            f"{time.perf_counter() - t0:.1f} s)"
+        )
+        scorer = CodeScorer(table)
+        truth = {kind: _scan_top10(scorer, u) for kind, u in queries.items()}
+        report("CodeScorer, exhaustive", partial(_scan_top10, scorer), truth, ties=True)
+        index = CodeAnnIndex(table, AnnConfig())
+        print(f"  IVF over the codes: nlist {index.nlist}, built in {index.build_s:.1f} s")
+        for nprobe in nprobes:
+            for refine in refines:
+                probed = index.with_nprobe(nprobe, refine=refine)
+                name = f"nprobe {probed.nprobe:4d} refine {refine:4d}"
+                report(name, partial(_ann_top10, probed), truth, ties=True)
+
+
+def _ann_top10(index: Any, users: F32) -> tuple[I64, F32]:
+    """The 10 best rows per user and their scores, from an `AnnIndex` or `CodeAnnIndex`."""
+    found: tuple[I64, F32] = index.search(users, 10)
+    return found
+
+
+def _scan_top10(scorer: Any, users: F32) -> tuple[I64, F32]:
+    """The exact 10 best rows per user and their scores from a `CodeScorer`, nothing banned."""
+    found: tuple[I64, F32] = scorer.top_k(users, [()] * len(users), 10)
+    return found
+
+
+def _pq4_table(matrix: F32, n_sub: int, own: PQTable | None, *, seed: int) -> PQTable:
+    """`matrix` coded in 4-bit PQ with M = `n_sub`: the bundle's codebooks where they have
+    that M, else codebooks trained by faiss on `PQ_TRAIN_ROWS` of its rows (padding aside)."""
+    import faiss
+
+    if own is not None and own.m == n_sub:
+        codebooks = own.codebooks
+    else:
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(len(matrix) - 1, size=min(PQ_TRAIN_ROWS, len(matrix) - 1)) + 1
+        pq = faiss.ProductQuantizer(matrix.shape[1], n_sub, PQ_BITS)
+        pq.train(np.ascontiguousarray(matrix[np.sort(rows)]))
+        codebooks = faiss.vector_to_array(pq.centroids).reshape(n_sub, PQ_MAX_CENTROIDS, -1)
+    codes = np.empty((len(matrix), n_sub), dtype=np.uint8)
+    sub = matrix.shape[1] // n_sub
+    for start in range(0, len(matrix), SCORE_CHUNK_ROWS):  # nearest centroid per subspace
+        block = matrix[start : start + SCORE_CHUNK_ROWS].reshape(-1, n_sub, 1, sub)
+        far = ((block - codebooks[None]) ** 2).sum(axis=3)  # (rows, M, K)
+        codes[start : start + SCORE_CHUNK_ROWS] = far.argmin(axis=2)
+    return PQTable.from_codes(codes, codebooks)
+
+
+def _queries(
+    encoder: Callable[[I64], F32],
+    items: F32,
+    popularity: I64,
+    *,
+    users: int,
+    history: int,
+    max_len: int,
+    rng: np.random.Generator,
+) -> dict[str, F32]:
+    """Two kinds of user vectors, the encoder's on `users` histories of `history` items of
+    `items` (the source catalog): model walks (`_walk_histories`) and uniform draws."""
+    walks = _walk_histories(
+        encoder, items, popularity, n=users, length=history, max_len=max_len, rng=rng
+    )
+    uniform = rng.integers(1, len(items), size=(users, history))
+    return {
+        "model-walk histories": encoder(_left_pad(walks, max_len)),
+        "uniform random histories": encoder(_left_pad(uniform, max_len)),
+    }
+
+
 def _left_pad(seqs: I64, max_len: int) -> I64:
     out = np.zeros((len(seqs), max_len), dtype=np.int64)
     tail = seqs[:, -max_len:]
@@ -463,6 +640,18 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--users", type=int, default=1000)
     a.add_argument("--history", type=int, default=8, help="items per synthetic history")
     a.add_argument("--seed", type=int, default=0)
+    q = sub.add_parser(
+        "pq-ann", help="pq4 tables of a bundle grown in memory: full scan vs IVF vs int8 ANN"
+    )
+    q.add_argument("--bundle", type=Path, required=True, help="pq4, int8 or float bundle")
+    q.add_argument("--items", type=int, default=1_000_000, help="catalog size after growing")
+    q.add_argument("--noise", type=float, default=0.3, help="noise norm / source row norm")
+    q.add_argument("--m", type=int, nargs="+", default=[16, 32], help="pq4 subspaces")
+    q.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64])
+    q.add_argument("--refine", type=int, nargs="+", default=[20, 50, 100])
+    q.add_argument("--users", type=int, default=1000)
+    q.add_argument("--history", type=int, default=8, help="items per synthetic history")
+    q.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -475,6 +664,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(
             f"grew {args.src} to {args.items:,} items in {out} ({time.perf_counter() - t0:.1f} s)"
+        )
+        return 0
+    if args.command == "pq-ann":
+        pq_ann_report(
+            args.bundle,
+            items=args.items,
+            noise=args.noise,
+            subspaces=args.m,
+            nprobes=args.nprobe,
+            refines=args.refine,
+            users=args.users,
+            history=args.history,
+            seed=args.seed,
         )
         return 0
     ann_report(

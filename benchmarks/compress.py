@@ -69,6 +69,7 @@ from benchmarks.compress_report import (
 from benchmarks.provenance import cpu_model, git, python_exe
 from benchmarks.serve_bundles import BEAUTY_ITEMS
 from bundle.io import sha256_file
+from bundle.manifest import ItemEncoding
 from models.cli import DEMO_OVERRIDES
 from models.compress import (
     CompressConfig,
@@ -78,7 +79,7 @@ from models.compress import (
     fit_ce_baseline,
     fit_teacher,
     load_teacher,
-    make_pq_variant,
+    make_variant,
     prepare_data,
     run_compress,
     save_teacher,
@@ -151,7 +152,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 DEFAULT_RECIPE = "beauty"
 # pq4 item tables shipped beside the recipe's bundle, from the first seed's model (M
-# subspaces of 4-bit codes: M / 2 bytes per item against 68 for int8 rows at d = 64)
+# subspaces of 4-bit codes: M / 2 bytes per item against 68 for int8 rows at d = 64); an
+# int4-rows bundle (36 bytes per item at d = 64) is shipped beside it in every recipe
 PQ_VARIANTS: dict[str, tuple[int, ...]] = {"beauty": (8, 16, 32), "demo": ()}
 BF16_AUTO = "auto"  # a recipe's "bf16": measure, then use bf16 where it is this much faster
 BF16_MIN_SPEEDUP = 1.5
@@ -410,13 +412,17 @@ def run_seed(
     cached: TeacherTopK | None,
     *,
     with_teacher: bool,
+    int4_variant: bool = False,
     pq_variants: Sequence[int] = (),
 ) -> tuple[
     list[dict[str, Any]], dict[str, npt.NDArray[np.int64]], dict[str, Any], dict[str, StageTimer]
 ]:
     """The student side for one seed (distil, prune, quantize) and the cross-entropy baseline,
     every stage measured: (records, ranks by stage, run_compress's report, and what each stage
-    runs to answer, teacher included, for `time_together`)."""
+    runs to answer, teacher included, for `time_together`). Variants of the same fp32 model
+    with other item tables: `<model>+int8` (int8 rows) when the recipe ships another encoding,
+    `<model>+int4` (int4 rows) with `int4_variant`, and for each M of
+    `pq_variants` `<model>+pq4m<M>` (fp32, the decoded table) and `<model>+pq4m<M>+int8`."""
     result = run_compress(config, prep=prep, trained_teacher=teacher, cached=cached)
     report = result.report
     test = prep.split.test
@@ -447,16 +453,23 @@ def run_seed(
     records.append(_ce_baseline(config, prep, timing, ks))
     ranks["ce_baseline"] = records[-1].pop("ranks")
     timers["ce_baseline"] = records[-1].pop("timer")
-    for subspaces in pq_variants:
-        v = make_pq_variant(config, result, prep, teacher.model, cached, subspaces=subspaces)
-        _, ranks[v.fp32_name] = evaluate_ranks(
-            onnx_encoder(v.fp32_onnx), item_array(v.fp32_model), test, max_len=config.max_len,
-            ks=ks,
-        )  # fmt: skip
-        rec = fp32_stage(v.fp32_name, v.fp32_model, v.fp32_onnx, ranks[v.fp32_name], timing,
-                         seed=config.seed, ks=ks)  # fmt: skip
-        records.append({**rec, "item_table": v.item_table})
-        timers[v.fp32_name] = fp32_timer(v.fp32_model, v.fp32_onnx)
+    variants: list[tuple[ItemEncoding, int]] = [("int4", 0)] if int4_variant else []
+    if config.item_encoding != "int8":  # int8 rows, what every other encoding is compared with
+        variants.insert(0, ("int8", 0))
+    shipped = (config.item_encoding, config.pq_subspaces)
+    variants += [("pq4", m) for m in pq_variants if ("pq4", m) != shipped]
+    for encoding, subspaces in variants:
+        v = make_variant(config, result, prep, teacher.model, cached, encoding=encoding,
+                         subspaces=subspaces)  # fmt: skip
+        if v.fp32_name not in result.models:  # pq4: the decoded table is a model of its own
+            _, ranks[v.fp32_name] = evaluate_ranks(
+                onnx_encoder(v.fp32_onnx), item_array(v.fp32_model), test,
+                max_len=config.max_len, ks=ks,
+            )  # fmt: skip
+            rec = fp32_stage(v.fp32_name, v.fp32_model, v.fp32_onnx, ranks[v.fp32_name],
+                             timing, seed=config.seed, ks=ks)  # fmt: skip
+            records.append({**rec, "item_table": v.item_table})
+            timers[v.fp32_name] = fp32_timer(v.fp32_model, v.fp32_onnx)
         rec, ranks[v.served_name] = served_stage(
             v.served_name, v.bundle_dir, v.archive, v.fp32_model, test, prep.data.vocab, timing,
             seed=config.seed, ks=ks,
@@ -535,7 +548,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a CompressConfig field, e.g. --set prune_ratio=0.3")  # fmt: skip
     p.add_argument("--pq-variants", default=None, metavar="M,M,...",
                    help="also ship pq4 bundles of these subspace counts from the first seed's "
-                   "model (default: the recipe's; '' for none)")  # fmt: skip
+                   "model, beside its int4-rows bundle (default: the recipe's; '' for none)")  # fmt: skip
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
     return p
 
@@ -614,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_config = dataclasses.replace(config, seed=seed, version=f"{config.version}-s{seed}")
         # Other item encodings of the same model: on the first seed (they cost minutes each).
         records, seed_ranks, report, seed_timers = run_seed(
-            seed_config, prep, teacher, cached, with_teacher=i == 0,
+            seed_config, prep, teacher, cached, with_teacher=i == 0, int4_variant=i == 0,
             pq_variants=variants if i == 0 else (),
         )  # fmt: skip
         timers.update(seed_timers)  # the last seed's stages, and the first seed's variants

@@ -6,9 +6,11 @@ One record per stage and seed (`StageRecord` as a dict), with
                        `model_files`: an fp32 stage's ONNX file (encoder graph with the tied
                        fp32 item table inside, which scoring reads too); the served bundle's
                        model.onnx + items.npy + item_scales.npy (int8 rows) or codebooks.npy
-                       (pq4). `bits_per_item`: the item table's bytes x 8 per row. Vocabulary, popularity and
-                       manifest are listed apart (`metadata_files`), the archive as
-                       `archive_bytes`.
+                       (pq4). `bits_per_item`: the item table's array bytes (.npy headers
+                       left out) x 8 per row: 8 dim + 32 for int8 rows with their scales,
+                       4 dim + 32 for int4 rows, 4 M + the codebooks' share for pq4.
+                       Vocabulary, popularity and manifest are listed apart
+                       (`metadata_files`), the archive as `archive_bytes`.
     encoder_us_b1/b32  onnxruntime, one intra-op thread, every stage on the same 32 test
                        histories padded to max_len; the served stage through the service's
                        own encoder session.
@@ -54,6 +56,7 @@ from models.evaluate import item_array, measure_latency, metrics_from_ranks, onn
 from models.sasrec import SASRec, encoder_flops, encoder_params
 from models.split import EvalSet
 from service.registry import load_model
+from service.runner import LoadedModel
 from service.scorer import CatalogScorer, Scorer
 
 I64 = npt.NDArray[np.int64]
@@ -61,6 +64,9 @@ I64 = npt.NDArray[np.int64]
 SERVED_FILES = (bundle.MODEL_FILE, bundle.ITEMS_FILE, bundle.SCALES_FILE, bundle.CODEBOOKS_FILE)
 ITEM_FILES = (bundle.ITEMS_FILE, bundle.SCALES_FILE, bundle.CODEBOOKS_FILE)
 E2E_K = 10  # a whole answer is the top 10
+# Issue 19's batch-independence check: this many test users, alone and in batches of this size.
+BATCH_CHECK_USERS = 1000
+BATCH_CHECK_SIZE = 32
 TIMING_ROUNDS = 7
 TIMED = ("encoder_us_b1", "encoder_us_b32", "e2e_us_b1", "e2e_us_b32")
 
@@ -216,8 +222,8 @@ def served_stage(
         **_shape(model),
         "model_bytes": sum(needed.values()),
         "model_files": needed,
-        # the item table's files (codebooks and scales included) per catalog row
-        "bits_per_item": 8 * sum(needed.get(f, 0) for f in ITEM_FILES) / len(vocab),
+        # the item table's arrays (codebooks and scales included) per catalog row
+        "bits_per_item": 8 * table_bytes(bundle_dir) / len(vocab),
         "metadata_files": {f: b for f, b in files.items() if f not in needed},
         "archive_bytes": archive.stat().st_size,
         "encoder_us_b1": encoder["latency_us_b1"],
@@ -233,8 +239,25 @@ def served_stage(
         **_accuracy(ranks, ks, seed),
         "evaluated_with": "service",
         "service_k": max(ks),
+        "batch_independence": batch_independence(loaded, histories[:BATCH_CHECK_USERS]),
     }
     return record, ranks
+
+
+def batch_independence(loaded: LoadedModel, histories: Sequence[Sequence[str]]) -> dict[str, int]:
+    """How many of `histories` get the same top 10 answered alone as in batches of 32 (the
+    service's micro-batch): a shopper's answer must not depend on who shared the batch."""
+    alone = service_answers(loaded, histories, k=E2E_K, batch_size=1)
+    batched = service_answers(loaded, histories, k=E2E_K, batch_size=BATCH_CHECK_SIZE)
+    same = sum(a == b for a, b in zip(alone, batched, strict=True))
+    return {"users": len(histories), "batch_size": BATCH_CHECK_SIZE, "identical_top10": same}
+
+
+def table_bytes(bundle_dir: Path) -> int:
+    """Bytes of the item table's arrays in `bundle_dir` (items, scales, codebooks), without
+    the .npy headers: what the encoding itself costs."""
+    files = [bundle_dir / f for f in ITEM_FILES if (bundle_dir / f).is_file()]
+    return sum(int(np.load(f, mmap_mode="r", allow_pickle=False).nbytes) for f in files)
 
 
 def _shape(model: SASRec) -> dict[str, int]:

@@ -31,6 +31,11 @@ TARGET_SIZE_RATIO = 15.0
 TARGET_E2E_B1 = 8.0
 TARGET_E2E_B32 = 5.0
 TARGET_QUANT_LOSS = 0.01
+# --- targets (issue 19), Beauty only ------------------------------------------------------------
+TARGET_SERVED_BYTES = 1_000_000
+TARGET_ARCHIVE_BYTES = 1_500_000
+TARGET_PRUNED_PARAMS = 0.7  # pruned encoder_params / student's
+TARGET_PRUNE_LOSS = 0.01
 
 METRICS = ("hr@10", "ndcg@10", "mrr@10")
 TIMINGS = ("encoder_us_b1", "encoder_us_b32", "e2e_us_b1", "e2e_us_b32", "torch_us_b1",
@@ -65,6 +70,13 @@ def aggregate(runs: Sequence[Sequence[dict[str, Any]]], ranks: Ranks) -> list[di
             row[f"{key}_values"] = summary["values"]
         lo, hi = bootstrap_ci(seed_mean_gains(ranks[name]))
         row["ndcg@10_ci95"] = [lo, hi]
+        checks = [r["batch_independence"] for r in recs if "batch_independence" in r]
+        if checks:  # summed over the seeds' bundles
+            row["batch_independence"] = {
+                "users": sum(c["users"] for c in checks),
+                "identical_top10": sum(c["identical_top10"] for c in checks),
+                "batch_size": checks[0]["batch_size"],
+            }
         train = [r["train_seconds"] for r in recs if r.get("train_seconds") is not None]
         row["train_seconds"] = statistics.mean(train) if train else None
         out.append(row)
@@ -136,7 +148,54 @@ def evaluate_targets(stages: list[dict[str, Any]], served_name: str) -> dict[str
             "each scored as it would be served, means over seeds; positive = loss",
         ),
     }  # fmt: skip
+    t.update(compression_targets(by, served_name))
     return {"all_passed": all(v["passed"] for v in t.values()), **t}
+
+
+def compression_targets(by: dict[str, dict[str, Any]], served_name: str) -> dict[str, Any]:
+    """Issue 19's targets: bytes, the int8-rows speed, real pruning, batch independence."""
+    served, student, pruned = by[served_name], by["student"], by.get("pruned")
+    base = "pruned" if pruned else "student"
+    rows = by.get(f"{base}+int8")
+    check = served.get("batch_independence") or {}
+    t = {
+        "served_model_bytes": _target(
+            served["model_bytes"], TARGET_SERVED_BYTES, "<=",
+            f"{served_name} model bytes, unpacked (graph, item table, scales, codebooks)",
+        ),
+        "served_archive_bytes": _target(
+            served.get("archive_bytes"), TARGET_ARCHIVE_BYTES, "<=",
+            f"{served_name} bundle archive (.tar.gz, vocabulary and metadata included)",
+        ),
+        "pruned_encoder_params": _target(
+            _ratio(pruned["encoder_params"], student["encoder_params"]) if pruned else None,
+            TARGET_PRUNED_PARAMS, "<=", "pruned / student encoder parameters (item table excluded)",
+        ),
+        "pruning_ndcg_loss": _target(
+            _loss(student["ndcg@10"], pruned["ndcg@10"]) if pruned else None,
+            TARGET_PRUNE_LOSS, "<=",
+            "(student - pruned) / student NDCG@10, fp32, means over seeds; positive = loss",
+        ),
+        "batch_independent_answers": _target(
+            check.get("identical_top10", 0) / check["users"] if check.get("users") else None,
+            1.0, ">=",
+            f"share of {check.get('users')} test users whose top 10 answered alone equals "
+            f"their top 10 answered in batches of {check.get('batch_size')}",
+        ),
+    }  # fmt: skip
+    for batch in ("b1", "b32"):
+        key = f"e2e_us_{batch}"
+        t[f"e2e_{batch}_vs_int8_rows"] = _target(
+            _ratio(rows[key], served[key]) if rows else None,
+            1.0,
+            ">=",
+            f"{base}+int8 / {served_name} µs per whole answer at {batch}: no slower than int8 rows",
+        )
+    return t
+
+
+def _loss(before: float, after: float) -> float | None:
+    return (before - after) / before if before > 0 else None
 
 
 # --- markdown ------------------------------------------------------------------------------------

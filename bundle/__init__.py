@@ -7,8 +7,10 @@ A bundle is a flat directory (or the same files in a .tar.gz for upload):
     model.onnx        user encoder: int64 [batch, max_len] (left-padded with 0) -> float32 [batch, dim]
                       (its item embedding may read items.npy / item_scales.npy as ONNX external
                       data, so the tied item matrix is stored once: see `npy_data_offset`)
-    items.npy         item scoring matrix, row i = item index i (row 0 = padding), int8/fp16/fp32
-    item_scales.npy   float32 per-row scales when items.npy is int8 (score = (u . q_i) * scale_i)
+    items.npy         item scoring matrix, row i = item index i (row 0 = padding), int8/fp16/fp32,
+                      or int4: uint8 (rows, dim / 2), two values + 8 per byte, low nibble first
+    item_scales.npy   float32 per-row scales when items.npy is int8 or int4
+                      (score = (u . q_i) * scale_i; see `bundle.items`)
     codebooks.npy     pq4 only: float32 (M, K, dim / M) centroids; items.npy then holds each
                       item's M 4-bit codes, two per byte (see `bundle.pq`)
     vocab.json        external item IDs in index order; entry 0 is "" (padding)
@@ -20,6 +22,7 @@ from bundle.archive import extract_archive, pack_bundle
 from bundle.errors import BundleError
 from bundle.io import (
     CODEBOOKS_FILE,
+    ENCODER_SESSION_CONFIG,
     ITEMS_FILE,
     MODEL_FILE,
     SCALES_FILE,
@@ -29,12 +32,13 @@ from bundle.io import (
     verify_golden,
     write_bundle,
 )
-from bundle.items import decode_items, encode_items
+from bundle.items import decode_items, encode_items, pack_int4, quantize_int4, unpack_int4
 from bundle.manifest import FORMAT_VERSION, FileInfo, Golden, Manifest
 from bundle.pq import PQTable
 
 __all__ = [
     "CODEBOOKS_FILE",
+    "ENCODER_SESSION_CONFIG",
     "FORMAT_VERSION",
     "ITEMS_FILE",
     "MODEL_FILE",
@@ -50,7 +54,10 @@ __all__ = [
     "extract_archive",
     "npy_data_offset",
     "pack_bundle",
+    "pack_int4",
+    "quantize_int4",
     "read_bundle",
+    "unpack_int4",
     "verify_golden",
     "write_bundle",
 ]

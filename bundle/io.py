@@ -15,7 +15,7 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from bundle.errors import BundleError
-from bundle.items import encode_items
+from bundle.items import encode_items, unpack_int4
 from bundle.manifest import FileInfo, Golden, ItemEncoding, Manifest
 from bundle.pq import PQTable
 
@@ -28,6 +28,10 @@ POPULARITY_FILE = "popularity.npy"
 MANIFEST_FILE = "manifest.json"
 PAD_ID = ""
 MAX_GOLDEN = 256  # golden pairs a reader accepts (the pipeline writes 4)
+# onnxruntime session settings every runner of a bundle's model.onnx uses (the pipeline's
+# evaluation and golden outputs, the service): DequantizeLinear of constant int8 weights is
+# folded to fp32 once at load instead of run per call (models.quantize, "float" activations).
+ENCODER_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,10 @@ class Bundle:
 
     path: Path
     manifest: Manifest
-    items: npt.NDArray[np.generic]  # (n_items + 1, dim) int8 / fp16 / fp32; pq4: packed codes
-    item_scales: npt.NDArray[np.float32] | None  # (n_items + 1,) when items is int8
+    # (n_items + 1, dim) int8 / fp16 / fp32; int4: uint8 (n_items + 1, dim / 2), two values
+    # per byte (`int8_rows` unpacks them); pq4: packed codes
+    items: npt.NDArray[np.generic]
+    item_scales: npt.NDArray[np.float32] | None  # (n_items + 1,) when items is int8 or int4
     vocab: list[str]  # index -> external ID; vocab[0] == ""
     popularity: npt.NDArray[np.int64]  # (n_items + 1,)
     codebooks: npt.NDArray[np.float32] | None = None  # pq4: (M, K, dim / M)
@@ -48,6 +54,15 @@ class Bundle:
         if self.codebooks is None:
             return None
         return PQTable(self.items.astype(np.uint8, copy=False), self.codebooks)
+
+    def int8_rows(self) -> npt.NDArray[np.int8]:
+        """The int8 or int4 item rows as int8 (n_items + 1, dim), to score with `item_scales`:
+        an int4 table is unpacked into a new array (values -8..7, twice its stored bytes)."""
+        if self.manifest.item_encoding == "int4":
+            return unpack_int4(self.items.astype(np.uint8, copy=False))
+        if self.manifest.item_encoding == "int8":
+            return self.items.astype(np.int8, copy=False)
+        raise ValueError(f"a {self.manifest.item_encoding} item table has no int8 rows")
 
     @property
     def model_path(self) -> Path:
@@ -131,7 +146,8 @@ def write_bundle(
     exactly those arrays, so the encoder's item embedding and the scoring matrix are one copy.
 
     A `PQTable` (item_encoding "pq4") is stored as its packed codes (`items.npy`) and
-    codebooks (`codebooks.npy`); the encoder may read both the same way.
+    codebooks (`codebooks.npy`); the encoder may read both the same way. "int4" stores the
+    packed 4-bit rows (`bundle.items.pack_int4`) and their scales.
     """
     vocab = list(vocab)
     if isinstance(item_matrix, PQTable) != (item_encoding == "pq4"):
@@ -268,7 +284,7 @@ def read_bundle(path: Path) -> Bundle:
     """
     manifest = read_manifest(path)
     required = {MODEL_FILE, ITEMS_FILE, VOCAB_FILE, POPULARITY_FILE}
-    if manifest.item_encoding == "int8":
+    if manifest.item_encoding in _SCALED:
         required.add(SCALES_FILE)
     if manifest.item_encoding == "pq4":
         required.add(CODEBOOKS_FILE)
@@ -296,25 +312,13 @@ def read_bundle(path: Path) -> Bundle:
     codebooks = None
     if manifest.item_encoding == "pq4":
         codebooks = _read_pq(path, manifest, items)
-    elif items.dtype != _ITEM_DTYPES[manifest.item_encoding] or items.shape != (
-        rows,
-        manifest.dim,
-    ):
-        raise BundleError(
-            f"{ITEMS_FILE} is {items.dtype} {items.shape}, manifest says "
-            f"{manifest.item_encoding} ({rows}, {manifest.dim})"
-        )
+    else:
+        _check_rows(manifest, items)
     if items.dtype.kind == "f" and not np.isfinite(items).all():
         raise BundleError(f"{ITEMS_FILE} contains NaN or Inf")
     scales = None
-    if manifest.item_encoding == "int8":
-        scales = _load_npy(path / SCALES_FILE)
-        if scales.dtype != np.float32 or scales.shape != (rows,):
-            raise BundleError(
-                f"{SCALES_FILE} must be float32 ({rows},), got {scales.dtype} {scales.shape}"
-            )
-        if not np.isfinite(scales).all():
-            raise BundleError(f"{SCALES_FILE} contains NaN or Inf")
+    if manifest.item_encoding in _SCALED:
+        scales = _read_scales(path, manifest)
 
     try:
         vocab = json.loads((path / VOCAB_FILE).read_text(encoding="utf-8"))
@@ -377,7 +381,40 @@ def read_bundle(path: Path) -> Bundle:
     )
 
 
-_ITEM_DTYPES = {"int8": np.int8, "fp16": np.float16, "fp32": np.float32}
+_ITEM_DTYPES = {"int8": np.int8, "int4": np.uint8, "fp16": np.float16, "fp32": np.float32}
+_SCALED = ("int8", "int4")  # encodings with one float32 scale per row
+
+
+def _check_rows(manifest: Manifest, items: npt.NDArray[Any]) -> None:
+    """The dtype and shape of a row table (int8, int4, fp16, fp32) against the manifest."""
+    encoding, rows, dim = manifest.item_encoding, manifest.n_items + 1, manifest.dim
+    if encoding == "int4" and dim % 2:
+        raise BundleError(f"manifest says int4 with dim {dim}; int4 rows need an even dim")
+    width = dim // 2 if encoding == "int4" else dim
+    if items.dtype != _ITEM_DTYPES[encoding] or items.shape != (rows, width):
+        packed = ", two 4-bit values per byte" if encoding == "int4" else ""
+        raise BundleError(
+            f"{ITEMS_FILE} is {items.dtype} {items.shape}, manifest says "
+            f"{encoding} ({rows}, {width}){packed}"
+        )
+
+
+def _read_scales(path: Path, manifest: Manifest) -> npt.NDArray[np.float32]:
+    """`item_scales.npy` of an int8 or int4 bundle: float32 (rows,), finite."""
+    rows = manifest.n_items + 1
+    scales = _load_npy(path / SCALES_FILE)
+    if scales.dtype != np.float32 or scales.shape != (rows,):
+        raise BundleError(
+            f"{SCALES_FILE} must be float32 ({rows},), got {scales.dtype} {scales.shape}"
+        )
+    if not np.isfinite(scales).all():
+        raise BundleError(f"{SCALES_FILE} contains NaN or Inf")
+    # int4's quantizer writes only positive scales; a zero or negative one would silently
+    # zero or invert an item's scores. The padding row is never scored.
+    if manifest.item_encoding == "int4" and not (scales[1:] > 0).all():
+        bad = (np.flatnonzero(scales[1:] <= 0)[:5] + 1).tolist()
+        raise BundleError(f"{SCALES_FILE} has scales <= 0 at rows {bad}; int4 needs them > 0")
+    return scales
 
 
 def _read_pq(path: Path, manifest: Manifest, packed: npt.NDArray[Any]) -> npt.NDArray[np.float32]:

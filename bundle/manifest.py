@@ -12,7 +12,7 @@ FORMAT_VERSION: Literal[1] = 1
 # Version names become directory names and Redis key parts: keep them boring.
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
-ItemEncoding = Literal["int8", "fp16", "fp32", "pq4"]
+ItemEncoding = Literal["int8", "int4", "fp16", "fp32", "pq4"]
 
 
 class FileInfo(BaseModel):

@@ -36,6 +36,7 @@ import numpy.typing as npt
 import torch
 
 import bundle
+from bundle.manifest import ItemEncoding
 from bundle.pq import PQ_MAX_CENTROIDS, PQTable
 from models.distill import (
     DistillConfig,
@@ -57,8 +58,8 @@ from models.evaluate import (
     torch_threads,
 )
 from models.export import check_parity, export_onnx
-from models.pq import decoded_copy, pq_table_of, train_pq, with_pq_items
-from models.prune import PruneConfig, prune_and_finetune
+from models.pq import balanced_order, decoded_copy, pq_table_of, train_pq, with_pq_items
+from models.prune import PruneConfig, prune_and_finetune, reorder_channels
 from models.quantize import (
     Activations,
     QuantizeConfig,
@@ -132,13 +133,17 @@ class CompressConfig:
     quantize_per_channel: bool = True
     quantize_reduce_range: bool = True
     quantize_embeddings: bool = True  # the encoder's item embedding reads items.npy (shared)
-    quantize_activations: Activations = "static"  # see models.quantize
+    quantize_activations: Activations = "float"  # see models.quantize
     calibration_users: int = 1024  # training histories the static scales are fitted on
-    item_encoding: Literal["int8", "fp16", "fp32", "pq4"] = "int8"
+    # int4: 4-bit rows with error-corrected per-row scales (`bundle.items.quantize_int4`)
+    item_encoding: ItemEncoding = "int8"
     # pq4: M subspaces of 4-bit codes (M / 2 bytes per item), then this many epochs of
     # distillation with the codes fixed and the codebooks (and the encoder) trained
     pq_subspaces: int = 16
     pq_finetune_epochs: int = 2
+    # which hidden channels share a subspace: "balanced" spreads the variance evenly over
+    # the subspaces (models.pq.balanced_order), "natural" slices the channels in order
+    pq_channel_order: Literal["balanced", "natural"] = "balanced"
     n_golden: int = 4
     # evaluation
     ks: tuple[int, ...] = (10, 20)
@@ -199,6 +204,13 @@ class CompressConfig:
             seed=self.seed,
             progress=self.progress,
         )
+
+
+QUANTIZE_METHODS = {
+    "float": "int8 weights behind DequantizeLinear (models.quantize.quantize_weights)",
+    "static": "onnxruntime.quantization.quantize_static",
+    "dynamic": "onnxruntime.quantization.quantize_dynamic",
+}
 
 
 @dataclass
@@ -554,13 +566,14 @@ def run_compress(
     if pruning["ran"]:
         stage_models["pruned"] = pruned
     items: npt.NDArray[np.float32] | PQTable = item_array(pruned)
-    item_table: dict[str, Any] = {"encoding": c.item_encoding}
     if c.item_encoding == "pq4":
         t0 = time.perf_counter()
         items, pq_model, item_table = _product_quantize(c, pruned, teacher, train_split, cached)
         fp32_name = f"{fp32_name}+pq4m{c.pq_subspaces}"
         stage_models[fp32_name] = pq_model
         phase("pq", t0)
+    else:
+        item_table = row_table_info(c.item_encoding, pruned.config.dim)
     served_name = f"{fp32_name}+int8"
 
     t0 = time.perf_counter()
@@ -641,7 +654,7 @@ def run_compress(
         },
         "pruning": pruning,
         "quantization": {
-            "method": f"onnxruntime.quantization.quantize_{c.quantize_activations}",
+            "method": QUANTIZE_METHODS[c.quantize_activations],
             "activations": c.quantize_activations,
             "calibration_users": c.calibration_users if c.quantize_activations == "static" else 0,
             "weight_type": "QInt8",
@@ -802,6 +815,8 @@ def _product_quantize(
             "pq4 ships the encoder's item lookup from the codes: keep quantize_embeddings"
         )
     _log(c, f"product-quantizing the item table: {c.pq_subspaces} subspaces x 4 bits")
+    if c.pq_channel_order == "balanced":
+        model = reorder_channels(model, balanced_order(item_array(model), m=c.pq_subspaces))
     table = train_pq(item_array(model), m=c.pq_subspaces, seed=c.seed)
     pq_model = with_pq_items(model, table)
     info: dict[str, Any] = {
@@ -810,6 +825,7 @@ def _product_quantize(
         "centroids": PQ_MAX_CENTROIDS,
         "bytes_per_item": c.pq_subspaces // 2,
         "assignment": "k-means per subspace on the trained item vectors (codes then fixed)",
+        "channel_order": c.pq_channel_order,
         "finetune_epochs": c.pq_finetune_epochs,
     }
     if c.pq_finetune_epochs > 0:
@@ -832,54 +848,84 @@ def _product_quantize(
     return table, decoded_copy(pq_model), info
 
 
+_VALUE_BITS = {"int8": 8, "int4": 4, "fp16": 16, "fp32": 32}
+
+
+def row_table_info(encoding: ItemEncoding, dim: int) -> dict[str, Any]:
+    """The report's account of an item table stored as rows of `dim` values (int8, int4,
+    fp16, fp32; a pq4 table's is `_product_quantize`'s)."""
+    scale_bytes = 4 if encoding in ("int8", "int4") else 0  # one float32 per row
+    info: dict[str, Any] = {
+        "encoding": encoding,
+        "bytes_per_item": dim * _VALUE_BITS[encoding] // 8 + scale_bytes,
+    }
+    if encoding == "int4":
+        info["quantizer"] = (
+            "signed 4-bit values, one float32 scale per row: per-row clip search, then "
+            "least-squares scale refits (bundle.items.quantize_int4)"
+        )
+    return info
+
+
 @dataclass
 class Variant:
-    """One more served bundle from a finished run: its fp32 model's item table product-
-    quantized with `subspaces` 4-bit codes, fine-tuned, quantized and shipped like the run's."""
+    """One more served bundle from a finished run: its fp32 model with the item table encoded
+    another way (int4 rows; pq4 codes, fine-tuned), quantized and shipped like the run's."""
 
-    fp32_name: str  # e.g. "student+pq4m8": the fp32 encoder over the decoded table
-    served_name: str  # "student+pq4m8+int8": the bundle
-    fp32_model: SASRec  # eval mode, CPU, the decoded table inside
+    # the fp32 model it comes from: the run's own ("pruned") for int4 rows; for pq4 a model
+    # of its own, e.g. "student+pq4m8", the fp32 encoder over the decoded table
+    fp32_name: str
+    served_name: str  # the bundle: "pruned+int4", "student+pq4m8+int8"
+    fp32_model: SASRec  # eval mode, CPU, the (decoded) table inside
     fp32_onnx: bytes
     bundle_dir: Path
     archive: Path
     item_table: dict[str, Any]
 
 
-def make_pq_variant(
+def make_variant(
     c: CompressConfig,
     result: CompressResult,
     prep: PreparedData,
     teacher: SASRec,
     cached: TeacherTopK | None,
     *,
-    subspaces: int,
+    encoding: ItemEncoding,
+    subspaces: int = 0,
 ) -> Variant:
-    """A pq4 bundle of `subspaces` codes next to `result`'s, from the same fp32 model (the
-    pruned one when the run pruned), so encodings compare on one model."""
+    """A bundle next to `result`'s with its item table as `encoding` (pq4: `subspaces`
+    codes), from the same fp32 model (the pruned one when the run pruned), so encodings
+    compare on one model."""
     base_name = "pruned" if "pruned" in result.models else "student"
-    vc = dataclasses.replace(c, item_encoding="pq4", pq_subspaces=subspaces)
-    table, pq_model, info = _product_quantize(
-        vc, result.models[base_name], teacher, prep.train_split, cached
-    )
-    fp32_onnx = export_onnx(pq_model)
-    served, shipped = _served_encoder(vc, fp32_onnx, table, prep.split)
+    base = result.models[base_name]
+    vc = dataclasses.replace(c, item_encoding=encoding, pq_subspaces=subspaces or c.pq_subspaces)
+    items: npt.NDArray[np.float32] | PQTable
+    if encoding == "pq4":
+        items, fp32_model, info = _product_quantize(vc, base, teacher, prep.train_split, cached)
+        fp32_onnx = export_onnx(fp32_model)
+        suffix = f"pq4m{vc.pq_subspaces}"
+        fp32_name, served_name = f"{base_name}+{suffix}", f"{base_name}+{suffix}+int8"
+    else:
+        items, fp32_model, fp32_onnx = item_array(base), base, result.fp32_onnx[base_name]
+        info = row_table_info(encoding, base.config.dim)
+        suffix = encoding
+        fp32_name, served_name = base_name, f"{base_name}+{encoding}"
+    served, shipped = _served_encoder(vc, fp32_onnx, items, prep.split)
     golden = pad_left(prep.split.valid.histories[: c.n_golden], c.max_len)
     encode = onnx_encoder(served)
     atol, _ = golden_tolerance(encode, golden)
-    suffix = f"pq4m{subspaces}"
     bundle_dir = result.bundle_dir.parent / f"{result.bundle_dir.name}-{suffix}"
     recipe = {"variant_of": result.report["version"], "item_table": info,
               "config": _jsonable(asdict(vc))}  # fmt: skip
     archive = _write_and_pack(
-        vc, bundle_dir, prep.data, served, shipped, table, golden_inputs=golden,
+        vc, bundle_dir, prep.data, served, shipped, items, golden_inputs=golden,
         golden_outputs=encode(golden), golden_atol=atol,
         architecture=result.report["architecture"], recipe=recipe, metrics={},
     )  # fmt: skip
     return Variant(
-        fp32_name=f"{base_name}+{suffix}",
-        served_name=f"{base_name}+{suffix}+int8",
-        fp32_model=pq_model,
+        fp32_name=fp32_name,
+        served_name=served_name,
+        fp32_model=fp32_model,
         fp32_onnx=fp32_onnx,
         bundle_dir=bundle_dir,
         archive=archive,

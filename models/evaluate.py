@@ -28,6 +28,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 
+import bundle
 from models.sasrec import SASRec
 from models.split import EvalSet
 
@@ -205,6 +206,8 @@ def torch_encoder(model: torch.nn.Module) -> Encoder:
 
 def onnx_session(model: bytes | str, *, threads: int = 0) -> ort.InferenceSession:
     opts = ort.SessionOptions()
+    for key, value in bundle.ENCODER_SESSION_CONFIG.items():
+        opts.add_session_config_entry(key, value)
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -45,6 +45,25 @@ def train_pq(matrix: F32, *, m: int, iters: int = 25, seed: int = 0) -> PQTable:
     return PQTable.from_codes(codes, codebooks)
 
 
+def balanced_order(matrix: F32, *, m: int) -> torch.Tensor:
+    """A channel order whose M contiguous slices hold comparable shares of the variance.
+
+    A student started from the teacher's PCA has its channels roughly sorted by variance, so
+    natural slices give the first subspaces most of the signal and the last ones almost none,
+    each with the same 16 centroids. Here channels are dealt out largest variance first in a
+    snake (slices 0..M-1, then M-1..0, ...), so every slice pairs strong channels with weak
+    ones: a permutation-only form of OPQ's eigenvalue allocation (Ge et al., CVPR 2013)."""
+    dim = matrix.shape[1]
+    if dim % m:
+        raise ValueError(f"M = {m} must divide the dimension {dim}")
+    by_variance = np.argsort(-matrix[1:].astype(np.float64).var(axis=0), kind="stable")
+    slices: list[list[int]] = [[] for _ in range(m)]
+    for i, channel in enumerate(by_variance):
+        lap, j = divmod(i, m)
+        slices[j if lap % 2 == 0 else m - 1 - j].append(int(channel))
+    return torch.tensor([ch for s in slices for ch in s])
+
+
 def _kmeans(x: torch.Tensor, k: int, iters: int, rng: np.random.Generator) -> torch.Tensor:
     centers = x[[int(rng.integers(len(x)))]]
     while len(centers) < k:  # k-means++: far points are likelier seeds

@@ -199,38 +199,7 @@ def prune_model(
         H, F_ = block.attn.n_heads, block.ffn.fc1.out_features
         kept_heads.append(_keep(imp.heads, config.ratio) if config.prune_heads else torch.arange(H))
         kept_units.append(_keep(imp.ffn, config.ratio) if config.prune_ffn else torch.arange(F_))
-    new_config = SASRecConfig(
-        **{
-            **c.to_dict(),
-            "n_heads": [len(h) for h in kept_heads],
-            "ffn_hidden": [len(u) for u in kept_units],
-            "dim": len(channels),
-            # The input scale the network was trained with, whatever its new width.
-            "emb_scale": c.emb_scale if len(channels) == c.dim else c.embedding_scale,
-        }
-    )
-    device = next(model.parameters()).device
-    pruned = SASRec(new_config).to(device)
-    channels = channels.to(device)
-    with torch.no_grad():
-        pruned.item_emb.weight.copy_(model.item_emb.weight.detach()[:, channels])
-        pruned.pos_emb.copy_(model.pos_emb.detach()[:, channels])
-    pruned.ln_f = _sliced_norm(model.ln_f, channels)
-    for old, new, heads, units in zip(
-        model.block_list(), pruned.block_list(), kept_heads, kept_units, strict=True
-    ):
-        D = old.attn.head_dim
-        rows = (heads[:, None] * D + torch.arange(D)[None, :]).reshape(-1)  # (H'·D,)
-        rows = rows.to(device)
-        units = units.to(device)
-        new.ln1 = _sliced_norm(old.ln1, channels)
-        new.ln2 = _sliced_norm(old.ln2, channels)
-        new.attn.q = _sliced(old.attn.q, rows=rows, cols=channels)
-        new.attn.k = _sliced(old.attn.k, rows=rows, cols=channels)
-        new.attn.v = _sliced(old.attn.v, rows=rows, cols=channels)
-        new.attn.o = _sliced(old.attn.o, rows=channels, cols=rows)
-        new.ffn.fc1 = _sliced(old.ffn.fc1, rows=units, cols=channels)
-        new.ffn.fc2 = _sliced(old.ffn.fc2, rows=channels, cols=units)
+    pruned = _rebuild(model, channels, kept_heads, kept_units)
     info = PruneInfo(
         params_before=model.num_params(),
         params_after=pruned.num_params(),
@@ -244,6 +213,63 @@ def prune_model(
         kept_channels=channels.tolist(),
     )
     return pruned, info
+
+
+def reorder_channels(model: SASRec, order: torch.Tensor) -> SASRec:
+    """A copy of `model` whose hidden channel i is `model`'s channel `order[i]`: the same
+    function (LayerNorm and attention do not care about channel order), the item table's
+    columns permuted with everything else. Product quantization uses it to choose which
+    channels share a subspace."""
+    c = model.config
+    if sorted(order.tolist()) != list(range(c.dim)):
+        raise ValueError(f"order must be a permutation of the {c.dim} hidden channels")
+    heads = [torch.arange(b.attn.n_heads) for b in model.block_list()]
+    units = [torch.arange(b.ffn.fc1.out_features) for b in model.block_list()]
+    out = _rebuild(model, order, heads, units)
+    return out.train(model.training)
+
+
+def _rebuild(
+    model: SASRec,
+    channels: torch.Tensor,
+    kept_heads: list[torch.Tensor],
+    kept_units: list[torch.Tensor],
+) -> SASRec:
+    """A new SASRec made of `model`'s selected hidden channels, heads and FFN units."""
+    c = model.config
+    new_config = SASRecConfig(
+        **{
+            **c.to_dict(),
+            "n_heads": [len(h) for h in kept_heads],
+            "ffn_hidden": [len(u) for u in kept_units],
+            "dim": len(channels),
+            # The input scale the network was trained with, whatever its new width.
+            "emb_scale": c.emb_scale if len(channels) == c.dim else c.embedding_scale,
+        }
+    )
+    device = next(model.parameters()).device
+    new_model = SASRec(new_config).to(device)
+    channels = channels.to(device)
+    with torch.no_grad():
+        new_model.item_emb.weight.copy_(model.item_emb.weight.detach()[:, channels])
+        new_model.pos_emb.copy_(model.pos_emb.detach()[:, channels])
+    new_model.ln_f = _sliced_norm(model.ln_f, channels)
+    for old, new, heads, units in zip(
+        model.block_list(), new_model.block_list(), kept_heads, kept_units, strict=True
+    ):
+        D = old.attn.head_dim
+        rows = (heads[:, None] * D + torch.arange(D)[None, :]).reshape(-1)  # (H'·D,)
+        rows = rows.to(device)
+        units = units.to(device)
+        new.ln1 = _sliced_norm(old.ln1, channels)
+        new.ln2 = _sliced_norm(old.ln2, channels)
+        new.attn.q = _sliced(old.attn.q, rows=rows, cols=channels)
+        new.attn.k = _sliced(old.attn.k, rows=rows, cols=channels)
+        new.attn.v = _sliced(old.attn.v, rows=rows, cols=channels)
+        new.attn.o = _sliced(old.attn.o, rows=channels, cols=rows)
+        new.ffn.fc1 = _sliced(old.ffn.fc1, rows=units, cols=channels)
+        new.ffn.fc2 = _sliced(old.ffn.fc2, rows=channels, cols=units)
+    return new_model
 
 
 def prune_and_finetune(

@@ -1,34 +1,43 @@
 """INT8 quantization of the exported encoder with onnxruntime's tools.
 
-Weights of the MatMuls are int8, one scale per output channel. Activations come two ways:
+Weights of the MatMuls are int8, one scale per output channel. Activations come three ways:
 
-- "static" (the default): each quantized MatMul's input gets one fixed scale and zero point,
+- "float" (the default): only the weights are int8, each behind a DequantizeLinear of the
+  constant; the activations stay fp32. The file is as small as the others', a row's output
+  cannot depend on its batch, and onnxruntime folds the weights back to fp32 once when the
+  session is created (`bundle.ENCODER_SESSION_CONFIG`), so it runs at fp32 speed: at the
+  student's width the int8 kernels' quantize/dequantize steps cost about what the integer
+  products save (docs/decisions/2026-12-06-int8-weights-float-activations.md).
+- "static": each quantized MatMul's input gets one fixed scale and zero point,
   calibrated once on training histories (min/max), so every row of a batch is quantized the
   same way whoever rides with it: a shopper's answer does not depend on the batch
   (QLinearMatMul, `quantize_static`).
 - "dynamic": the scale is computed per call over the whole batch tensor
   (DynamicQuantizeLinear + MatMulInteger, `quantize_dynamic`); cheaper per call, but a row's
   vector moves with its neighbours (measured in docs/decisions/2026-12-06-static-int8-encoder.md).
-  It also stores Gather tables (the item embedding) as int8 and dequantizes after the lookup. `reduce_range=True` keeps
-weights to 7 bits so u8·s8 products cannot saturate the 16-bit intermediate sums of AVX2
-kernels without VNNI: the same file then gives the same answer on every x86 CPU, which is
+  It also stores Gather tables (the item embedding) as int8 and dequantizes after the lookup.
+
+`reduce_range=True` (static and dynamic) keeps weights to 7 bits so u8·s8 products cannot
+saturate the 16-bit intermediate sums of AVX2 kernels without VNNI: the same file then gives the same answer on every x86 CPU, which is
 what the bundle's golden check needs (onnxruntime docs, "Quantize ONNX models",
 https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html).
 
 SASRec ties its input item embedding to the scoring matrix, which the bundle stores as
-`items.npy` (`bundle.encode_items`: int8 with one scale per row, or fp16/fp32). So as not to
-store that matrix twice, `share_item_table` replaces the encoder's item-embedding lookup
-(whatever quantize_dynamic made of it) with a lookup into exactly that encoding:
+`items.npy` (`bundle.encode_items`: int8 or int4 with one scale per row, or fp16/fp32). So as
+not to store that matrix twice, `share_item_table` replaces the encoder's item-embedding
+lookup (whatever quantize_dynamic made of it) with a lookup into exactly that encoding:
 
     Gather(items, item_seq) -> Cast(float) -> Mul(Unsqueeze(Gather(item_scales, item_seq), -1))
 
-(no Cast for fp32, no Mul without scales), and `link_item_table` turns the two initializers
-into ONNX external data pointing into the bundle's `items.npy` / `item_scales.npy`, at the
-offset where `np.save` puts the raw array (`bundle.npy_data_offset`). The self-contained model
-is what the pipeline runs (evaluation, golden outputs); the linked one is what it ships:
-same graph, same values, the table stored once.
+(no Cast for fp32, no Mul without scales; int4 rows are gathered as packed bytes and split
+into their two 4-bit values, low nibble first, minus 8, before the Cast), and
+`link_item_table` turns the two initializers into ONNX external data pointing into the
+bundle's `items.npy` / `item_scales.npy`, at the offset where `np.save` puts the raw array
+(`bundle.npy_data_offset`). The self-contained model is what the pipeline runs (evaluation,
+golden outputs); the linked one is what it ships: same graph, same values, the table stored
+once.
 
-    int8_bytes = quantize_onnx(fp32_bytes, QuantizeConfig(), calibration=train_histories)
+    int8_bytes = quantize_onnx(fp32_bytes, QuantizeConfig())  # static: calibration=histories
     served = share_item_table(int8_bytes, item_matrix, "int8")   # runs from bytes
     shipped = link_item_table(served)                              # model.onnx of the bundle
     bundle.write_bundle(dir, onnx_model=shipped, item_matrix=item_matrix, item_encoding="int8", ...)
@@ -59,6 +68,7 @@ from onnxruntime.quantization import (
 )
 
 import bundle
+from bundle.items import INT4_OFFSET
 from bundle.manifest import ItemEncoding
 from bundle.pq import PQTable
 
@@ -73,7 +83,7 @@ LINKED_FILES = {
 }
 CALIBRATION_BATCH = 64  # rows per calibration call
 
-Activations = Literal["static", "dynamic"]
+Activations = Literal["static", "dynamic", "float"]
 
 
 @dataclass
@@ -83,7 +93,7 @@ class QuantizeConfig:
     # dynamic only: also store the item embedding's Gather table as int8 (static leaves it
     # fp32; `share_item_table` replaces it with the bundle's table either way)
     embeddings: bool = True
-    activations: Activations = "static"
+    activations: Activations = "float"
 
 
 class CalibrationError(ValueError):
@@ -99,6 +109,8 @@ def quantize_onnx(
     """Return INT8 ONNX bytes for the fp32 ONNX `fp32_model`. Static activations need
     `calibration`: (U, max_len) left-padded training histories, the inputs it is fitted on."""
     c = config or QuantizeConfig()
+    if c.activations == "float":
+        return quantize_weights(fp32_model)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32_model)
@@ -144,6 +156,37 @@ def weight_matmuls(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
 
 
+def quantize_weights(fp32_model: bytes) -> bytes:
+    """The "float" mode: each weight MatMul's (K, N) weight becomes int8 with one symmetric
+    scale per output column, read through DequantizeLinear; nothing else changes."""
+    model = onnx.load_from_string(fp32_model)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    matmuls = set(weight_matmuls(model))
+    names = sorted({n.input[1] for n in g.node if n.name in matmuls})
+    dequantize = []
+    for name in names:
+        w = numpy_helper.to_array(inits[name]).astype(np.float32)
+        if w.ndim != 2:
+            raise ValueError(f"weight {name} has shape {w.shape}, expected (K, N)")
+        scale = np.maximum(np.abs(w).max(axis=0), np.finfo(np.float32).tiny) / 127
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        g.initializer.remove(inits[name])
+        g.initializer.extend([
+            numpy_helper.from_array(q, f"{name}_int8"),
+            numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+        ])  # fmt: skip
+        dequantize.append(helper.make_node(
+            "DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name], axis=1,
+            name=f"{name}_dequantize",
+        ))  # fmt: skip
+    nodes = dequantize + list(g.node)  # constants first keeps the graph topologically sorted
+    del g.node[:]
+    g.node.extend(nodes)
+    out: bytes = model.SerializeToString()
+    return out
+
+
 def _quantize_static(
     src: Path, dst: Path, c: QuantizeConfig, calibration: npt.NDArray[np.int64] | None
 ) -> None:
@@ -176,8 +219,9 @@ class ShareError(ValueError):
 def share_item_table(
     model: bytes, item_matrix: npt.NDArray[np.floating] | PQTable, encoding: ItemEncoding
 ) -> bytes:
-    """Make `model`'s item embedding read `bundle.encode_items(item_matrix, encoding)`, or,
-    for "pq4", the PQTable's packed codes and codebooks (`_pq_lookup`).
+    """Make `model`'s item embedding read `bundle.encode_items(item_matrix, encoding)` (for
+    "int4" the packed rows, `_row_lookup`), or, for "pq4", the PQTable's packed codes and
+    codebooks (`_pq_lookup`).
 
     The lookup replaced is the one Gather of a 2-D initializer by the graph input, together
     with the DequantizeLinear quantize_dynamic puts after it when it quantized the table (static
@@ -190,7 +234,7 @@ def share_item_table(
         shape: tuple[int, ...] = (item_matrix.rows, item_matrix.dim)
     else:
         stored, scales = bundle.encode_items(item_matrix, encoding)
-        shape = stored.shape
+        shape = np.shape(item_matrix)
     inits = {i.name: i for i in g.initializer}
     if len(g.input) != 1:
         raise ShareError(f"expected one graph input, got {[i.name for i in g.input]}")
@@ -244,15 +288,28 @@ def share_item_table(
 def _row_lookup(
     stored: npt.NDArray[np.generic], scales: npt.NDArray[np.float32] | None, seq: str, p: str
 ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """Gather rows of the stored matrix, to float, times their scales (int8)."""
-    nodes = [helper.make_node("Gather", [ITEMS_INIT, seq], [p + "rows"], name=p + "Gather")]
+    """Gather rows of the stored matrix, to float, times their scales (int8, int4). Packed
+    int4 rows (uint8) are split into their values, minus 8, first: exactly
+    `bundle.decode_items`, since each step (nibbles, int to float, one product) is exact or
+    rounds once, as numpy does."""
+    new_inits = [_little_endian_tensor(stored, ITEMS_INIT)]
+    if stored.dtype == np.uint8:  # int4
+        nodes, consts = _nibbles(seq, p, width=2 * stored.shape[1])
+        nodes.append(
+            helper.make_node("Sub", [p + "nibbles", p + "eight"], [p + "rows"], name=p + "Sub")
+        )
+        new_inits += consts
+        new_inits.append(
+            numpy_helper.from_array(np.array(INT4_OFFSET, dtype=np.int64), p + "eight")
+        )
+    else:
+        nodes = [helper.make_node("Gather", [ITEMS_INIT, seq], [p + "rows"], name=p + "Gather")]
     rows = p + "rows"
     if stored.dtype != np.float32:
         nodes.append(
             helper.make_node("Cast", [rows], [p + "rows_f"], to=TensorProto.FLOAT, name=p + "Cast")
         )
         rows = p + "rows_f"
-    new_inits = [_little_endian_tensor(stored, ITEMS_INIT)]
     if scales is not None:
         nodes += [
             helper.make_node("Gather", [SCALES_INIT, seq], [p + "scales"], name=p + "GatherS"),
@@ -269,30 +326,43 @@ def _row_lookup(
     return nodes, new_inits
 
 
-def _pq_lookup(table: PQTable, seq: str, p: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """Each position's item vector from its 4-bit codes: gather the packed bytes (B, T, M/2),
-    split each byte into its low and high code (B, T, M), offset code m by m * K into the
-    flattened codebooks (M * K, dim / M), gather the centroids and lay them side by side."""
-    m, k, sub = table.codebooks.shape
-    consts = {
-        "sixteen": np.array(16, dtype=np.int64),
-        "last": np.array([-1], dtype=np.int64),
-        "codes_shape": np.array([0, 0, m], dtype=np.int64),
-        "offsets": (np.arange(m, dtype=np.int64) * k),
-        "vec_shape": np.array([0, 0, m * sub], dtype=np.int64),
-        "flat_shape": np.array([m * k, sub], dtype=np.int64),
-    }
+def _nibbles(seq: str, p: str, *, width: int) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Gather each position's packed bytes (B, T, width / 2) from `ITEMS_INIT` and split every
+    byte into its low and high 4 bits, low first: `p + "nibbles"`, int64 (B, T, width) in
+    0..15 (the layout of `bundle.pq.pack_codes`, which pq4 codes and int4 rows share)."""
     node = helper.make_node
     nodes = [
         node("Gather", [ITEMS_INIT, seq], [p + "bytes"], name=p + "Gather"),
-        node("Cast", [p + "bytes"], [p + "bytes64"], to=TensorProto.INT64, name=p + "Cast"),
+        node("Cast", [p + "bytes"], [p + "bytes64"], to=TensorProto.INT64, name=p + "Cast64"),
         node("Mod", [p + "bytes64", p + "sixteen"], [p + "low"], name=p + "Low"),
         node("Div", [p + "bytes64", p + "sixteen"], [p + "high"], name=p + "High"),
         node("Unsqueeze", [p + "low", p + "last"], [p + "low4"], name=p + "UnsqueezeL"),
         node("Unsqueeze", [p + "high", p + "last"], [p + "high4"], name=p + "UnsqueezeH"),
         node("Concat", [p + "low4", p + "high4"], [p + "pairs"], axis=-1, name=p + "Pairs"),
-        node("Reshape", [p + "pairs", p + "codes_shape"], [p + "codes"], name=p + "Codes"),
-        node("Add", [p + "codes", p + "offsets"], [p + "centroid"], name=p + "Offsets"),
+        node("Reshape", [p + "pairs", p + "nibbles_shape"], [p + "nibbles"], name=p + "Nibbles"),
+    ]
+    consts = {
+        "sixteen": np.array(16, dtype=np.int64),
+        "last": np.array([-1], dtype=np.int64),
+        "nibbles_shape": np.array([0, 0, width], dtype=np.int64),
+    }
+    return nodes, [numpy_helper.from_array(v, p + name) for name, v in consts.items()]
+
+
+def _pq_lookup(table: PQTable, seq: str, p: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Each position's item vector from its 4-bit codes: the codes of the packed bytes
+    (B, T, M, `_nibbles`), code m offset by m * K into the flattened codebooks
+    (M * K, dim / M), the centroids gathered and laid side by side."""
+    m, k, sub = table.codebooks.shape
+    consts = {
+        "offsets": (np.arange(m, dtype=np.int64) * k),
+        "vec_shape": np.array([0, 0, m * sub], dtype=np.int64),
+        "flat_shape": np.array([m * k, sub], dtype=np.int64),
+    }
+    node = helper.make_node
+    nodes, nibble_consts = _nibbles(seq, p, width=m)
+    nodes += [
+        node("Add", [p + "nibbles", p + "offsets"], [p + "centroid"], name=p + "Offsets"),
         # the initializer keeps codebooks.npy's own (M, K, dim / M) shape, so external data
         # reads the file unchanged; flattened here (constant-folded when the session loads)
         node("Reshape", [CODEBOOKS_INIT, p + "flat_shape"], [p + "flat"], name=p + "Flat"),
@@ -302,6 +372,7 @@ def _pq_lookup(table: PQTable, seq: str, p: str) -> tuple[list[onnx.NodeProto], 
     inits = [
         _little_endian_tensor(table.packed, ITEMS_INIT),
         _little_endian_tensor(table.codebooks, CODEBOOKS_INIT),
+        *nibble_consts,
         *(numpy_helper.from_array(v, p + name) for name, v in consts.items()),
     ]
     return nodes, inits

@@ -27,7 +27,8 @@ sqrt(N) took ~33 s to build and needed more rows scanned for the same recall; fa
 took 18 s for 200k items alone and had lower recall than IVF at the same cost; an L2 index of
 MIPS-augmented vectors (one extra dimension that equalizes the norms) had lower recall at the
 same nprobe on both the random-init and the trained catalog.
-Measure a real bundle with `python -m benchmarks.catalog ann`.
+Measure a real bundle with `python -m benchmarks.catalog ann`. pq4 tables are indexed over
+their own codes by `service.code_ann.CodeAnnIndex`, which shares this class's search.
 
 Wiring it into the runner (once per loaded version; the index is immutable afterwards and
 its searches are thread-safe and release the GIL):
@@ -191,7 +192,7 @@ class AnnIndex:
         wide = min(max(kk, self.config.refine), self.n_items)
         _, shortlist = self._index.search(users, wide, params=params)  # by the 4-bit codes
         exact = self._exact_scores(users, shortlist)
-        best = np.argsort(-exact, axis=1, kind="stable")[:, :kk]
+        best = np.lexsort((shortlist, -exact), axis=-1)[:, :kk]  # equal scores: lower row first
         found = np.take_along_axis(shortlist, best, axis=1)
         found_scores = np.take_along_axis(exact, best, axis=1)
         found[np.isneginf(found_scores)] = -1

@@ -20,6 +20,9 @@ in two stages and is exact:
 Exact scores come from one function (`PQTable.scores` on `PQTable.lookup_tables`, built
 the same way for any batch), so a user's answer does not depend on its batch, and reranking
 (`score_sets`) agrees with full-catalog answers to the bit.
+
+Catalogs of `Settings.ann_min_items` items and more are searched in an IVF index over the
+same codes instead (`service.code_ann`, same exact rescoring); this scorer then only reranks.
 """
 
 from __future__ import annotations
@@ -48,17 +51,21 @@ class CodeScorer:
 
     precision: Literal["pq4"] = "pq4"
 
-    def __init__(self, table: PQTable) -> None:
+    def __init__(self, table: PQTable, *, catalog_top_k: bool = True) -> None:
+        """`catalog_top_k=False` builds no fast-scan index (an ANN index over the codes,
+        `service.code_ann`, answers full-catalog requests; only the reranks run here)."""
         self.table = table
         self.rows = table.rows
         self.dim = table.dim
-        self._index = _fast_scan_index(table)
+        self._index = _fast_scan_index(table) if catalog_top_k else None
 
     # --- the Scorer interface -------------------------------------------------------------
 
     def top_k(self, users: F32, banned: Sequence[Rows], k: int) -> tuple[I64, F32]:
         """(B, dim) users, banned rows per user -> (B, min(k, rows)) indices and scores, best
         first; rows with fewer allowed items are padded with index 0 and -inf."""
+        if self._index is None:
+            raise RuntimeError("this scorer was built without its fast-scan index")
         users = np.ascontiguousarray(users, dtype=np.float32)
         k = min(k, self.rows)
         luts = self.table.lookup_tables(users)
@@ -127,13 +134,19 @@ def _banned_mask(rows: I64, banned: Sequence[Rows]) -> npt.NDArray[np.bool_]:
 
 def _fast_scan_index(table: PQTable) -> faiss.IndexPQFastScan:
     """faiss's 4-bit fast-scan index over the table's packed codes (inner product)."""
-    centroids = np.zeros((table.m, PQ_MAX_CENTROIDS, table.dim // table.m), dtype=np.float32)
-    centroids[:, : table.centroids] = table.codebooks  # unused slots: no code points at them
     flat = faiss.IndexPQ(table.dim, table.m, 4, faiss.METRIC_INNER_PRODUCT)
-    faiss.copy_array_to_vector(centroids.ravel(), flat.pq.centroids)
+    faiss.copy_array_to_vector(faiss_centroids(table).ravel(), flat.pq.centroids)
     flat.is_trained = True
     faiss.copy_array_to_vector(np.ascontiguousarray(table.packed).ravel(), flat.codes)
     flat.ntotal = table.rows
     # faiss converts an IndexPQ's codes to its SIMD block layout (the stubs know only the
     # (d, M, nbits) constructor)
     return faiss.IndexPQFastScan(flat)  # type: ignore[arg-type]
+
+
+def faiss_centroids(table: PQTable) -> F32:
+    """The table's codebooks as a faiss 4-bit product quantizer holds them, (M, 16, dim / M);
+    the slots past a smaller codebook stay zero (no code points at them)."""
+    centroids = np.zeros((table.m, PQ_MAX_CENTROIDS, table.dim // table.m), dtype=np.float32)
+    centroids[:, : table.centroids] = table.codebooks
+    return centroids

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from bundle import BundleError, Manifest
+from bundle import ENCODER_SESSION_CONFIG, BundleError, Manifest
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
@@ -57,6 +57,8 @@ class OnnxEncoder:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only; warnings go to stderr otherwise
+        for key, value in ENCODER_SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
         try:
             self._session = ort.InferenceSession(
                 str(model_path), sess_options=options, providers=["CPUExecutionProvider"]

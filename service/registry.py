@@ -77,8 +77,9 @@ from bundle import (
     verify_golden,
 )
 from bundle.manifest import VERSION_PATTERN
-from service.ann import build_for_catalog
+from service.ann import AnnIndex, build_for_catalog
 from service.canary import Serving
+from service.code_ann import build_for_codes
 from service.code_scorer import CodeScorer
 from service.encoder import OnnxEncoder
 from service.errors import (
@@ -133,18 +134,25 @@ def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
             f"encoder returns {single.shape} for a batch of one, expected (1, {m.dim})"
         )
     pq = bundle.pq
-    # A pq4 table is scanned from its codes at any catalog size (service.code_scorer).
-    ann = None
+    # int4 rows are unpacked once, here, and from then on served exactly like int8 rows.
+    items = bundle.int8_rows() if m.item_encoding == "int4" else bundle.items
+    # A large pq4 catalog is searched in an IVF index over its own codes (service.code_ann);
+    # a smaller one is scanned in full (service.code_scorer).
+    ann: AnnIndex | None = (
+        None
+        if pq is None
+        else build_for_codes(pq, min_items=options.ann_min_items, config=options.ann)
+    )
     if pq is None:
         ann = build_for_catalog(
-            bundle.items, bundle.item_scales, min_items=options.ann_min_items, config=options.ann
+            items, bundle.item_scales, min_items=options.ann_min_items, config=options.ann
         )
     try:
         scorer: CatalogScorer = (
-            CodeScorer(pq)
+            CodeScorer(pq, catalog_top_k=ann is None)
             if pq is not None
             else Scorer(
-                bundle.items,
+                items,
                 bundle.item_scales,
                 precision=options.scoring_precision,
                 threads=options.intra_op_threads,
@@ -154,7 +162,7 @@ def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
         model = LoadedModel(
             manifest=m,
             encoder=encoder,
-            items=bundle.items,
+            items=items,
             scales=bundle.item_scales,
             vocab=bundle.vocab,
             popularity=bundle.popularity,
@@ -688,7 +696,9 @@ class Registry:
     def _publish_items(self, model: LoadedModel) -> None:
         """Cache the item matrix in the store (best effort: serving never depends on it).
         The store holds dense matrices (rows x dim, with scales); a pq4 table's codes are
-        not one, so pq4 versions are not cached."""
+        not one, so pq4 versions are not cached. An int4 version is cached as the model holds
+        it, int8 rows (values -8..7) with its scales: readers of the store know int8, and
+        nothing writes rows back into it to be quantized again."""
         if model.manifest.item_encoding == "pq4":
             return
         try:

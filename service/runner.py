@@ -6,6 +6,10 @@ catalog scorer built on it, the vocabulary and the popularity order. Swapping mo
 therefore one reference assignment (see `service.registry`), and a request keeps the model
 it started with.
 
+An int4 bundle's rows are unpacked once at load into int8 rows (values -8..7) and served with
+their scales exactly as int8 rows are: its files are half the bytes of int8's, but at serve
+time its item table takes int8's memory.
+
 `recommend_batch` serves many requests with one encoder call and one scoring call: the entry
 point for dynamic micro-batching (`service.batcher`). Per batch:
 - histories are left-padded only to the longest history of their length group, not to
@@ -120,8 +124,8 @@ class LoadedModel:
         scorer: CatalogScorer | None = None,
         ann: AnnIndex | None = None,
     ) -> None:
-        """`items` is the bundle's `items.npy` as loaded: dense rows, or a pq4 table's packed
-        codes (whose `scorer` reads them)."""
+        """`items` is the bundle's `items.npy` as loaded: dense rows (int4 ones unpacked to
+        int8), or a pq4 table's packed codes (whose `scorer` reads them)."""
         rows = manifest.n_items + 1
         width = manifest.dim if manifest.item_encoding != "pq4" else items.shape[-1]
         if items.shape != (rows, width) or len(vocab) != rows or popularity.shape != (rows,):

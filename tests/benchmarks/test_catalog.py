@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from benchmarks.catalog import grow_bundle, recall_at_k
+from benchmarks.catalog import grow_bundle, main, recall_at_k, tie_recall
 from bundle import decode_items, npy_data_offset, read_bundle
 from service.registry import load_model
 from service.runner import RecRequest
@@ -132,3 +132,31 @@ def test_recall_at_k() -> None:
     assert recall_at_k(np.full((2, 4), -1), exact) == 0.0
     with pytest.raises(ValueError, match="shapes"):
         recall_at_k(exact[:1], exact)
+
+
+def test_tie_recall_counts_an_item_tied_with_the_kth_as_a_hit() -> None:
+    exact = np.array([[9.0, 8.0, 7.0], [3.0, 2.0, 2.0]], dtype=np.float32)
+    assert tie_recall(exact, exact) == 1.0
+    # row 0 found one item below the 3rd; row 1 another row tied with its 3rd
+    found = np.array([[9.0, 8.0, 6.5], [3.0, 2.0, 2.0]], dtype=np.float32)
+    assert tie_recall(found, exact) == pytest.approx(5 / 6)
+    assert tie_recall(np.full((2, 3), -np.inf), exact) == 0.0
+    with pytest.raises(ValueError, match="shapes"):
+        tie_recall(exact[:, :2], exact)
+
+
+def test_pq_ann_reports_the_full_scan_the_ivf_over_the_codes_and_int8_ann(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = f.BundleSpec(item_encoding="pq4", n_items=N_SRC, dim=16)
+    src = f.make_bundle_dir(tmp_path / "src", spec)
+    argv = ["pq-ann", "--bundle", str(src), "--items", "3000", "--m", "8", "4", "--nprobe", "55"]
+    assert main([*argv, "--refine", "3000", "--users", "16", "--history", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "grown to 3,000 items" in out and "int8 rows" in out
+    assert "pq4 M = 8, " in out and "the bundle's codebooks" in out  # the bundle's M: 16 / 2
+    assert "pq4 M = 4, " in out and "trained codebooks" in out
+    # the full scan is exact, and so is the IVF index scanning every list and candidate
+    scans = [line for line in out.splitlines() if "CodeScorer" in line or "nprobe   55" in line]
+    assert len(scans) == 4
+    assert all(line.count("recall@10 1.0000, ties 1.0000") == 2 for line in scans)

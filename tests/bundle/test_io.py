@@ -5,8 +5,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bundle import BundleError, read_bundle, verify_golden, write_bundle
-from bundle.io import ITEMS_FILE, MANIFEST_FILE, POPULARITY_FILE, VOCAB_FILE
+from bundle import (
+    BundleError,
+    encode_items,
+    npy_data_offset,
+    read_bundle,
+    unpack_int4,
+    verify_golden,
+    write_bundle,
+)
+from bundle.io import ITEMS_FILE, MANIFEST_FILE, POPULARITY_FILE, SCALES_FILE, VOCAB_FILE
 
 N_ITEMS, DIM, MAX_LEN = 20, 8, 5
 
@@ -271,3 +279,89 @@ def test_vocab_is_written_as_compact_utf8_json(tmp_path: Path) -> None:
     text = (path / VOCAB_FILE).read_text(encoding="utf-8")
     assert text.startswith('["","größe-1","sku-2"')
     assert read_bundle(path).vocab == vocab
+
+
+def test_int4_round_trip_keeps_the_packed_rows_and_unpacks_them(tmp_path: Path) -> None:
+    path, table = _write(tmp_path, item_encoding="int4")
+    b = read_bundle(path)
+    assert b.manifest.item_encoding == "int4"
+    assert b.items.dtype == np.uint8 and b.items.shape == (N_ITEMS + 1, DIM // 2)
+    stored, scales = encode_items(table, "int4")
+    assert (b.items == stored).all() and b.item_scales is not None
+    assert (b.item_scales == scales).all()
+    rows = b.int8_rows()
+    assert rows.dtype == np.int8 and rows.shape == (N_ITEMS + 1, DIM)
+    assert (rows == unpack_int4(stored)).all() and (rows[0] == 0).all()
+    # half a byte per value: half of int8 rows
+    data_bytes = (path / ITEMS_FILE).stat().st_size - npy_data_offset(stored)
+    assert data_bytes == (N_ITEMS + 1) * DIM // 2
+
+
+def test_int8_rows_are_refused_for_a_float_table(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path, item_encoding="fp16")
+    with pytest.raises(ValueError, match="fp16 item table has no int8 rows"):
+        read_bundle(path).int8_rows()
+
+
+def _npy_bytes(tmp_path: Path, array: np.ndarray) -> bytes:
+    other = tmp_path / "other.npy"
+    np.save(other, array)
+    return other.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("items", "reason"),
+    [
+        (
+            np.zeros((N_ITEMS + 1, DIM), dtype=np.int8),
+            r"items\.npy is int8 \(21, 8\), manifest says int4 \(21, 4\)",
+        ),
+        (np.zeros((N_ITEMS + 1, DIM // 2), dtype=np.int8), r"items\.npy is int8 \(21, 4\)"),
+        (np.zeros((N_ITEMS, DIM // 2), dtype=np.uint8), r"items\.npy is uint8 \(20, 4\)"),
+    ],
+    ids=["unpacked", "signed_bytes", "missing_row"],
+)
+def test_read_rejects_int4_rows_of_the_wrong_dtype_or_shape(
+    tmp_path: Path, items: np.ndarray, reason: str
+) -> None:
+    path, _ = _write(tmp_path, item_encoding="int4")
+    _rewrite_listed_file(path, ITEMS_FILE, _npy_bytes(tmp_path, items))
+    with pytest.raises(BundleError, match=reason):
+        read_bundle(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "value", "reason"),
+    [
+        (4, np.nan, r"item_scales\.npy contains NaN or Inf"),
+        (4, -0.5, r"item_scales\.npy has scales <= 0 at rows \[4\]"),
+        (7, 0.0, r"item_scales\.npy has scales <= 0 at rows \[7\]"),
+    ],
+    ids=["nan", "negative", "zero"],
+)
+def test_read_rejects_int4_scales_that_are_not_finite_and_positive(
+    tmp_path: Path, row: int, value: float, reason: str
+) -> None:
+    path, _ = _write(tmp_path, item_encoding="int4")
+    scales = np.load(path / SCALES_FILE)
+    scales[row] = value
+    _rewrite_listed_file(path, SCALES_FILE, _npy_bytes(tmp_path, scales))
+    with pytest.raises(BundleError, match=reason):
+        read_bundle(path)
+
+
+def test_int4_padding_row_may_have_any_finite_scale(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path, item_encoding="int4")
+    scales = np.load(path / SCALES_FILE)
+    scales[0] = -3.0
+    _rewrite_listed_file(path, SCALES_FILE, _npy_bytes(tmp_path, scales))
+    assert read_bundle(path).item_scales is not None
+
+
+def test_read_rejects_int4_with_an_odd_dim(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path, item_encoding="int4")
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["dim"] = DIM + 1
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="int4 rows need an even dim"):
+        read_bundle(path)

@@ -177,9 +177,8 @@ def test_existing_version_is_refused(compressed: CompressResult, synthetic: Data
         run_compress(config)
 
 
-def test_cli_synth_then_compress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = tmp_path / "s.txt"
-    assert main(["synth", "--out", str(data), "--users", "150", "--items", "100"]) == 0
+def tiny_cli_flags() -> list[str]:
+    """TINY_COMPRESS as `python -m models compress` flags."""
     flags = []
     for key, value in TINY_COMPRESS.items():
         flag = "--" + key.replace("_", "-")
@@ -187,8 +186,14 @@ def test_cli_synth_then_compress(tmp_path: Path, capsys: pytest.CaptureFixture[s
             flags.append(flag if value else "--no-" + flag[2:])
         else:
             flags += [flag, str(value)]
+    return flags
+
+
+def test_cli_synth_then_compress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "s.txt"
+    assert main(["synth", "--out", str(data), "--users", "150", "--items", "100"]) == 0
     argv = ["compress", "--data", str(data), "--out", str(tmp_path / "b"), "--version", "cli"]
-    argv += [*flags, "--teacher-epochs", "1", "--student-epochs", "1", "--ks", "5", "10"]
+    argv += [*tiny_cli_flags(), "--teacher-epochs", "1", "--student-epochs", "1", "--ks", "5", "10"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "pruned+int8" in out and "acceptance:" in out
@@ -273,3 +278,31 @@ def test_a_pq4_run_ships_codes_the_service_answers_from(
     ]
     ndcg = np.mean([1 / np.log2(r + 2) if r >= 0 else 0.0 for r in hits])
     assert ndcg == pytest.approx(served["metrics"]["ndcg@10"], abs=2e-3)
+
+
+def test_cli_compress_with_int4_rows_ships_a_bundle_the_service_answers_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "s.txt"
+    assert main(["synth", "--out", str(data), "--users", "150", "--items", "100"]) == 0
+    argv = ["compress", "--data", str(data), "--out", str(tmp_path / "b"), "--version", "q4"]
+    argv += [
+        *tiny_cli_flags(),
+        "--teacher-epochs",
+        "1",
+        "--student-epochs",
+        "1",
+        "--item-encoding",
+        "int4",
+    ]
+    assert main(argv) == 0
+    assert "acceptance:" in capsys.readouterr().out
+    b = bundle.read_bundle(tmp_path / "b" / "q4")
+    dim = b.manifest.dim
+    assert b.manifest.item_encoding == "int4" and b.items.dtype == np.uint8
+    assert b.items.shape == (b.manifest.n_items + 1, dim // 2)
+    assert b.manifest.recipe["item_table"]["bytes_per_item"] == dim // 2 + 4
+    loaded = load_model(tmp_path / "b" / "q4", service_options())
+    answer = loaded.recommend(RecRequest(history=[b.vocab[3], b.vocab[7]], k=5))
+    assert answer.strategy == "model" and answer.model_version == "q4"
+    assert len(answer.item_ids) == 5 and not {b.vocab[3], b.vocab[7]} & set(answer.item_ids)

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto
 
 import bundle
 from bundle import PQTable
@@ -27,6 +29,7 @@ from tests.factories import pq_table
 from tests.models.conftest import MAX_LEN, Dataset
 
 DYNAMIC = QuantizeConfig(activations="dynamic")
+STATIC = QuantizeConfig(activations="static")
 
 
 def calibration(synthetic: Dataset) -> np.ndarray:
@@ -42,7 +45,7 @@ def fp32_and_int8(teacher: SASRec) -> tuple[bytes, bytes]:
 
 @pytest.fixture(scope="module")
 def static_int8(teacher: SASRec, synthetic: Dataset) -> bytes:
-    return quantize_onnx(export_onnx(teacher), calibration=calibration(synthetic))
+    return quantize_onnx(export_onnx(teacher), STATIC, calibration=calibration(synthetic))
 
 
 def top10(users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -87,9 +90,57 @@ def test_static_int8_refuses_to_run_without_calibration_histories(
 ) -> None:
     fp32, _ = fp32_and_int8
     with pytest.raises(CalibrationError, match="calibration"):
-        quantize_onnx(fp32)
+        quantize_onnx(fp32, STATIC)
     with pytest.raises(CalibrationError, match="calibration"):
-        quantize_onnx(fp32, calibration=np.zeros((4, MAX_LEN), dtype=np.int64))
+        quantize_onnx(fp32, STATIC, calibration=np.zeros((4, MAX_LEN), dtype=np.int64))
+
+
+@pytest.fixture(scope="module")
+def float_int8(teacher: SASRec) -> bytes:
+    return quantize_onnx(export_onnx(teacher))  # the default
+
+
+def test_float_activations_store_int8_weights_behind_dequantize(
+    fp32_and_int8: tuple[bytes, bytes], float_int8: bytes
+) -> None:
+    fp32, _ = fp32_and_int8
+    encoder = weight_bytes(float_int8) - table_bytes(float_int8)
+    assert encoder < 0.4 * (weight_bytes(fp32) - table_bytes(fp32))
+    graph = onnx.load_from_string(float_int8).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("DequantizeLinear") == len(weight_products(fp32)) > 0
+    assert not {"DynamicQuantizeLinear", "QLinearMatMul", "MatMulInteger"} & set(ops)
+    weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert {i.data_type for i in graph.initializer if i.name in weights} == {TensorProto.INT8}
+
+
+def test_float_activations_answer_each_row_as_if_it_were_alone(
+    float_int8: bytes, fp32_and_int8: tuple[bytes, bytes], synthetic: Dataset
+) -> None:
+    inputs = synthetic.split.test.inputs(max_len=MAX_LEN)
+    encode = onnx_encoder(float_int8, threads=1)
+    together = np.concatenate([encode(inputs[i : i + 32]) for i in range(0, len(inputs), 32)])
+    alone = np.concatenate([encode(inputs[i : i + 1]) for i in range(len(inputs))])
+    np.testing.assert_array_equal(alone, together)
+    fp32 = onnx_encoder(fp32_and_int8[0])(inputs)
+    cos = np.sum(fp32 * alone, 1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(alone, axis=1)
+    assert cos.min() > 0.999  # only the weights were rounded
+
+
+def test_the_session_folds_int8_weights_back_to_fp32_products(
+    float_int8: bytes, tmp_path: Path
+) -> None:
+    """With the bundle's session settings onnxruntime dequantizes each weight once at load:
+    the graph it runs has plain fp32 MatMuls, no per-call dequantize or int8 kernel."""
+    optimized = tmp_path / "optimized.onnx"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    for key, value in bundle.ENCODER_SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    ort.InferenceSession(float_int8, options, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(optimized)).graph.node}
+    assert "MatMul" in ops
+    assert not {"DequantizeLinear", "MatMulNBits", "MatMulInteger"} & ops
 
 
 def weight_products(fp32: bytes) -> list[str]:
@@ -133,19 +184,19 @@ def graph_items(fp32: bytes) -> int:
     return int(emb.dims[0])
 
 
-@pytest.mark.parametrize("activations", ["static", "dynamic"])
+@pytest.mark.parametrize("activations", ["static", "dynamic", "float"])
 @pytest.mark.parametrize("shared", [False, True], ids=["own_table", "shared_table"])
 def test_int8_encoder_and_item_matrix_keep_the_top10(
     fp32_and_int8: tuple[bytes, bytes],
     static_int8: bytes,
+    float_int8: bytes,
     teacher: SASRec,
     synthetic: Dataset,
     shared: bool,
     activations: str,
 ) -> None:
     fp32, int8 = fp32_and_int8
-    if activations == "static":
-        int8 = static_int8
+    int8 = {"static": static_int8, "float": float_int8}.get(activations, int8)
     inputs = synthetic.split.test.inputs(max_len=MAX_LEN)
     items = teacher.item_matrix().detach().numpy()
     if shared:  # what the bundle ships: the encoder looks items up in the int8 table
@@ -313,3 +364,53 @@ def write_pq(out: Path, shipped: bytes, served: bytes, table: PQTable) -> Path:
         item_encoding="pq4",
     )
     return out
+
+
+def lookup_only(table: np.ndarray) -> bytes:
+    """An encoder that is nothing but its item-embedding lookup: item_seq (B, T) -> (B, T, dim)."""
+    dim = table.shape[1]
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gather", ["E", "item_seq"], ["user_vec"])],
+        "lookup",
+        [onnx.helper.make_tensor_value_info("item_seq", onnx.TensorProto.INT64, ["b", "t"])],
+        [onnx.helper.make_tensor_value_info("user_vec", onnx.TensorProto.FLOAT, ["b", "t", dim])],
+        [onnx.numpy_helper.from_array(table.astype(np.float32), "E")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+def test_an_int4_lookup_is_exactly_the_decoded_int4_table() -> None:
+    rng = np.random.default_rng(0)
+    table = rng.standard_t(3, size=(40, 12)).astype(np.float32)
+    table[0] = 0
+    served = share_item_table(lookup_only(table), table, "int4")
+    ops = [n.op_type for n in onnx.load_from_string(served).graph.node]
+    assert ops.count("Gather") == 2 and {"Mod", "Div", "Sub", "Cast", "Mul"} <= set(ops)
+    stored, scales = bundle.encode_items(table, "int4")
+    assert set(bundle.unpack_int4(stored).ravel()) == set(range(-8, 8))  # every 4-bit value
+    seqs = np.concatenate([np.arange(40), rng.integers(0, 40, size=30)]).reshape(10, 7)
+    got = onnx_encoder(served)(seqs)  # (10, 7, 12)
+    np.testing.assert_array_equal(got, bundle.decode_items(stored, scales)[seqs])
+
+
+def test_an_int4_encoder_ships_half_the_table_bytes_and_reads_them_from_the_bundle(
+    teacher: SASRec, synthetic: Dataset, tmp_path: Path
+) -> None:
+    items = teacher.item_matrix().detach().numpy()
+    served = share_item_table(export_onnx(teacher), items, "int4")
+    decoded = copy.deepcopy(teacher)
+    with torch.no_grad():
+        stored, scales = bundle.encode_items(items, "int4")
+        decoded.item_emb.weight.copy_(torch.from_numpy(bundle.decode_items(stored, scales)))
+    inputs = synthetic.split.test.inputs(max_len=MAX_LEN)[:64]
+    want = onnx_encoder(export_onnx(decoded))(inputs)
+    np.testing.assert_allclose(onnx_encoder(served)(inputs), want, rtol=1e-4, atol=1e-5)
+    path = write(tmp_path / "b", link_item_table(served), served, items, "int4")
+    check_linked_bundle(path, served)
+    np.testing.assert_array_equal(
+        onnx_encoder(str(path / "model.onnx"))(inputs), onnx_encoder(served)(inputs)
+    )
+    sizes = {p.name: p.stat().st_size for p in path.iterdir()}
+    assert sizes["items.npy"] - bundle.npy_data_offset(stored) == items.size // 2  # dim / 2 a row
+    assert len(served) - sizes["model.onnx"] >= items.size // 2 + 4 * len(items) - 256

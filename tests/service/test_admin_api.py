@@ -309,3 +309,57 @@ def test_a_pq4_bundle_with_a_corrupt_codebook_or_codes_is_refused_by_name(
     assert r.status_code == 422
     assert reason in r.json()["detail"]
     assert recommended_version(client) == "v1"
+
+
+V2_INT4 = dataclasses.replace(V2, item_encoding="int4", shared_items=True)
+
+
+def _int4_corruption(kind: str):
+    """Rewrite an int4 bundle's packed rows or scales, keeping its manifest self-consistent."""
+
+    def corrupt(d):
+        name = "item_scales.npy" if kind.endswith("scale") else "items.npy"
+        array = np.load(d / name)
+        if kind == "signed_rows":
+            array = array.view(np.int8)
+        elif kind == "unpacked_rows":
+            array = np.zeros((len(array), 2 * array.shape[1]), dtype=np.uint8)
+        else:
+            array[4] = np.nan if kind == "nan_scale" else -0.25
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+        f.replace_file(d, name, buf.getvalue())
+
+    return corrupt
+
+
+def test_an_int4_bundle_uploads_activates_and_answers(
+    client: TestClient, admin_headers, bad_bundle_dir
+):
+    d = bad_bundle_dir(V2_INT4)
+    r = upload(client, f.repack(d), admin_headers)
+    assert r.status_code == 201, r.text
+    assert client.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
+    r = client.post("/recommend", json={"history": ["i1", "i2"], "k": 5})
+    assert r.status_code == 200 and r.json()["model_version"] == "v2"
+    assert len(r.json()["items"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("signed_rows", "items.npy is int8 (61, 4), manifest says int4 (61, 4)"),
+        ("unpacked_rows", "items.npy is uint8 (61, 8), manifest says int4 (61, 4)"),
+        ("nan_scale", "item_scales.npy contains NaN or Inf"),
+        ("negative_scale", "item_scales.npy has scales <= 0 at rows [4]"),
+    ],
+)
+def test_an_int4_bundle_with_corrupt_rows_or_scales_is_refused_by_name(
+    client: TestClient, admin_headers, bad_bundle_dir, kind, reason
+):
+    d = bad_bundle_dir(V2_INT4)
+    _int4_corruption(kind)(d)
+    r = upload(client, f.repack(d), admin_headers)
+    assert r.status_code == 422
+    assert reason in r.json()["detail"]
+    assert recommended_version(client) == "v1"

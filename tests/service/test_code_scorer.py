@@ -86,3 +86,13 @@ def test_the_scorer_keeps_no_dense_copy_of_the_table() -> None:
     held = sum(v.nbytes for v in vars(scorer).values() if isinstance(v, np.ndarray))
     held += t.nbytes + scorer._index.sa_code_size() * t.rows
     assert held < 0.2 * dense_bytes
+
+
+def test_without_catalog_top_k_no_fast_scan_index_is_built_and_reranks_still_score() -> None:
+    t = table(rows=500)
+    reranker = CodeScorer(t, catalog_top_k=False)
+    user = np.random.default_rng(3).standard_normal(t.dim).astype(np.float32)
+    rows = np.array([4, 9, 2], dtype=np.int64)
+    np.testing.assert_array_equal(reranker.score(user, rows), CodeScorer(t).score(user, rows))
+    with pytest.raises(RuntimeError, match="fast-scan index"):
+        reranker.top_k(user[None, :], [[]], 5)

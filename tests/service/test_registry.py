@@ -8,9 +8,11 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from bundle import BundleError
+from bundle import BundleError, read_bundle, unpack_int4
+from service.ann import AnnConfig
 from service.errors import (
     CanaryConflict,
     InvalidBundle,
@@ -21,6 +23,7 @@ from service.errors import (
 )
 from service.registry import Registry, load_model
 from service.runner import ModelOptions, RecRequest
+from service.scorer import Scorer
 from service.store import ActiveState, EmbeddedStore, RedisStore
 from tests import factories as f
 from tests.conftest import V1, V2
@@ -566,3 +569,85 @@ def test_activating_the_version_just_uploaded_does_not_load_it_again(
     assert loaded == ["v2"]  # the load that validated the upload
     rec = registry.current.recommend(RecRequest(history=["i3", "i7"], k=5))
     assert rec.model_version == "v2" and len(rec.item_ids) == 5
+
+
+PQ_BIG = f.BundleSpec(version="pq-big", item_encoding="pq4", n_items=300, dim=16)
+
+
+def test_a_large_pq4_catalog_is_searched_in_an_ivf_index_over_its_codes(tmp_path):
+    d = f.make_bundle_dir(tmp_path / "pq", PQ_BIG)
+    scanned = load_model(d)  # 300 items: below the default ann_min_items
+    indexed = load_model(d, ModelOptions(ann_min_items=300, ann=AnnConfig(nlist=16).exhaustive()))
+    assert indexed.approximate and not scanned.approximate
+    for history in (["i5", "i9", "i2"], ["i40"], ["i1", "i2", "i3", "i4"]):
+        request = RecRequest(history=history, k=10, exclude=["i7"])
+        want, got = scanned.recommend(request), indexed.recommend(request)
+        assert got.item_ids == want.item_ids and got.scores == want.scores
+        assert not {"i7", *history} & set(got.item_ids)
+
+
+def test_a_pq4_bundle_above_ann_min_items_answers_recommend(tmp_path, client_for, make_settings):
+    d = f.make_bundle_dir(tmp_path / "pq", PQ_BIG)
+    client = client_for(make_settings(bootstrap_bundle=d, ann_min_items=100))
+    r = client.post("/recommend", json={"history": ["i1", "i2"], "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == "pq-big" and len(body["items"]) == 5
+    r = client.post("/recommend", json={"history": ["i1"], "candidates": ["i3", "i4"], "k": 5})
+    assert r.status_code == 200 and len(r.json()["items"]) == 2  # reranks score the codes
+
+
+INT4 = f.BundleSpec(version="q4", item_encoding="int4", n_items=300, dim=16, shared_items=True)
+
+
+def test_an_int4_bundle_is_scored_exactly_as_int8_rows_of_its_unpacked_values(tmp_path):
+    d = f.make_bundle_dir(tmp_path / "q4", INT4)
+    stored = read_bundle(d)
+    rows = unpack_int4(stored.items)
+    model = load_model(d)
+    assert model.items.dtype == np.int8 and (model.items == rows).all()  # unpacked once
+    int8 = Scorer(rows, stored.item_scales)
+    users = np.random.default_rng(0).normal(size=(40, INT4.dim)).astype(np.float32)
+    banned = [[1, 2, 3 + i] for i in range(len(users))]
+    for n in (1, len(users)):  # the plain and the fused int8 graphs
+        got, want = (
+            model.scorer.top_k(users[:n], banned[:n], 10),
+            int8.top_k(users[:n], banned[:n], 10),
+        )
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    candidates = [np.array([5, 9, 200], dtype=np.int64)] * len(users)
+    for got, want in zip(
+        model.scorer.score_sets(users, candidates), int8.score_sets(users, candidates), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+    # ... and a request answers with those scores
+    rec = model.recommend(RecRequest(history=["i3", "i7"], k=5))
+    user = model.encode(np.array([[0] * (INT4.max_len - 2) + [3, 7]], dtype=np.int64))
+    idx, scores = int8.top_k(user, [[3, 7]], 5)
+    assert rec.item_ids == [f"i{i}" for i in idx[0]]
+    np.testing.assert_allclose(rec.scores, scores[0], rtol=1e-6)
+
+
+def test_a_large_int4_catalog_is_searched_in_the_ivf_index_over_its_unpacked_rows(tmp_path):
+    d = f.make_bundle_dir(tmp_path / "q4", INT4)
+    # the index rescores in fp32 with the dequantized rows: the scorer's fp32 precision
+    scanned = load_model(d, ModelOptions(scoring_precision="fp32"))
+    exhaustive = AnnConfig(nlist=16).exhaustive()
+    indexed = load_model(d, ModelOptions(ann_min_items=300, ann=exhaustive))
+    assert indexed.approximate and not scanned.approximate
+    for history in (["i5", "i9", "i2"], ["i40"]):
+        request = RecRequest(history=history, k=10, exclude=["i7"])
+        want, got = scanned.recommend(request), indexed.recommend(request)
+        assert got.item_ids == want.item_ids
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
+
+
+def test_an_int4_version_is_cached_in_the_store_as_its_int8_rows(tmp_path, model_dir):
+    d = f.make_bundle_dir(tmp_path / "q4", INT4)
+    store = EmbeddedStore(model_dir)
+    reg = Registry(model_dir=model_dir, store=store)
+    reg.start(bootstrap=d)
+    cached = store.get_items("q4")
+    assert cached is not None and cached.items.dtype == np.int8 and cached.scales is not None
+    assert (cached.items == unpack_int4(read_bundle(d).items)).all()
