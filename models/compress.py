@@ -58,8 +58,8 @@ from models.evaluate import (
     torch_threads,
 )
 from models.export import check_parity, export_onnx
-from models.pq import balanced_order, decoded_copy, pq_table_of, train_pq, with_pq_items
-from models.prune import PruneConfig, prune_and_finetune, reorder_channels
+from models.pq import decoded_copy, pq_table_of, train_pq, with_pq_items
+from models.prune import PruneConfig, prune_and_finetune
 from models.quantize import (
     Activations,
     QuantizeConfig,
@@ -141,9 +141,9 @@ class CompressConfig:
     # distillation with the codes fixed and the codebooks (and the encoder) trained
     pq_subspaces: int = 16
     pq_finetune_epochs: int = 2
-    # which hidden channels share a subspace: "balanced" spreads the variance evenly over
-    # the subspaces (models.pq.balanced_order), "natural" slices the channels in order
-    pq_channel_order: Literal["balanced", "natural"] = "balanced"
+    # True: during that fine-tune the codes follow the item vectors (reassigned every step,
+    # straight-through gradients, models.pq.PQEmbedding); False: codes fixed after k-means
+    pq_reassign: bool = False
     n_golden: int = 4
     # evaluation
     ks: tuple[int, ...] = (10, 20)
@@ -568,7 +568,7 @@ def run_compress(
     items: npt.NDArray[np.float32] | PQTable = item_array(pruned)
     if c.item_encoding == "pq4":
         t0 = time.perf_counter()
-        items, pq_model, item_table = _product_quantize(c, pruned, teacher, train_split, cached)
+        items, pq_model, item_table = product_quantize(c, pruned, teacher, train_split, cached)
         fp32_name = f"{fp32_name}+pq4m{c.pq_subspaces}"
         stage_models[fp32_name] = pq_model
         phase("pq", t0)
@@ -801,7 +801,7 @@ def _write_and_pack(
     return archive
 
 
-def _product_quantize(
+def product_quantize(
     c: CompressConfig,
     model: SASRec,
     teacher: SASRec,
@@ -815,17 +815,15 @@ def _product_quantize(
             "pq4 ships the encoder's item lookup from the codes: keep quantize_embeddings"
         )
     _log(c, f"product-quantizing the item table: {c.pq_subspaces} subspaces x 4 bits")
-    if c.pq_channel_order == "balanced":
-        model = reorder_channels(model, balanced_order(item_array(model), m=c.pq_subspaces))
     table = train_pq(item_array(model), m=c.pq_subspaces, seed=c.seed)
-    pq_model = with_pq_items(model, table)
+    pq_model = with_pq_items(model, table, reassign=c.pq_reassign)
+    then = "reassigned every fine-tuning step" if c.pq_reassign else "fixed"
     info: dict[str, Any] = {
         "encoding": "pq4",
         "subspaces": c.pq_subspaces,
         "centroids": PQ_MAX_CENTROIDS,
         "bytes_per_item": c.pq_subspaces // 2,
-        "assignment": "k-means per subspace on the trained item vectors (codes then fixed)",
-        "channel_order": c.pq_channel_order,
+        "assignment": f"k-means per subspace on the trained item vectors, codes then {then}",
         "finetune_epochs": c.pq_finetune_epochs,
     }
     if c.pq_finetune_epochs > 0:
@@ -853,7 +851,7 @@ _VALUE_BITS = {"int8": 8, "int4": 4, "fp16": 16, "fp32": 32}
 
 def row_table_info(encoding: ItemEncoding, dim: int) -> dict[str, Any]:
     """The report's account of an item table stored as rows of `dim` values (int8, int4,
-    fp16, fp32; a pq4 table's is `_product_quantize`'s)."""
+    fp16, fp32; a pq4 table's is `product_quantize`'s)."""
     scale_bytes = 4 if encoding in ("int8", "int4") else 0  # one float32 per row
     info: dict[str, Any] = {
         "encoding": encoding,
@@ -901,7 +899,7 @@ def make_variant(
     vc = dataclasses.replace(c, item_encoding=encoding, pq_subspaces=subspaces or c.pq_subspaces)
     items: npt.NDArray[np.float32] | PQTable
     if encoding == "pq4":
-        items, fp32_model, info = _product_quantize(vc, base, teacher, prep.train_split, cached)
+        items, fp32_model, info = product_quantize(vc, base, teacher, prep.train_split, cached)
         fp32_onnx = export_onnx(fp32_model)
         suffix = f"pq4m{vc.pq_subspaces}"
         fp32_name, served_name = f"{base_name}+{suffix}", f"{base_name}+{suffix}+int8"

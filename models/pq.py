@@ -45,25 +45,6 @@ def train_pq(matrix: F32, *, m: int, iters: int = 25, seed: int = 0) -> PQTable:
     return PQTable.from_codes(codes, codebooks)
 
 
-def balanced_order(matrix: F32, *, m: int) -> torch.Tensor:
-    """A channel order whose M contiguous slices hold comparable shares of the variance.
-
-    A student started from the teacher's PCA has its channels roughly sorted by variance, so
-    natural slices give the first subspaces most of the signal and the last ones almost none,
-    each with the same 16 centroids. Here channels are dealt out largest variance first in a
-    snake (slices 0..M-1, then M-1..0, ...), so every slice pairs strong channels with weak
-    ones: a permutation-only form of OPQ's eigenvalue allocation (Ge et al., CVPR 2013)."""
-    dim = matrix.shape[1]
-    if dim % m:
-        raise ValueError(f"M = {m} must divide the dimension {dim}")
-    by_variance = np.argsort(-matrix[1:].astype(np.float64).var(axis=0), kind="stable")
-    slices: list[list[int]] = [[] for _ in range(m)]
-    for i, channel in enumerate(by_variance):
-        lap, j = divmod(i, m)
-        slices[j if lap % 2 == 0 else m - 1 - j].append(int(channel))
-    return torch.tensor([ch for s in slices for ch in s])
-
-
 def _kmeans(x: torch.Tensor, k: int, iters: int, rng: np.random.Generator) -> torch.Tensor:
     centers = x[[int(rng.integers(len(x)))]]
     while len(centers) < k:  # k-means++: far points are likelier seeds
@@ -79,34 +60,62 @@ def _kmeans(x: torch.Tensor, k: int, iters: int, rng: np.random.Generator) -> to
 
 
 class PQEmbedding(nn.Module):
-    """An item embedding made of fixed codes and trainable codebooks (see the module doc)."""
+    """An item embedding made of codes and trainable codebooks (see the module doc).
+
+    Fixed codes by default. With `vectors` (the items' continuous vectors) the codes follow
+    them instead: each training pass over the whole table reassigns every item to its nearest
+    centroids, and gradients reach the vectors straight through that rounding (as in VQ-VAE
+    and quantization-aware training), so an item can change codes while the codebooks move.
+    The codes held are always those the last pass used, so evaluation reads what training saw.
+    """
 
     codes: torch.Tensor  # (rows, M) int64 buffer
     subspace: torch.Tensor  # arange(M)
 
-    def __init__(self, table: PQTable) -> None:
+    def __init__(self, table: PQTable, vectors: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("codes", torch.from_numpy(table.codes().astype(np.int64)))
         self.codebooks = nn.Parameter(torch.from_numpy(table.codebooks.copy()))
         self.register_buffer("subspace", torch.arange(table.m), persistent=False)
+        self.vectors = None if vectors is None else nn.Parameter(vectors.detach().clone())
 
     @property
     def weight(self) -> torch.Tensor:
         """The decoded (rows, dim) table, differentiable in the codebooks."""
+        if self.vectors is not None and self.training:
+            self.reassign()
         rows: torch.Tensor = self(torch.arange(len(self.codes), device=self.codes.device))
         return rows
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        parts = self.codebooks[self.subspace, self.codes[idx]]  # (..., M, dim / M)
-        return parts.flatten(-2)
+        parts = self.codebooks[self.subspace, self.codes[idx]].flatten(-2)  # (..., dim)
+        if self.vectors is None or not self.training:
+            return parts
+        v = self.vectors[idx]
+        return parts + (v - v.detach())  # the value of the codes, the gradient of the vectors
+
+    @torch.no_grad()
+    def reassign(self, chunk: int = 8192) -> None:
+        """Each item's nearest centroid in every subspace, from its current vector."""
+        assert self.vectors is not None
+        m, _, sub = self.codebooks.shape
+        c = self.codebooks.detach()
+        c_norm = (c**2).sum(-1)  # (M, K)
+        for start in range(0, len(self.codes), chunk):
+            v = self.vectors[start : start + chunk].detach().reshape(-1, m, sub)
+            # argmin |v - c|^2 = argmin |c|^2 - 2 v.c
+            dist = c_norm - 2 * torch.einsum("rmd,mkd->rmk", v, c)
+            self.codes[start : start + chunk] = dist.argmin(-1)
 
 
-def with_pq_items(model: SASRec, table: PQTable) -> SASRec:
-    """A copy of `model` whose tied item table is `table` (codes fixed, codebooks trainable)."""
+def with_pq_items(model: SASRec, table: PQTable, *, reassign: bool = False) -> SASRec:
+    """A copy of `model` whose tied item table is `table`: codebooks trainable, codes fixed,
+    or (`reassign`) following the model's item vectors as they train."""
     if (table.rows, table.dim) != tuple(model.item_matrix().shape):
         raise ValueError(f"table {table.rows} x {table.dim} does not fit the model's items")
     out = copy.deepcopy(model)
-    out.item_emb = PQEmbedding(table).to(model.pos_emb.device)  # type: ignore[assignment]
+    vectors = model.item_matrix().detach() if reassign else None
+    out.item_emb = PQEmbedding(table, vectors).to(model.pos_emb.device)  # type: ignore[assignment]
     return out
 
 

@@ -215,20 +215,6 @@ def prune_model(
     return pruned, info
 
 
-def reorder_channels(model: SASRec, order: torch.Tensor) -> SASRec:
-    """A copy of `model` whose hidden channel i is `model`'s channel `order[i]`: the same
-    function (LayerNorm and attention do not care about channel order), the item table's
-    columns permuted with everything else. Product quantization uses it to choose which
-    channels share a subspace."""
-    c = model.config
-    if sorted(order.tolist()) != list(range(c.dim)):
-        raise ValueError(f"order must be a permutation of the {c.dim} hidden channels")
-    heads = [torch.arange(b.attn.n_heads) for b in model.block_list()]
-    units = [torch.arange(b.ffn.fc1.out_features) for b in model.block_list()]
-    out = _rebuild(model, order, heads, units)
-    return out.train(model.training)
-
-
 def _rebuild(
     model: SASRec,
     channels: torch.Tensor,

@@ -1,38 +1,46 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
+import torch
 
-from models.pq import balanced_order, train_pq
-
-
-def _sorted_variance_table(rows: int = 3000, dim: int = 16, seed: int = 0) -> np.ndarray:
-    """Rows whose channels have geometrically falling spread, like a PCA-started student."""
-    rng = np.random.default_rng(seed)
-    table = rng.normal(size=(rows, dim)) * (0.7 ** np.arange(dim))
-    table[0] = 0  # the padding row
-    return table.astype(np.float32)
+from models.pq import PQEmbedding, train_pq
 
 
-def test_balanced_order_is_a_permutation_that_spreads_the_variance() -> None:
-    table = _sorted_variance_table()
-    order = balanced_order(table, m=4).numpy()
-    assert sorted(order.tolist()) == list(range(16))
-    log_var = np.log(table[1:, order].var(axis=0)).reshape(4, 4).sum(axis=1)
-    natural = np.log(table[1:].var(axis=0)).reshape(4, 4).sum(axis=1)
-    assert np.ptp(log_var) < 0.25 * np.ptp(natural)
+def _table_and_vectors(rows: int = 400, dim: int = 8) -> tuple[np.ndarray, PQEmbedding]:
+    x = np.random.default_rng(0).normal(size=(rows, dim)).astype(np.float32)
+    x[0] = 0  # the padding row
+    return x, PQEmbedding(train_pq(x, m=4), torch.from_numpy(x))
 
 
-def test_balanced_order_lowers_the_quantization_error() -> None:
-    table = _sorted_variance_table()
-    order = balanced_order(table, m=4).numpy()
+def test_fixed_codes_never_move() -> None:
+    x, _ = _table_and_vectors()
+    table = train_pq(x, m=4)
+    emb = PQEmbedding(table).train()
+    emb.codebooks.data.mul_(-1)  # the codebooks train; the codes stay
+    _ = emb.weight
+    np.testing.assert_array_equal(emb.codes.numpy(), table.codes())
 
-    def error(matrix: np.ndarray) -> float:
-        return float(((train_pq(matrix, m=4).decode() - matrix)[1:] ** 2).sum())
 
-    assert error(table[:, order]) < 0.8 * error(table)
+def test_reassigned_codes_follow_the_vectors_while_training() -> None:
+    _, emb = _table_and_vectors()
+    assert emb.vectors is not None
+    target = emb.codebooks.detach()[:, 3].flatten()  # centroid 3 of every subspace
+    with torch.no_grad():
+        emb.vectors[7] = target
+    emb.eval()
+    _ = emb.weight  # evaluation reads the codes training left
+    assert not (emb.codes[7] == 3).all()
+    emb.train()
+    decoded = emb.weight
+    assert (emb.codes[7] == 3).all()
+    torch.testing.assert_close(decoded[7], target)
 
 
-def test_balanced_order_needs_m_to_divide_the_dimension() -> None:
-    with pytest.raises(ValueError, match="divide"):
-        balanced_order(_sorted_variance_table(dim=10), m=4)
+def test_gradients_reach_the_codebooks_and_the_vectors_straight_through() -> None:
+    _, emb = _table_and_vectors()
+    emb.train()
+    (emb.weight * torch.arange(8.0)).sum().backward()
+    assert emb.vectors is not None and emb.vectors.grad is not None
+    # every row's vector gets the gradient of its decoded row: here the weights 0..7
+    torch.testing.assert_close(emb.vectors.grad[5], torch.arange(8.0))
+    assert emb.codebooks.grad is not None and emb.codebooks.grad.abs().sum() > 0

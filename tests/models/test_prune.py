@@ -22,7 +22,6 @@ from models.prune import (
     PruneInfo,
     prune_and_finetune,
     prune_model,
-    reorder_channels,
     taylor_importance,
 )
 from models.sasrec import SASRec, build_model
@@ -353,17 +352,3 @@ def test_compress_with_hidden_pruning_ships_a_narrower_bundle(
     assert (pruning["dim_before"], pruning["dim_after"]) == (C, c)
     assert b.manifest.recipe["config"]["prune_hidden_ratio"] == HIDDEN_RATIO
     assert max(result.report["recipe"]["onnx_parity_max_abs_diff"].values()) < 1e-4
-
-
-def test_reordering_channels_keeps_the_function(student: SASRec) -> None:
-    """Channel order is free: the reordered model's user vectors are the original's with the
-    channels permuted, and its item table is the original's columns in the new order, so
-    every score is unchanged."""
-    order = torch.randperm(student.config.dim, generator=torch.Generator().manual_seed(0))
-    moved = reorder_channels(student.eval(), order)
-    x = _inputs(student)
-    torch.testing.assert_close(moved.eval()(x), student(x)[:, order], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(moved.item_matrix(), student.item_matrix()[:, order])
-    assert moved.num_params() == student.num_params()
-    with pytest.raises(ValueError, match="permutation"):
-        reorder_channels(student, torch.zeros(student.config.dim, dtype=torch.long))
