@@ -107,10 +107,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Student, distilled from the teacher's top-256 per position: started from the teacher's
     # PCA-projected embeddings it reached validation 0.0414 after 4 epochs where a random
     # start had 0.0330 after 5; at constant lr it peaked at epoch 7 (0.0436) in a run of 8,
-    # hence 7 epochs. Pruning 25% of the FFN units (the heads' 25% rounds to none of 2) cost
-    # validation 1.2% (0.0436 -> 0.0431) for 0.23% of the parameters, and neither of two
-    # fine-tuning epochs won it back: the recipe does not prune (prune_ratio 0) until pruning
-    # has real work to do. ce_baseline gets the student's 7 epochs and schedule.
+    # hence 7 epochs. ce_baseline gets the student's 7 epochs and schedule.
+    # Pruning and item tables: validation trials from one seed-0 student
+    # (`python -m benchmarks.compress_trials`, benchmarks/results/compress-trials-amazon-beauty.jsonl;
+    # docs/decisions/2026-12-06-beauty-pruning-and-item-tables.md): removing 75% of the FFN
+    # units (Taylor-ranked) leaves 65% of the encoder parameters and, after 2 epochs of
+    # distillation, costs less validation NDCG@10 than removing one head of two and half the
+    # FFN units (53%). The pq4 variants fine-tune 3 epochs with their codes reassigned every
+    # step: at M = 32 validation was still rising at the third epoch.
     "beauty": {
         "max_len": 50,
         "teacher_dim": 256,
@@ -129,7 +133,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "student_lr_schedule": "constant",
         "finetune_lr_schedule": "cosine",
         "dropout": 0.25,
-        "finetune_epochs": 0,
         "batch_size": 256,
         "lr": 1e-3,
         "patience": 2,
@@ -144,8 +147,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         # position (models.distill): a distillation epoch then costs 3.3 min instead of 5.2
         # (Intel Xeon, AVX-512, 2 cores; one-off timing of 6 batches of 256).
         "distill_top_k": 256,
-        "prune_ratio": 0.0,
+        "prune_ratio": 0.75,
+        "prune_heads": False,
         "prune_hidden_ratio": 0.0,
+        "finetune_epochs": 2,
+        "pq_finetune_epochs": 3,
+        "pq_reassign": True,
     },
     # The demo's tiny settings (`python -m models demo`): seconds on small data.
     "demo": dict(DEMO_OVERRIDES),

@@ -348,7 +348,7 @@ def _targets_section(results: dict[str, Any]) -> list[str]:
             [key, v["what"], shown, f"{v['op']} {thr}", "PASS" if v["passed"] else "**FAIL**"]
         )
     return [
-        "## Targets (issue 18, Amazon Beauty)",
+        "## Targets (issues 18 and 19, Amazon Beauty)",
         "",
         *_table(["target", "measured as", "value", "required", "result"], rows),
         "",

@@ -264,7 +264,7 @@ def test_beauty_results_show_references_and_targets(bench: dict[str, Any], tmp_p
     r["targets"] = evaluate_targets(r["stages"], r["served_stage"])
     md = render_markdown(r)
     assert "*SASRec+ (published)*" in md and "*0.0327*" in md and "equal-size" in md
-    assert "## Targets (issue 18, Amazon Beauty)" in md and "quantization_ndcg_loss" in md
+    assert "## Targets (issues 18 and 19, Amazon Beauty)" in md and "quantization_ndcg_loss" in md
     if HAVE_MPL:
         render_plot(r, tmp_path / "x.png")
         assert (tmp_path / "x.png").stat().st_size > 20_000
