@@ -133,7 +133,7 @@ class CompressConfig:
     quantize_per_channel: bool = True
     quantize_reduce_range: bool = True
     quantize_embeddings: bool = True  # the encoder's item embedding reads items.npy (shared)
-    quantize_activations: Activations = "float"  # see models.quantize
+    quantize_activations: Activations = "static"  # see models.quantize
     calibration_users: int = 1024  # training histories the static scales are fitted on
     # int4: 4-bit rows with error-corrected per-row scales (`bundle.items.quantize_int4`)
     item_encoding: ItemEncoding = "int8"

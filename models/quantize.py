@@ -2,13 +2,7 @@
 
 Weights of the MatMuls are int8, one scale per output channel. Activations come three ways:
 
-- "float" (the default): only the weights are int8, each behind a DequantizeLinear of the
-  constant; the activations stay fp32. The file is as small as the others', a row's output
-  cannot depend on its batch, and onnxruntime folds the weights back to fp32 once when the
-  session is created (`bundle.ENCODER_SESSION_CONFIG`), so it runs at fp32 speed: at the
-  student's width the int8 kernels' quantize/dequantize steps cost about what the integer
-  products save (docs/decisions/2026-12-06-int8-weights-float-activations.md).
-- "static": each quantized MatMul's input gets one fixed scale and zero point,
+- "static" (the default): each quantized MatMul's input gets one fixed scale and zero point,
   calibrated once on training histories (min/max), so every row of a batch is quantized the
   same way whoever rides with it: a shopper's answer does not depend on the batch
   (QLinearMatMul, `quantize_static`).
@@ -16,11 +10,16 @@ Weights of the MatMuls are int8, one scale per output channel. Activations come 
   (DynamicQuantizeLinear + MatMulInteger, `quantize_dynamic`); cheaper per call, but a row's
   vector moves with its neighbours (measured in docs/decisions/2026-12-06-static-int8-encoder.md).
   It also stores Gather tables (the item embedding) as int8 and dequantizes after the lookup.
+- "float": only the weights are int8, each behind a DequantizeLinear of the constant that
+  onnxruntime folds back to fp32 once when the session is created
+  (`bundle.ENCODER_SESSION_CONFIG`): fp32 activations at fp32 speed. fp32 products are not
+  guaranteed to give a row the same bits alone as in a batch, though (integer ones are), so
+  it is not the default (docs/decisions/2026-12-06-int8-weights-float-activations.md).
 
 `reduce_range=True` (static and dynamic) keeps weights to 7 bits so u8·s8 products cannot
-saturate the 16-bit intermediate sums of AVX2 kernels without VNNI: the same file then gives the same answer on every x86 CPU, which is
-what the bundle's golden check needs (onnxruntime docs, "Quantize ONNX models",
-https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html).
+saturate the 16-bit intermediate sums of AVX2 kernels without VNNI: the same file then gives
+the same answer on every x86 CPU, which is what the bundle's golden check needs (onnxruntime
+docs, "Quantize ONNX models", https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html).
 
 SASRec ties its input item embedding to the scoring matrix, which the bundle stores as
 `items.npy` (`bundle.encode_items`: int8 or int4 with one scale per row, or fp16/fp32). So as
@@ -37,7 +36,7 @@ bundle's `items.npy` / `item_scales.npy`, at the offset where `np.save` puts the
 golden outputs); the linked one is what it ships: same graph, same values, the table stored
 once.
 
-    int8_bytes = quantize_onnx(fp32_bytes, QuantizeConfig())  # static: calibration=histories
+    int8_bytes = quantize_onnx(fp32_bytes, QuantizeConfig(), calibration=train_histories)
     served = share_item_table(int8_bytes, item_matrix, "int8")   # runs from bytes
     shipped = link_item_table(served)                              # model.onnx of the bundle
     bundle.write_bundle(dir, onnx_model=shipped, item_matrix=item_matrix, item_encoding="int8", ...)
@@ -93,7 +92,7 @@ class QuantizeConfig:
     # dynamic only: also store the item embedding's Gather table as int8 (static leaves it
     # fp32; `share_item_table` replaces it with the bundle's table either way)
     embeddings: bool = True
-    activations: Activations = "float"
+    activations: Activations = "static"
 
 
 class CalibrationError(ValueError):

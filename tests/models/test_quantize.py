@@ -97,7 +97,7 @@ def test_static_int8_refuses_to_run_without_calibration_histories(
 
 @pytest.fixture(scope="module")
 def float_int8(teacher: SASRec) -> bytes:
-    return quantize_onnx(export_onnx(teacher))  # the default
+    return quantize_onnx(export_onnx(teacher), QuantizeConfig(activations="float"))
 
 
 def test_float_activations_store_int8_weights_behind_dequantize(

@@ -281,36 +281,6 @@ def _pq_corruption(kind: str):
     return corrupt
 
 
-def test_a_pq4_bundle_uploads_activates_and_answers_from_its_codes(
-    client: TestClient, admin_headers, bad_bundle_dir
-):
-    d = bad_bundle_dir(V2_PQ)
-    r = upload(client, f.repack(d), admin_headers)
-    assert r.status_code == 201, r.text
-    assert client.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
-    r = client.post("/recommend", json={"history": ["i1", "i2"], "k": 5})
-    assert r.status_code == 200 and r.json()["model_version"] == "v2"
-    assert len(r.json()["items"]) == 5
-
-
-@pytest.mark.parametrize(
-    ("kind", "reason"),
-    [
-        ("nan_codebook", "codebooks.npy contains NaN or Inf"),
-        ("code_out_of_range", "items.npy holds code 15, but codebooks.npy has only 12 centroids"),
-    ],
-)
-def test_a_pq4_bundle_with_a_corrupt_codebook_or_codes_is_refused_by_name(
-    client: TestClient, admin_headers, bad_bundle_dir, kind, reason
-):
-    d = bad_bundle_dir(V2_PQ)
-    _pq_corruption(kind)(d)
-    r = upload(client, f.repack(d), admin_headers)
-    assert r.status_code == 422
-    assert reason in r.json()["detail"]
-    assert recommended_version(client) == "v1"
-
-
 V2_INT4 = dataclasses.replace(V2, item_encoding="int4", shared_items=True)
 
 
@@ -333,10 +303,11 @@ def _int4_corruption(kind: str):
     return corrupt
 
 
-def test_an_int4_bundle_uploads_activates_and_answers(
-    client: TestClient, admin_headers, bad_bundle_dir
+@pytest.mark.parametrize("config", [V2_PQ, V2_INT4], ids=["pq4", "int4"])
+def test_a_compact_bundle_uploads_activates_and_answers(
+    client: TestClient, admin_headers, bad_bundle_dir, config
 ):
-    d = bad_bundle_dir(V2_INT4)
+    d = bad_bundle_dir(config)
     r = upload(client, f.repack(d), admin_headers)
     assert r.status_code == 201, r.text
     assert client.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
@@ -346,19 +317,45 @@ def test_an_int4_bundle_uploads_activates_and_answers(
 
 
 @pytest.mark.parametrize(
-    ("kind", "reason"),
+    ("config", "corrupt", "reason"),
     [
-        ("signed_rows", "items.npy is int8 (61, 4), manifest says int4 (61, 4)"),
-        ("unpacked_rows", "items.npy is uint8 (61, 8), manifest says int4 (61, 4)"),
-        ("nan_scale", "item_scales.npy contains NaN or Inf"),
-        ("negative_scale", "item_scales.npy has scales <= 0 at rows [4]"),
+        (V2_PQ, _pq_corruption("nan_codebook"), "codebooks.npy contains NaN or Inf"),
+        (
+            V2_PQ,
+            _pq_corruption("code_out_of_range"),
+            "items.npy holds code 15, but codebooks.npy has only 12 centroids",
+        ),
+        (
+            V2_INT4,
+            _int4_corruption("signed_rows"),
+            "items.npy is int8 (61, 4), manifest says int4 (61, 4)",
+        ),
+        (
+            V2_INT4,
+            _int4_corruption("unpacked_rows"),
+            "items.npy is uint8 (61, 8), manifest says int4 (61, 4)",
+        ),
+        (V2_INT4, _int4_corruption("nan_scale"), "item_scales.npy contains NaN or Inf"),
+        (
+            V2_INT4,
+            _int4_corruption("negative_scale"),
+            "item_scales.npy has scales <= 0 at rows [4]",
+        ),
+    ],
+    ids=[
+        "nan_codebook",
+        "code_out_of_range",
+        "signed_rows",
+        "unpacked_rows",
+        "nan_scale",
+        "negative_scale",
     ],
 )
-def test_an_int4_bundle_with_corrupt_rows_or_scales_is_refused_by_name(
-    client: TestClient, admin_headers, bad_bundle_dir, kind, reason
+def test_a_compact_bundle_with_a_corrupt_table_is_refused_by_name(
+    client: TestClient, admin_headers, bad_bundle_dir, config, corrupt, reason
 ):
-    d = bad_bundle_dir(V2_INT4)
-    _int4_corruption(kind)(d)
+    d = bad_bundle_dir(config)
+    corrupt(d)
     r = upload(client, f.repack(d), admin_headers)
     assert r.status_code == 422
     assert reason in r.json()["detail"]
