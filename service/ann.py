@@ -157,6 +157,16 @@ class AnnIndex:
             self._index.add_with_ids(_dequantize(items, scales, rows), rows.astype(np.int64))
         self.build_s = time.perf_counter() - t0
 
+    _blocked: npt.NDArray[np.bool_] | None = None  # rows never returned by `top_k`
+
+    def with_blocked(self, rows: I64) -> AnnIndex:
+        """This index (shared, not copied) never returning `rows` from `top_k`: each search
+        takes as many more candidates as there are blocked rows, so k allowed ones remain."""
+        other = copy.copy(self)
+        other._blocked = np.zeros(self.n_items + 1, dtype=bool)
+        other._blocked[rows] = True
+        return other
+
     @property
     def nprobe(self) -> int:
         return min(self.config.nprobe, self.nlist)
@@ -245,10 +255,14 @@ class AnnIndex:
             raise ValueError(f"{b} users, {len(banned)} banned lists")
         width = max(0, min(k, self.n_items))
         ban = banned_matrix(banned)  # padded with 0: never a search result
-        idx, scores = self.search(users, width + ban.shape[1])
+        blocked = self._blocked
+        extra = 0 if blocked is None else int(blocked.sum())
+        idx, scores = self.search(users, width + ban.shape[1] + extra)
         drop = idx < 1
         if ban.size:
             drop |= (idx[:, :, None] == ban[:, None, :]).any(axis=2)
+        if blocked is not None:
+            drop |= blocked[np.maximum(idx, 0)]
         # The kept ones first, in their best-first order; then the dropped ones, blanked.
         order = np.argsort(drop, axis=1, kind="stable")[:, :width]
         idx = np.take_along_axis(idx, order, axis=1)

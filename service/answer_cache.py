@@ -2,14 +2,17 @@
 
 Off by default; `ANSWER_CACHE_TTL_S=30` (with `REDIS_URL`) turns it on. One key per answer:
 
-    <prefix>:answers:<model_version>:<sha256 of the normalized request>
+    <prefix>:answers:<model_version>@<catalog revision>:<sha256 of the normalized request>
 
 where the normalized request is the canonical JSON (orjson, sorted keys) of everything that
 decides the answer: `history`, `k`, `candidates`, `exclude`, `exclude_seen` (not `user_id`,
-which is only logged). The value is the response body as sent, so a hit is returned byte for
-byte and names the version that computed it, the version in its key. Activating another
-version therefore invalidates the cache without deleting anything: the new version reads
-and writes new keys, and the old ones expire with their TTL.
+which is only logged), and the catalog revision is that of the live catalog the model serves
+under (`service.catalog`). The value is the response body as sent, so a hit is returned byte
+for byte and names the version that computed it. Activating another version, or any catalog
+change (an item made unavailable, vectors added), therefore invalidates the cache without
+deleting anything: the new state reads and writes new keys, and the old ones expire with
+their TTL. An answer cached before an item became unavailable is never served after: no
+replica that applied the change reads its key.
 
 Every answer is cached, `popular` ones too: the key holds every input of the answer, so
 there is one rule and nothing to special-case. Cache hits are counted in
@@ -68,16 +71,17 @@ class AnswerCache:
         )
         self._bypass_until = 0.0  # time.monotonic() before which Redis is not asked
 
-    def key(self, version: str, request: RecRequest) -> str:
-        return f"{self._prefix}:answers:{version}:{request_digest(request)}"
+    def key(self, tag: str, request: RecRequest) -> str:
+        """`tag`: the answering model's `cache_tag` (version and catalog revision)."""
+        return f"{self._prefix}:answers:{tag}:{request_digest(request)}"
 
-    async def get(self, version: str, request: RecRequest) -> bytes | None:
-        """The cached response body of `version` for `request`, or None (miss or error)."""
+    async def get(self, tag: str, request: RecRequest) -> bytes | None:
+        """The cached response body for `request` under `tag`, or None (miss or error)."""
         if self._bypassed():
             self._metrics.answer_cache.labels(result="error").inc()
             return None
         try:
-            body = await self._redis.get(self.key(version, request))
+            body = await self._redis.get(self.key(tag, request))
         except (redis.RedisError, OSError) as e:
             self._failed(e)
             self._metrics.answer_cache.labels(result="error").inc()
@@ -85,12 +89,12 @@ class AnswerCache:
         self._metrics.answer_cache.labels(result="miss" if body is None else "hit").inc()
         return body.encode() if isinstance(body, str) else body  # bytes: no decode_responses
 
-    async def put(self, version: str, request: RecRequest, body: bytes) -> None:
+    async def put(self, tag: str, request: RecRequest, body: bytes) -> None:
         """Cache `body` (best effort: an error is logged, never raised)."""
         if self._bypassed():
             return
         try:
-            await self._redis.set(self.key(version, request), body, px=self._ttl_ms)
+            await self._redis.set(self.key(tag, request), body, px=self._ttl_ms)
         except (redis.RedisError, OSError) as e:
             self._failed(e)
 

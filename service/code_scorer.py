@@ -27,6 +27,7 @@ same codes instead (`service.code_ann`, same exact rescoring); this scorer then 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Literal
 
@@ -58,6 +59,14 @@ class CodeScorer:
         self.rows = table.rows
         self.dim = table.dim
         self._index = _fast_scan_index(table) if catalog_top_k else None
+        self._blocked: npt.NDArray[np.bool_] | None = None  # rows never returned
+
+    def with_blocked(self, rows: I64) -> CodeScorer:
+        """Shares the codes and the index; `top_k` never returns `rows`."""
+        other = copy.copy(self)
+        other._blocked = np.zeros(self.rows, dtype=bool)
+        other._blocked[rows] = True
+        return other
 
     # --- the Scorer interface -------------------------------------------------------------
 
@@ -108,7 +117,10 @@ class CodeScorer:
         n, width = shortlist.shape
         rows = np.maximum(shortlist, 0)  # faiss pads with -1 only past the catalog's end
         exact = self.table.scores(luts, rows)  # (n, width)
-        exact[(rows == 0) | _banned_mask(rows, banned)] = -np.inf
+        drop = (rows == 0) | _banned_mask(rows, banned)
+        if self._blocked is not None:  # fewer than k left: not certified, the search widens
+            drop |= self._blocked[rows]
+        exact[drop] = -np.inf
         order = np.lexsort((rows, -exact), axis=-1)[:, :k]  # best first; ties by row index
         best_rows = np.take_along_axis(rows, order, axis=1)
         best = np.take_along_axis(exact, order, axis=1)

@@ -73,3 +73,8 @@ class CanaryConflict(ServiceError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class InvalidCatalogChange(ServiceError):
+    """A catalog change that cannot be applied (wrong dimension, not finite, too many IDs);
+    nothing was changed."""

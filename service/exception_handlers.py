@@ -9,6 +9,7 @@ from service.errors import (
     AdminBusy,
     CanaryConflict,
     InvalidBundle,
+    InvalidCatalogChange,
     NoModelLoaded,
     NothingToRollBack,
     ServiceError,
@@ -27,6 +28,7 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     AdminBusy: 409,
     CanaryConflict: 409,
     InvalidBundle: 422,
+    InvalidCatalogChange: 422,
     UploadTooLarge: 413,
 }
 

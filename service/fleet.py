@@ -3,14 +3,16 @@ operations, and get bundles they never saw uploaded.
 
 Three things, all under the store's key prefix:
 
-- **Swap notifications** on the pub/sub channel `<prefix>:events`: after an activation,
-  rollback or canary change is recorded in the store, the replica that made it publishes
-  `{"event": "activate"|"rollback"|"canary", "version": ..., "origin": <replica id>}`.
-  Every replica runs a subscriber thread (`start` / `stop`, from the app's lifespan) that,
-  on a message from another replica, calls `on_change`: the registry re-reads the stored
-  state and converges to it. The message is only a nudge; the state in Redis is the truth.
-  On (re)connection the subscriber calls `on_change` too, since messages sent while it was
-  away are lost (pub/sub does not queue); it reconnects with exponential backoff.
+- **Change notifications** on the pub/sub channel `<prefix>:events`: after an activation,
+  rollback, canary or catalog change is recorded in the store, the replica that made it
+  publishes `{"event": "activate"|"rollback"|"canary"|"catalog", "version": ...,
+  "origin": <replica id>}`. Every replica runs a subscriber thread (`start` / `stop`, from
+  the app's lifespan) that, on a message from another replica, calls `on_change`: the
+  registry re-reads the stored state and converges to it. The message is only a nudge; the
+  state in Redis is the truth. On (re)connection the subscriber calls `on_change` too, since
+  messages sent while it was away are lost (pub/sub does not queue); it reconnects with
+  exponential backoff. Between messages it calls `on_poll` every `poll_s` seconds: what no
+  message announces (a FLUSHALL, a Redis restarted empty) shows up there.
 - **The admin lock** `<prefix>:admin-lock`: `SET NX PX` with a random token, released by a
   compare-and-delete Lua script (the Redis docs' single-instance lock pattern,
   https://redis.io/docs/latest/develop/use/patterns/distributed-locks/), so a lock that
@@ -45,7 +47,7 @@ from service.errors import AdminBusy, InvalidBundle, StoreUnavailable, VersionEx
 
 log = logging.getLogger(__name__)
 
-Event = Literal["activate", "rollback", "canary", "prepare"]
+Event = Literal["activate", "rollback", "canary", "prepare", "catalog"]
 
 # Compare-and-delete: release the lock only while it still holds our token.
 _RELEASE = """
@@ -89,10 +91,13 @@ class Fleet(Protocol):
         ...
 
     def start(
-        self, on_change: Callable[[], None], on_prepare: Callable[[str], None] | None = None
+        self,
+        on_change: Callable[[], None],
+        on_prepare: Callable[[str], None] | None = None,
+        on_poll: Callable[[], None] | None = None,
     ) -> None:
         """Listen to the other replicas: `on_change()` after a swap, `on_prepare(version)`
-        when one is about to activate `version`."""
+        when one is about to activate `version`, `on_poll()` every few seconds."""
         ...
 
     def stop(self) -> None: ...
@@ -125,7 +130,10 @@ class LocalFleet:
         return None
 
     def start(
-        self, on_change: Callable[[], None], on_prepare: Callable[[str], None] | None = None
+        self,
+        on_change: Callable[[], None],
+        on_prepare: Callable[[str], None] | None = None,
+        on_poll: Callable[[], None] | None = None,
     ) -> None:
         pass
 
@@ -147,9 +155,11 @@ class RedisFleet:
         timeout_s: float = 2.0,
         lock_wait_s: float = 10.0,
         lock_ttl_s: float = 300.0,
+        poll_s: float = 1.0,
     ) -> None:
         self.replica_id = replica_id or new_replica_id()
         self._prefix = prefix
+        self._poll_s = poll_s
         self._lock_wait_s = lock_wait_s
         self._lock_ttl_ms = int(lock_ttl_s * 1000)
         self._redis = redis.Redis.from_url(
@@ -207,12 +217,15 @@ class RedisFleet:
             raise StoreUnavailable(str(e)) from e
 
     def start(
-        self, on_change: Callable[[], None], on_prepare: Callable[[str], None] | None = None
+        self,
+        on_change: Callable[[], None],
+        on_prepare: Callable[[str], None] | None = None,
+        on_poll: Callable[[], None] | None = None,
     ) -> None:
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._listen,
-            args=(on_change, on_prepare),
+            args=(on_change, on_prepare, on_poll),
             name="fleet-subscriber",
             daemon=True,
         )
@@ -230,7 +243,10 @@ class RedisFleet:
         return self._connected
 
     def _listen(
-        self, on_change: Callable[[], None], on_prepare: Callable[[str], None] | None
+        self,
+        on_change: Callable[[], None],
+        on_prepare: Callable[[str], None] | None,
+        on_poll: Callable[[], None] | None,
     ) -> None:
         backoff = BACKOFF_MIN_S
         while not self._stop.is_set():
@@ -242,8 +258,12 @@ class RedisFleet:
                     log.info("fleet subscriber reconnected; re-reading the fleet state")
                 backoff = BACKOFF_MIN_S
                 _call(on_change)  # anything missed while not listening
+                polled = time.monotonic()
                 while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
+                    message = pubsub.get_message(timeout=min(0.5, self._poll_s))
+                    if on_poll is not None and time.monotonic() - polled >= self._poll_s:
+                        _call(on_poll)
+                        polled = time.monotonic()
                     event = self._from_elsewhere(message.get("data")) if message else None
                     if event is None:
                         continue
@@ -333,6 +353,7 @@ def open_fleet(
     timeout_s: float = 2.0,
     lock_wait_s: float = 10.0,
     lock_ttl_s: float = 300.0,
+    poll_s: float = 1.0,
 ) -> Fleet:
     """The Redis fleet when a URL is configured, else the single-process one."""
     if redis_url is None:
@@ -344,4 +365,5 @@ def open_fleet(
         timeout_s=timeout_s,
         lock_wait_s=lock_wait_s,
         lock_ttl_s=lock_ttl_s,
+        poll_s=poll_s,
     )

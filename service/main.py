@@ -24,7 +24,7 @@ from service.logs import RequestContextMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import Registry
 from service.responses import OrjsonResponse
-from service.routes import admin, demo, health, recommend
+from service.routes import admin, catalog, demo, health, recommend
 from service.routes import metrics as metrics_routes
 from service.runner import ModelOptions
 from service.settings import Settings, get_settings
@@ -53,6 +53,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout_s=settings.redis_timeout_s,
         lock_wait_s=settings.fleet_lock_wait_s,
         lock_ttl_s=settings.fleet_lock_ttl_s,
+        poll_s=settings.fleet_poll_s,
     )
     registry = Registry(
         model_dir=settings.model_dir,
@@ -62,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_unpacked_bytes=settings.max_unpacked_bytes,
         on_activate=metrics.on_activate,
         on_canary=metrics.on_canary,
+        on_heal=metrics.fleet_heals.inc,
         gates=GateConfig(
             metric=settings.gate_metric,
             max_metric_drop=settings.gate_max_ndcg_drop,
@@ -86,7 +88,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.set_threshold(*settings.gc_threshold)  # see Settings.gc_threshold
     try:
         await run_in_threadpool(registry.start, bootstrap=settings.bootstrap_bundle)
-        fleet.start(on_change=registry.sync, on_prepare=registry.prepare)
+        metrics.catalog_revision.set_function(lambda: registry.catalog.revision)
+        fleet.start(on_change=registry.sync, on_prepare=registry.prepare, on_poll=registry.poll)
         app.state.registry = registry
         async with batcher:
             app.state.request_path = RequestPath(
@@ -119,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def body_limit(path: str) -> int:
         if path.startswith("/admin/bundles"):
             return settings.max_upload_bytes
+        if path.startswith("/admin/catalog"):
+            return settings.catalog_max_body_bytes
         return settings.max_body_bytes
 
     app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit)
@@ -131,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_routes.router)
     if settings.admin_enabled:
         app.include_router(admin.router, dependencies=[AdminDep])
+        app.include_router(catalog.router, dependencies=[AdminDep])
     if settings.demo_enabled:
         app.include_router(demo.router)
     return app

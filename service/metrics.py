@@ -99,6 +99,16 @@ class Metrics:
             "switch, seconds.",
             registry=self.registry,
         )
+        self.fleet_heals = Counter(
+            "recsys_fleet_heals",
+            "Times this replica wrote the fleet state back into a store that had lost it.",
+            registry=self.registry,
+        )
+        self.catalog_revision = Gauge(
+            "recsys_catalog_revision",
+            "The live catalog revision this replica serves under (service.catalog).",
+            registry=self.registry,
+        )
         self.recommendations = Counter(
             "recsys_recommendations",
             "Recommendations computed by a model (answer cache hits excluded), by strategy.",

@@ -59,13 +59,14 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import ValidationError
 
 from bundle import (
@@ -77,10 +78,8 @@ from bundle import (
     verify_golden,
 )
 from bundle.manifest import VERSION_PATTERN
-from service.ann import AnnIndex, build_for_catalog
 from service.canary import Serving
-from service.code_ann import build_for_codes
-from service.code_scorer import CodeScorer
+from service.catalog import CatalogLayer
 from service.encoder import OnnxEncoder
 from service.errors import (
     AdminBusy,
@@ -93,9 +92,8 @@ from service.errors import (
 )
 from service.fleet import Event, Fleet, LocalFleet
 from service.gates import GateConfig, check_gates
-from service.runner import LoadedModel, ModelOptions
-from service.scorer import CatalogScorer, Scorer
-from service.store import ActiveState, ItemMatrix, Store
+from service.runner import LoadedModel, ModelOptions, build_scorers
+from service.store import ActiveState, Store
 
 log = logging.getLogger(__name__)
 
@@ -133,32 +131,10 @@ def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
         raise BundleError(
             f"encoder returns {single.shape} for a batch of one, expected (1, {m.dim})"
         )
-    pq = bundle.pq
     # int4 rows are unpacked once, here, and from then on served exactly like int8 rows.
     items = bundle.int8_rows() if m.item_encoding == "int4" else bundle.items
-    # A large pq4 catalog is searched in an IVF index over its own codes (service.code_ann);
-    # a smaller one is scanned in full (service.code_scorer).
-    ann: AnnIndex | None = (
-        None
-        if pq is None
-        else build_for_codes(pq, min_items=options.ann_min_items, config=options.ann)
-    )
-    if pq is None:
-        ann = build_for_catalog(
-            items, bundle.item_scales, min_items=options.ann_min_items, config=options.ann
-        )
     try:
-        scorer: CatalogScorer = (
-            CodeScorer(pq, catalog_top_k=ann is None)
-            if pq is not None
-            else Scorer(
-                items,
-                bundle.item_scales,
-                precision=options.scoring_precision,
-                threads=options.intra_op_threads,
-                catalog_top_k=ann is None,
-            )
-        )
+        scorer, ann = build_scorers(items, bundle.item_scales, bundle.pq, options)
         model = LoadedModel(
             manifest=m,
             encoder=encoder,
@@ -168,6 +144,8 @@ def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
             popularity=bundle.popularity,
             scorer=scorer,
             ann=ann,
+            pq=bundle.pq,
+            options=options,
         )
     except ValueError as e:
         raise BundleError(str(e)) from e
@@ -189,6 +167,15 @@ def _settle_heap() -> None:
     checks."""
     gc.collect(1)
     gc.freeze()
+
+
+def _version(model: LoadedModel | None) -> str | None:
+    return None if model is None else model.version
+
+
+def _base(model: LoadedModel | None) -> LoadedModel | None:
+    """The model as loaded from its bundle, whatever catalog layer it serves under."""
+    return None if model is None else model.base
 
 
 def _lower_priority(nice: int) -> None:
@@ -215,6 +202,8 @@ class ReplicaStatus:
     fleet_canary: str | None
     error: str | None  # why this replica does not serve the fleet's state
     subscriber_connected: bool | None  # None: single process, no subscriber
+    catalog_revision: int  # the catalog layer this replica serves under
+    heals: int  # times it wrote the fleet state back into an emptied store
 
 
 class Registry:
@@ -228,6 +217,7 @@ class Registry:
         max_unpacked_bytes: int = 1 << 30,
         on_activate: ActivateHook | None = None,
         on_canary: CanaryHook | None = None,
+        on_heal: Callable[[], None] | None = None,
         gates: GateConfig | None = None,
     ) -> None:
         self.model_dir = model_dir
@@ -244,6 +234,10 @@ class Registry:
         self._standby: LoadedModel | None = None  # the previous active model, kept loaded
         self._prepared: LoadedModel | None = None  # loaded for another replica's activation
         self._error: str | None = None
+        self._catalog = CatalogLayer()  # the live catalog layer every served model is under
+        self._seen = ActiveState()  # the fleet state last read: a vanished one is written back
+        self._heals = 0
+        self._on_heal = on_heal
         self._loader = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="model-loader",
@@ -291,9 +285,13 @@ class Registry:
             shutil.rmtree(stale, ignore_errors=True)
         try:
             state = self._store.get_state()
+            self._catalog = self._store.get_catalog()
+            if legacy := self._store.delete_legacy_keys():
+                log.info("deleted %d item matrices earlier releases left in the store", legacy)
         except StoreUnavailable as e:
             log.error("cannot read the active version from the store (%s); starting without", e)
             state = ActiveState()
+        self._seen = state
         if state.active is not None:
             with self._lock:
                 self._converge_locked(state)
@@ -515,7 +513,6 @@ class Registry:
             model = self._load_locked(version)
             check_gates(model, serving=stable, config=self._gates)
             self._ensure_shared_locked(version)
-            self._publish_items(model)
             self._store.set_canary(version, percent=percent)
             self._set_serving_locked(Serving(stable, model, percent))
             self._error = None
@@ -554,12 +551,11 @@ class Registry:
         if gated:
             check_gates(model, serving=current, config=self._gates)
         self._ensure_shared_locked(version)
-        self._publish_items(model)
         # The store first: if it cannot record the switch, this replica does not switch either.
         self._store.set_active(version, previous=current.version if current else None)
         self._set_serving_locked(Serving(stable=model), started=started)
         self._error = None
-        return model
+        return self._serving.stable or model
 
     def _announce(self, event: Event, version: str | None) -> None:
         try:
@@ -570,16 +566,142 @@ class Registry:
     # --- following the fleet --------------------------------------------------------------
 
     def sync(self) -> None:
-        """Converge to the fleet's stored state (the subscriber calls this on every change
-        and on reconnection). A version that cannot be loaded leaves the serving model as it
-        is and is reported by `status()`; nothing raises."""
+        """Converge to the fleet's stored state and catalog (the subscriber calls this on
+        every change and on reconnection). A version that cannot be loaded leaves the
+        serving model as it is and is reported by `status()`; nothing raises. A store that
+        lost its data gets this replica's state written back (`heal`)."""
         with self._lock:  # the state is read under the lock: no older state wins a race
-            try:
-                state = self._store.get_state()
-            except StoreUnavailable as e:
-                log.warning("cannot read the fleet state: %s", e)
+            state = self._read_state_locked()
+            if state is None or self._vanished(state):
+                vanished = state is not None
+            else:
+                self._converge_locked(state)
+                self._follow_catalog_locked(state)
                 return
-            self._converge_locked(state)
+        if vanished:
+            self.heal()
+
+    def poll(self) -> None:
+        """The subscriber's periodic check (pub/sub misses what happens while it listens,
+        such as a FLUSHALL): `sync` when the stored state differs from the last one read."""
+        try:
+            state = self._store.get_state()
+        except StoreUnavailable:
+            return  # the subscriber reports the outage
+        if state != self._seen or self._vanished(state):
+            self.sync()
+
+    def _read_state_locked(self) -> ActiveState | None:
+        try:
+            state = self._store.get_state()
+        except StoreUnavailable as e:
+            log.warning("cannot read the fleet state: %s", e)
+            return None
+        if not state.empty:
+            self._seen = state
+        return state
+
+    def _vanished(self, state: ActiveState) -> bool:
+        """The store is empty although this replica read a fleet state from it before."""
+        return state.empty and not self._seen.empty and self.current is not None
+
+    def heal(self) -> bool:
+        """Write what this replica holds back into a store that lost its data: the active
+        and previous version, the canary, their bundle archives and the catalog layer, then
+        tell the fleet. One replica writes (under the fleet lock); the others find the store
+        filled and follow it. True when this replica wrote."""
+        with self._fleet.lock("heal"), self._lock:
+            serving, seen = self._serving, self._seen
+            if serving.stable is None or not self._store.get_state().empty:
+                return False
+            previous = self._standby.version if self._standby else seen.previous
+            versions = [serving.stable.version, previous, _version(serving.canary)]
+            for version in filter(None, versions):
+                try:
+                    self._ensure_shared_locked(version)
+                except (OSError, StoreUnavailable) as e:  # the others may hold it
+                    log.warning("could not share %s with the fleet again: %s", version, e)
+            record = ActiveState(
+                active=serving.stable.version,
+                previous=previous,
+                canary=_version(serving.canary),
+                canary_percent=serving.canary_percent,
+            )
+            if not self._store.restore(record, self._catalog):
+                return False
+            self._seen = self._store.get_state()
+            self._heals += 1
+        log.warning(
+            "the fleet state was gone from the store (flushed or restarted empty); wrote back "
+            "active=%s previous=%s canary=%s, catalog revision %d",
+            record.active,
+            record.previous,
+            record.canary,
+            self._catalog.revision,
+        )
+        if self._on_heal is not None:
+            self._on_heal()
+        self._announce("activate", record.active)
+        return True
+
+    # --- the live catalog -----------------------------------------------------------------
+
+    @property
+    def catalog(self) -> CatalogLayer:
+        """The catalog layer this replica serves under."""
+        return self._catalog
+
+    def _follow_catalog_locked(self, state: ActiveState) -> None:
+        if (state.catalog_revision or 0) == self._catalog.revision:
+            return
+        try:
+            layer = self._store.get_catalog()
+        except StoreUnavailable as e:
+            log.warning("cannot read the catalog: %s", e)
+            return
+        self._apply_catalog_locked(layer)
+
+    def _apply_catalog_locked(self, layer: CatalogLayer) -> None:
+        """Serve every model under `layer`: one swap of the serving snapshot, no activation."""
+        self._catalog = layer
+        self._serving = self._live_locked(self._serving)
+        log.info(
+            "catalog revision %d: %d unavailable items, added vectors for %s",
+            layer.revision,
+            len(layer.unavailable),
+            {v: len(rows) for v, rows in layer.items.items()} or "no version",
+        )
+
+    def _refresh_catalog(self) -> None:
+        with self._lock:
+            self._apply_catalog_locked(self._store.get_catalog())
+        self._announce("catalog", None)
+
+    def set_availability(self, ids: Sequence[str], *, available: bool) -> tuple[int, int]:
+        """Mark items unavailable (or available again) fleet-wide: (changed, revision)."""
+        changed, revision = self._store.set_availability(ids, available=available)
+        self._refresh_catalog()
+        return changed, revision
+
+    def put_item_vectors(
+        self, version: str, ids: Sequence[str], vectors: npt.NDArray[np.floating]
+    ) -> tuple[int, int, int]:
+        """Add or replace item vectors of `version` fleet-wide, encoded like its bundle's
+        table: (added, replaced, revision). Nothing changes when one vector is invalid."""
+        with self._lock:
+            model = self._load_locked(version)
+        rows = model.encode_vectors(ids, vectors)
+        known = set(model.base.vocab).union(self._catalog.vectors_of(version))
+        replaced = sum(1 for i in ids if i in known)
+        revision = self._store.put_item_vectors(version, rows)
+        self._refresh_catalog()
+        return len(ids) - replaced, replaced, revision
+
+    def delete_item_vectors(self, version: str) -> int:
+        """Drop the added item vectors of `version` fleet-wide; the revision."""
+        revision = self._store.delete_item_vectors(version)
+        self._refresh_catalog()
+        return revision
 
     def _converge_locked(self, state: ActiveState) -> None:
         started = time.perf_counter()
@@ -589,7 +711,6 @@ class Registry:
         if state.active is not None and (stable is None or stable.version != state.active):
             try:
                 stable = self._load_locked(state.active)
-                self._publish_items(stable)
             except CANNOT_SERVE as e:
                 errors.append(f"cannot serve the active version {state.active!r}: {e}")
         canary: LoadedModel | None = None
@@ -628,33 +749,55 @@ class Registry:
             fleet_canary=state.canary if state else None,
             error=error,
             subscriber_connected=self._fleet.connected,
+            catalog_revision=self._catalog.revision,
+            heals=self._heals,
         )
 
     # --- models ---------------------------------------------------------------------------
 
     def _set_serving_locked(self, serving: Serving, *, started: float | None = None) -> None:
-        """Switch to `serving`; `started` (perf_counter) is when the operation that loaded a
-        new active model began, for the activation hook's duration."""
+        """Switch to `serving` (its models under the current catalog layer); `started`
+        (perf_counter) is when the operation that loaded a new active model began, for the
+        activation hook's duration."""
+        serving = self._live_locked(serving)
         before = self._serving
         previous = before.stable
         self._serving = serving  # the atomic swap: one reference assignment
-        if serving.stable is not previous:
+        new_stable = _base(serving.stable) is not _base(previous)
+        if new_stable:
             keep = self._options.keep_previous and previous is not None
             self._standby = previous if keep else None
         self._prepared = None
         took_s = time.perf_counter() - started if started is not None else 0.0
         _settle_heap()
-        if (serving.canary, serving.canary_percent) != (before.canary, before.canary_percent):
+        if (_base(serving.canary), serving.canary_percent) != (
+            _base(before.canary),
+            before.canary_percent,
+        ):
             version = serving.canary.version if serving.canary else None
             log.info("canary: %s on %g%% of traffic", version, serving.canary_percent)
             if self._on_canary is not None:
                 self._on_canary(version, serving.canary_percent)
-        if serving.stable is not None and serving.stable is not previous:
+        if serving.stable is not None and new_stable:
             log.info("activated model version %s in %.3fs", serving.stable.version, took_s)
             if self._on_activate is not None:
                 self._on_activate(
                     previous.version if previous else None, serving.stable.version, took_s
                 )
+
+    def _live_locked(self, serving: Serving) -> Serving:
+        """`serving` with each model under the current catalog layer (`service.catalog`);
+        a model that holds it already is kept as it is."""
+        stable, canary = (self._under_catalog(m) for m in (serving.stable, serving.canary))
+        if stable is serving.stable and canary is serving.canary:
+            return serving
+        return Serving(stable, canary, serving.canary_percent)
+
+    def _under_catalog(self, model: LoadedModel | None) -> LoadedModel | None:
+        if model is None or model.catalog is self._catalog:
+            return model
+        # Merging added vectors rebuilds the scorer: off the request path's priority.
+        return self._loader.submit(model.with_catalog, self._catalog).result()
 
     def _load_locked(self, version: str) -> LoadedModel:
         """The model of `version`: the loaded one if it serves or stands by, else from disk,
@@ -692,27 +835,3 @@ class Registry:
                 f"directory {version!r} holds a bundle of version {model.version!r}"
             )
         return model
-
-    def _publish_items(self, model: LoadedModel) -> None:
-        """Cache the item matrix in the store (best effort: serving never depends on it).
-        The store holds dense matrices (rows x dim, with scales); a pq4 table's codes are
-        not one, so pq4 versions are not cached. An int4 version is cached as the model holds
-        it, int8 rows (values -8..7) with its scales: readers of the store know int8, and
-        nothing writes rows back into it to be quantized again."""
-        if model.manifest.item_encoding == "pq4":
-            return
-        try:
-            if not self._store.has_items(model.version):
-                self._store.put_items(model.version, ItemMatrix(model.items, model.scales))
-        except StoreUnavailable as e:
-            log.warning("could not cache items of %s in the store: %s", model.version, e)
-
-    def items_cached(self) -> bool | None:
-        """Whether the active version's items are in the store; None when unknown."""
-        current = self.current
-        if current is None:
-            return None
-        try:
-            return self._store.has_items(current.version)
-        except StoreUnavailable:
-            return None

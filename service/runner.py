@@ -28,6 +28,7 @@ Python only loops over the requests and their own IDs, never over the catalog.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -38,10 +39,16 @@ import numpy as np
 import numpy.typing as npt
 
 from bundle import Manifest
-from service.ann import AnnConfig, AnnIndex
+from bundle.pq import PQTable
+from service.ann import AnnConfig, AnnIndex, build_for_catalog
+from service.catalog import CatalogLayer, Rows, decode_rows, encode_vectors
+from service.code_ann import build_for_codes
+from service.code_scorer import CodeScorer
 from service.encoder import Encoder
 from service.scorer import CatalogScorer, Precision, Scorer
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
@@ -111,6 +118,26 @@ class _Prepared:
     scores: list[float] = field(default_factory=list)
 
 
+def build_scorers(
+    items: npt.NDArray[Any], scales: F32 | None, pq: PQTable | None, options: ModelOptions
+) -> tuple[CatalogScorer, AnnIndex | None]:
+    """The exact catalog scorer of an item table, and the ANN index that answers its
+    full-catalog requests when the catalog is large (then the scorer only reranks). A large
+    pq4 catalog is searched in an IVF index over its own codes (`service.code_ann`)."""
+    if pq is not None:
+        code_ann = build_for_codes(pq, min_items=options.ann_min_items, config=options.ann)
+        return CodeScorer(pq, catalog_top_k=code_ann is None), code_ann
+    ann = build_for_catalog(items, scales, min_items=options.ann_min_items, config=options.ann)
+    scorer = Scorer(
+        items,
+        scales,
+        precision=options.scoring_precision,
+        threads=options.intra_op_threads,
+        catalog_top_k=ann is None,
+    )
+    return scorer, ann
+
+
 class LoadedModel:
     def __init__(
         self,
@@ -123,22 +150,33 @@ class LoadedModel:
         popularity: I64,
         scorer: CatalogScorer | None = None,
         ann: AnnIndex | None = None,
+        pq: PQTable | None = None,
+        options: ModelOptions | None = None,
+        catalog: CatalogLayer | None = None,
+        base: LoadedModel | None = None,
     ) -> None:
-        """`items` is the bundle's `items.npy` as loaded: dense rows (int4 ones unpacked to
-        int8), or a pq4 table's packed codes (whose `scorer` reads them)."""
-        rows = manifest.n_items + 1
+        """`items` is the item table as served: dense rows (int4 ones unpacked to int8), or
+        a pq4 table's packed codes (`pq`, whose `scorer` reads them). A model built by
+        `with_catalog` has more rows than its bundle (the added items) and its `base`."""
+        rows = len(vocab)
         width = manifest.dim if manifest.item_encoding != "pq4" else items.shape[-1]
-        if items.shape != (rows, width) or len(vocab) != rows or popularity.shape != (rows,):
+        bundle_rows = manifest.n_items + 1
+        if items.shape != (rows, width) or popularity.shape != (rows,) or rows < bundle_rows:
             raise ValueError(
                 f"item matrix {items.shape}, vocab {len(vocab)} and popularity {popularity.shape} "
-                f"do not match n_items + 1 = {rows}, dim = {manifest.dim}"
+                f"do not match n_items + 1 = {bundle_rows}, dim = {manifest.dim}"
             )
         if scales is not None and scales.shape != (rows,):
             raise ValueError(f"item scales {scales.shape} do not match {rows} rows")
         self.manifest = manifest
         self.version = manifest.model_version
         self.max_len = manifest.max_len
+        self.options = options or ModelOptions()
+        self.pq = pq
+        self._base = base  # None for the bundle's own model: no reference cycle to collect
+        self.catalog = catalog or CatalogLayer()
         self._encoder = encoder
+        self._encoder_rows = bundle_rows  # added items have no input embedding
         self._items = items
         self._scales = scales
         self._vocab = list(vocab)
@@ -148,14 +186,109 @@ class LoadedModel:
         self._scorer: CatalogScorer = scorer or Scorer(items, scales)
         # Full-catalog top-k: the ANN index for large catalogs, else exact scoring.
         self._full: CatalogScorer | AnnIndex = ann or self._scorer
+        self._ann = ann
         self.approximate = ann is not None
+        # Unavailable rows: never answered (baked into the scorers, checked on reranks).
+        blocked = sorted({self._index[i] for i in self.catalog.unavailable if i in self._index})
+        self._blocked = frozenset(blocked)
+        if blocked:
+            rows_blocked = np.array(blocked, dtype=np.int64)
+            self._scorer = self._scorer.with_blocked(rows_blocked)
+            self._full = self._full.with_blocked(rows_blocked)
         # Most popular first; index 0 (padding) never appears. Stable: ties keep vocab order.
         order = np.argsort(-popularity[1:], kind="stable") + 1
+        if blocked:
+            order = order[~np.isin(order, blocked)]
         self._popular_order: I64 = order.astype(np.int64)
 
     @property
+    def base(self) -> LoadedModel:
+        """The model as loaded from its bundle (itself, unless built by `with_catalog`)."""
+        return self._base or self
+
+    @property
+    def cache_tag(self) -> str:
+        """Names what decides this model's answers: its version and catalog revision."""
+        return f"{self.version}@{self.catalog.revision}"
+
+    # --- the live catalog ---------------------------------------------------------------
+
+    def with_catalog(self, layer: CatalogLayer) -> LoadedModel:
+        """This version served under `layer` (`service.catalog`): its unavailable items
+        never answered, its added item vectors merged over the bundle's table (new items at
+        the end, replaced ones in place). Built from the bundle's model, never stacked on
+        another layer; shares the encoder (and the scorers when no vectors are added)."""
+        base = self.base
+        stored = layer.vectors_of(self.version)
+        if not stored:
+            return LoadedModel(
+                manifest=base.manifest,
+                encoder=base._encoder,
+                items=base._items,
+                scales=base._scales,
+                vocab=base._vocab,
+                popularity=base._popularity,
+                scorer=base._scorer,
+                ann=base._ann,
+                pq=base.pq,
+                options=base.options,
+                catalog=layer,
+                base=base,
+            )
+        added, skipped = decode_rows(base.manifest, base.pq, stored)
+        if skipped:
+            log.warning(
+                "%s: %d stored item vectors do not fit this bundle and are ignored, e.g. %r",
+                self.version,
+                len(skipped),
+                skipped[0],
+            )
+        items, scales, vocab, popularity = base._merged(added)
+        pq = None if base.pq is None else PQTable(items, base.pq.codebooks)
+        scorer, ann = build_scorers(items, scales, pq, base.options)
+        model = LoadedModel(
+            manifest=base.manifest,
+            encoder=base._encoder,
+            items=items,
+            scales=scales,
+            vocab=vocab,
+            popularity=popularity,
+            scorer=scorer,
+            ann=ann,
+            pq=pq,
+            options=base.options,
+            catalog=layer,
+            base=base,
+        )
+        model.warm_up()
+        return model
+
+    def _merged(self, added: Rows) -> tuple[npt.NDArray[Any], F32 | None, list[str], I64]:
+        """The bundle's table with `added` rows merged: (items, scales, vocab, popularity)."""
+        at = [self._index.get(i, 0) for i in added.ids]
+        old = np.array([n for n, r in enumerate(at) if r], dtype=np.int64)
+        new = np.array([n for n, r in enumerate(at) if not r], dtype=np.int64)
+        replaced = np.array([r for r in at if r], dtype=np.int64)
+        items = np.concatenate([self._items, added.rows[new]])
+        items[replaced] = added.rows[old]
+        scales = None
+        if self._scales is not None and added.scales is not None:
+            scales = np.concatenate([self._scales, added.scales[new]])
+            scales[replaced] = added.scales[old]
+        vocab = [*self._vocab, *(added.ids[n] for n in new.tolist())]
+        popularity = np.concatenate([self._popularity, np.zeros(len(new), self._popularity.dtype)])
+        return items, scales, vocab, popularity
+
+    def encode_vectors(
+        self, ids: Sequence[str], vectors: npt.NDArray[np.floating]
+    ) -> dict[str, bytes]:
+        """Item vectors in this version's space -> stored rows, encoded like its table."""
+        return encode_vectors(self.manifest, self.pq, ids, vectors)
+
+    @property
     def n_items(self) -> int:
-        return self.manifest.n_items
+        """Items this model can answer: the bundle's and the catalog's added ones."""
+        return len(self._vocab) - 1
 
     @property
     def vocab(self) -> Sequence[str]:
@@ -253,13 +386,20 @@ class LoadedModel:
         known, unknown = self._lookup(r.history)
         excluded = self._lookup(r.exclude)[0] if r.exclude else []
         banned = [*known, *excluded] if r.exclude_seen else excluded
+        if len(self._vocab) > self._encoder_rows:  # added items: banned if seen, not encoded
+            encodable = [i for i in known if i < self._encoder_rows]
+            unknown += len(known) - len(encodable)
+            known = encodable
         candidates: I64 | None = None
         unknown_candidates = 0
         if r.candidates is not None:
             cand, unknown_candidates = self._lookup(r.candidates)
-            ban = set(banned)
-            # deduplicated in the caller's order, banned ones dropped: all a rerank scores
-            candidates = np.array([c for c in dict.fromkeys(cand) if c not in ban], dtype=np.int64)
+            ban, blocked = set(banned), self._blocked
+            # deduplicated in the caller's order, banned and unavailable ones dropped
+            candidates = np.array(
+                [c for c in dict.fromkeys(cand) if c not in ban and c not in blocked],
+                dtype=np.int64,
+            )
         return _Prepared(r, known, unknown, candidates, unknown_candidates, banned)
 
     def _popular(self, p: _Prepared) -> Recommendation:

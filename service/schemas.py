@@ -91,7 +91,6 @@ class HealthOut(BaseModel):
 class StoreState(BaseModel):
     backend: str
     ok: bool
-    items_cached: bool | None = Field(description="Active version's items are in the store.")
 
 
 class ReadyOut(BaseModel):
@@ -102,6 +101,9 @@ class ReadyOut(BaseModel):
     store: StoreState
     fleet_error: str | None = Field(
         default=None, description="Why this replica does not serve the fleet's version."
+    )
+    catalog_revision: int = Field(
+        default=0, description="The live catalog revision this replica serves under."
     )
 
 
@@ -138,6 +140,13 @@ class StatusOut(BaseModel):
     subscriber_connected: bool | None = Field(
         description="Listening to the fleet's swap events; null without Redis."
     )
+    catalog_revision: int = Field(
+        description="The live catalog revision this replica serves under (/admin/catalog)."
+    )
+    heals: int = Field(
+        description="Times this replica wrote the fleet state back into a store that had "
+        "lost it (a FLUSHALL, a Redis restarted without persistence)."
+    )
 
 
 class SampleHistory(BaseModel):
@@ -150,3 +159,66 @@ class DemoSamplesOut(BaseModel):
 
     model_version: str
     histories: list[SampleHistory]
+
+
+# --- the live catalog (/admin/catalog) --------------------------------------------------
+
+
+class ItemIdsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[ItemId] = Field(
+        min_length=1,
+        description="External item IDs (CATALOG_MAX_IDS per call at most).",
+        examples=[["B00ABC123", "B00XYZ789"]],
+    )
+
+
+class AvailabilityOut(BaseModel):
+    revision: int = Field(description="The catalog revision after the change.")
+    changed: int = Field(description="IDs whose availability this call changed.")
+    unavailable: int = Field(description="Items unavailable now, fleet-wide.")
+
+
+class UnavailableOut(BaseModel):
+    revision: int
+    count: int
+    item_ids: list[str] = Field(description="Unavailable item IDs, sorted.")
+
+
+class ItemVectorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: ItemId
+    vector: list[float] = Field(description="The item in the version's embedding space (dim).")
+
+
+class ItemVectorsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ItemVectorIn] = Field(
+        min_length=1, description="Items to add or replace (CATALOG_MAX_VECTORS per call)."
+    )
+
+
+class ItemVectorsOut(BaseModel):
+    version: str
+    revision: int
+    added: int = Field(description="Items the version did not know before this call.")
+    replaced: int = Field(description="Items whose vector this call replaced.")
+    total: int = Field(description="Added or replaced items the version holds now.")
+
+
+class VersionItemsOut(BaseModel):
+    version: str
+    revision: int
+    count: int
+    item_ids: list[str]
+
+
+class CatalogOut(BaseModel):
+    revision: int = Field(description="The fleet's catalog revision (the store's).")
+    applied_revision: int = Field(description="The revision this replica serves under.")
+    unavailable: int = Field(description="Unavailable items, fleet-wide.")
+    items: dict[str, int] = Field(description="Added or replaced item vectors per version.")
+    replica: str

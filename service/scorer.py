@@ -26,6 +26,7 @@ products with zero point 128); 127 * 127 * 2 fits. Its s8 x s8 kernel is exact b
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
@@ -65,6 +66,10 @@ class CatalogScorer(Protocol):
     def score(self, user: F32, rows: I64) -> F32: ...
 
     def score_sets(self, users: F32, row_sets: Sequence[I64]) -> list[F32]: ...
+
+    def with_blocked(self, rows: I64) -> CatalogScorer:
+        """This scorer (sharing its tables) never returning `rows` from `top_k`."""
+        ...
 
 
 class Scorer:
@@ -154,6 +159,12 @@ class Scorer:
     def score(self, user: F32, rows: I64) -> F32:
         """One (dim,) user against the given catalog rows -> (len(rows),) scores."""
         return self.score_sets(user[None, :], [rows])[0]
+
+    def with_blocked(self, rows: I64) -> Scorer:
+        """Shares the scoring graphs; `rows` join the rows banned for every user."""
+        other = copy.copy(self)
+        other._always_banned = np.concatenate([self._always_banned, rows]).astype(np.int64)
+        return other
 
     def score_sets(self, users: F32, row_sets: Sequence[I64]) -> list[F32]:
         """Each user of (B, dim) `users` against its own catalog rows (the reranking requests

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     replica_id: str | None = Field(default=None, max_length=128)
     fleet_lock_wait_s: float = Field(default=10.0, ge=0)
     fleet_lock_ttl_s: float = Field(default=300.0, gt=0)
+    # How often each replica re-reads the fleet state between change messages: what no
+    # message announces (a FLUSHALL, a Redis restarted empty) is noticed within this time.
+    fleet_poll_s: float = Field(default=1.0, gt=0)
 
     # None (or empty) disables the admin API: its routes answer 404.
     admin_token: SecretStr | None = None
@@ -64,6 +67,11 @@ class Settings(BaseSettings):
     # Admin uploads: compressed body, and bytes after decompression.
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     max_unpacked_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    # The live catalog's admin calls (/admin/catalog): item IDs and item vectors per call,
+    # and the body size that fits them.
+    catalog_max_ids: int = Field(default=100_000, ge=1)
+    catalog_max_vectors: int = Field(default=10_000, ge=1)
+    catalog_max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
     # onnxruntime threads per session; one keeps latency predictable under many workers.
     onnx_intra_op_threads: int = Field(default=1, ge=1)

@@ -251,3 +251,48 @@ def stoppable_redis_client(
             redis_timeout_s=0.3,
         )
     )
+
+
+# --- a fleet: replicas sharing one real Redis ------------------------------------------------
+
+Replica = Callable[..., TestClient]
+
+
+@pytest.fixture
+def replica_settings(
+    make_settings: Callable[..., Settings], tmp_path: Path, redis_url: str, redis_prefix: str
+) -> Callable[..., Settings]:
+    """Settings of a replica named `name` on the shared Redis, with a model directory of its
+    own (the same directory for the same name: a restart)."""
+
+    def make(name: str, **overrides: Any) -> Settings:
+        return make_settings(
+            model_dir=tmp_path / f"models-{name}",
+            redis_url=redis_url,
+            redis_key_prefix=redis_prefix,
+            replica_id=name,
+            **overrides,
+        )
+
+    return make
+
+
+@pytest.fixture
+def replica(
+    client_for: Callable[[Settings], TestClient], replica_settings: Callable[..., Settings]
+) -> Replica:
+    """Start a replica named `name` (stopped at teardown)."""
+
+    def start(name: str, **overrides: Any) -> TestClient:
+        return client_for(replica_settings(name, **overrides))
+
+    return start
+
+
+@pytest.fixture
+def pair(replica: Replica, v1_dir: Path) -> tuple[TestClient, TestClient]:
+    """Replica a bootstrapped with v1; replica b started with nothing (it gets v1 from the
+    fleet: the active version and its archive are in Redis)."""
+    a = replica("a", bootstrap_bundle=v1_dir)
+    b = replica("b")
+    return a, b

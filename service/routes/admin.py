@@ -170,4 +170,6 @@ def status_out(registry: Registry) -> StatusOut:
         fleet_canary=s.fleet_canary,
         error=s.error,
         subscriber_connected=s.subscriber_connected,
+        catalog_revision=s.catalog_revision,
+        heals=s.heals,
     )

@@ -31,7 +31,6 @@ async def readyz(registry: RegistryDep) -> OrjsonResponse:
     model = serving.stable
     fleet_error = registry.fleet_error
     store_ok = await run_in_threadpool(registry.store.ping)
-    cached = await run_in_threadpool(registry.items_cached) if store_ok else None
     status: Literal["ready", "degraded", "not_ready"]
     if model is None:
         status = "not_ready"
@@ -44,7 +43,8 @@ async def readyz(registry: RegistryDep) -> OrjsonResponse:
         model_version=model.version if model else None,
         canary_version=serving.canary.version if serving.canary else None,
         replica=registry.fleet.replica_id,
-        store=StoreState(backend=registry.store.backend, ok=store_ok, items_cached=cached),
+        store=StoreState(backend=registry.store.backend, ok=store_ok),
+        catalog_revision=registry.catalog.revision,
         fleet_error=fleet_error,
     )
     return OrjsonResponse(body.model_dump(), status_code=200 if model is not None else 503)

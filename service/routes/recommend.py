@@ -140,7 +140,7 @@ async def recommend(http_request: Request, body: RecommendBody) -> Response:
         exclude_seen=body.exclude_seen,
     )
     if answer_cache is not None:
-        cached = await answer_cache.get(model.version, request)
+        cached = await answer_cache.get(model.cache_tag, request)
         if cached is not None:
             set_model_version(http_request, model.version)
             if body.user_id is not None:
@@ -173,6 +173,6 @@ async def recommend(http_request: Request, body: RecommendBody) -> Response:
     )
     if answer_cache is not None:  # stored after the response is sent
         response.background = BackgroundTask(
-            answer_cache.put, rec.model_version, request, bytes(response.body)
+            answer_cache.put, model.cache_tag, request, bytes(response.body)
         )
     return response

@@ -1,5 +1,5 @@
-"""docker-compose.yml and docker/nginx.conf: the fleet (Redis, two replicas behind nginx),
-the demo-bundle job, the load profile. `docker compose config` (or compose v1's
+"""docker-compose.yml and docker/nginx.conf: the fleet (Redis, persistent, two replicas behind
+nginx), the demo-bundle job, the load profile. `docker compose config` (or compose v1's
 `docker-compose config`) validates the file where installed; `nginx -t` checks nginx.conf
 where nginx is installed. No Docker engine is needed for either."""
 
@@ -16,7 +16,12 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from tests.docker.conftest import DOCKER, ROOT
+from tests.docker.conftest import (
+    DOCKER,
+    ROOT,
+    assert_redis_keeps_writes_across_a_crash,
+    redis_options,
+)
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
@@ -45,6 +50,39 @@ def test_the_replicas_share_redis_and_have_names_and_model_stores_of_their_own(
         assert SERVICES[name]["build"]["dockerfile"] == "docker/Dockerfile.serve"
         assert "volumes" not in SERVICES[name]  # the image's /models: one per container
         assert "redis" in SERVICES[name]["depends_on"]
+
+
+def volume_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """{target: source} of a service's volumes, short (`src:dst[:mode]`) or long syntax."""
+    out = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *_ = volume.split(":")
+            out[target] = source
+        else:
+            out[volume["target"]] = volume.get("source", "")
+    return out
+
+
+def test_redis_appends_every_write_to_a_file_flushed_every_second():
+    options = redis_options(SERVICES["redis"]["command"])
+    assert options["appendonly"] == "yes"
+    assert options["appendfsync"] == "everysec"
+    assert options.get("dir", "/data") == "/data"  # the image's working directory otherwise
+
+
+def test_redis_keeps_its_data_in_a_named_volume_at_data():
+    source = volume_mounts(SERVICES["redis"]).get("/data")
+    assert source, "nothing is mounted at /data: the AOF would die with the container"
+    assert not source.startswith((".", "/", "~")), f"{source} is a host path, not a volume"
+    assert source in (COMPOSE.get("volumes") or {}), f"volume {source} is not declared"
+    for name, service in SERVICES.items():  # Redis's files are Redis's alone
+        if name != "redis":
+            assert source not in volume_mounts(service).values(), name
+
+
+def test_redis_with_the_compose_options_keeps_writes_across_a_crash(tmp_path: Path):
+    assert_redis_keeps_writes_across_a_crash(SERVICES["redis"]["command"], tmp_path)
 
 
 def test_nginx_balances_both_replicas_on_port_8000():

@@ -1,6 +1,7 @@
 """docker/k8s: the manifests agree with each other and with the app (probes on routes it
-serves, env vars it reads, Secret keys that exist), and pass the Kubernetes schemas
-(kubernetes-validate), kustomize (kubectl) and kubeconform where those are installed."""
+serves, env vars it reads, Secret keys that exist), Redis persists to a claim, and they pass
+the Kubernetes schemas (kubernetes-validate), kustomize (kubectl) and kubeconform where those
+are installed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import pytest
 import yaml
 
 from service.settings import WEAK_TOKENS
-from tests.docker.conftest import DOCKER
+from tests.docker.conftest import (
+    DOCKER,
+    assert_redis_keeps_writes_across_a_crash,
+    redis_options,
+)
 
 K8S = DOCKER / "k8s"
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
@@ -44,6 +49,8 @@ def containers() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
 
 SERVE = one("Deployment", "recsys-serve")
 [SERVE_CONTAINER] = SERVE["spec"]["template"]["spec"]["containers"]
+REDIS = one("Deployment", "redis")
+[REDIS_CONTAINER] = REDIS["spec"]["template"]["spec"]["containers"]
 
 
 def port_number(container: dict[str, Any], port: int | str) -> int:
@@ -143,6 +150,37 @@ def test_the_model_store_is_a_volume():
     mounts = {m["mountPath"]: m["name"] for m in SERVE_CONTAINER["volumeMounts"]}
     volumes = {v["name"]: v for v in SERVE["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes[mounts[env["MODEL_DIR"]]]
+
+
+def test_redis_is_listed_in_the_kustomization():
+    assert "redis.yaml" in KUSTOMIZATION["resources"]
+
+
+def test_redis_appends_every_write_to_a_file_flushed_every_second():
+    assert "command" not in REDIS_CONTAINER  # the image's entrypoint runs the args
+    options = redis_options(REDIS_CONTAINER["args"])
+    assert options["appendonly"] == "yes"
+    assert options["appendfsync"] == "everysec"
+    assert options.get("dir", "/data") == "/data"  # the image's working directory otherwise
+
+
+def test_redis_keeps_its_data_on_a_persistent_volume_claim_at_data():
+    mounts = {m["mountPath"]: m["name"] for m in REDIS_CONTAINER["volumeMounts"]}
+    assert "/data" in mounts, "nothing is mounted at /data"
+    volumes = {v["name"]: v for v in REDIS["spec"]["template"]["spec"]["volumes"]}
+    volume = volumes[mounts["/data"]]
+    assert "persistentVolumeClaim" in volume, f"/data is not backed by a claim: {volume}"
+    # The claim is one of the listed manifests' documents, so `kubectl apply -k` creates it.
+    claim = one("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert "storage" in claim["spec"]["resources"]["requests"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # One Redis at a time on the claim: the old pod stops before the new one starts.
+    assert REDIS["spec"]["replicas"] == 1
+    assert REDIS["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_redis_with_the_manifests_args_keeps_writes_across_a_crash(tmp_path):
+    assert_redis_keeps_writes_across_a_crash(REDIS_CONTAINER["args"], tmp_path)
 
 
 def test_containers_run_as_non_root_with_resource_requests_and_limits():

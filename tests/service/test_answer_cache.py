@@ -19,7 +19,8 @@ TTL_S = 60
 
 
 def cache_key(prefix: str, version: str, body: dict[str, Any]) -> str:
-    """The documented key: the version and the sha256 of the canonical request (no user_id)."""
+    """The documented key: version@catalog revision and the sha256 of the canonical request
+    (no user_id)."""
     normalized = {
         "history": body.get("history", []),
         "k": body.get("k", 10),
@@ -70,7 +71,7 @@ def test_a_repeated_request_is_served_from_the_cache_byte_for_byte(
 
     r = redis.Redis.from_url(redis_url)
     try:
-        key = cache_key(redis_prefix, "v1", BODY)
+        key = cache_key(redis_prefix, "v1@0", BODY)
         assert r.get(key) == first.content
         assert 0 < r.pttl(key) <= TTL_S * 1000
     finally:

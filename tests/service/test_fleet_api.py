@@ -8,7 +8,6 @@ import functools
 import hashlib
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from fastapi.testclient import TestClient
 
 from service import registry as registry_module
 from service.main import create_app
-from service.settings import Settings
 from tests import factories as f
 from tests.conftest import V2
 
@@ -29,49 +27,6 @@ FLEET_DEADLINE_S = 2.0  # a swap must reach every replica within this
 
 # Polls for at most the fleet's swap deadline.
 eventually = functools.partial(f.poll_until, timeout_s=FLEET_DEADLINE_S)
-
-
-Replica = Callable[..., TestClient]
-
-
-@pytest.fixture
-def replica_settings(
-    make_settings: Callable[..., Settings], tmp_path: Path, redis_url: str, redis_prefix: str
-) -> Callable[..., Settings]:
-    """Settings of a replica named `name` on the shared Redis, with a model directory of its
-    own (the same directory for the same name: a restart)."""
-
-    def make(name: str, **overrides: Any) -> Settings:
-        return make_settings(
-            model_dir=tmp_path / f"models-{name}",
-            redis_url=redis_url,
-            redis_key_prefix=redis_prefix,
-            replica_id=name,
-            **overrides,
-        )
-
-    return make
-
-
-@pytest.fixture
-def replica(
-    client_for: Callable[[Settings], TestClient], replica_settings: Callable[..., Settings]
-) -> Replica:
-    """Start a replica named `name` (stopped at teardown)."""
-
-    def start(name: str, **overrides: Any) -> TestClient:
-        return client_for(replica_settings(name, **overrides))
-
-    return start
-
-
-@pytest.fixture
-def pair(replica: Replica, v1_dir: Path) -> tuple[TestClient, TestClient]:
-    """Replica a bootstrapped with v1; replica b started with nothing (it gets v1 from the
-    fleet: the active version and its archive are in Redis)."""
-    a = replica("a", bootstrap_bundle=v1_dir)
-    b = replica("b")
-    return a, b
 
 
 def status(client: TestClient, headers: dict[str, str]) -> dict[str, Any]:
@@ -112,6 +67,8 @@ def test_activate_on_one_replica_reaches_the_other_within_2s(pair, admin_headers
         "fleet_canary": None,
         "error": None,
         "subscriber_connected": True,
+        "catalog_revision": 0,
+        "heals": 0,
     }
 
 

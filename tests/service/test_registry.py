@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from bundle import BundleError, read_bundle, unpack_int4
 from service.ann import AnnConfig
@@ -226,19 +227,19 @@ def test_start_removes_stale_staging_directories(model_dir):
     assert leftovers(model_dir) == []
 
 
-def test_activation_publishes_items_to_the_redis_store(
+def test_activation_writes_no_item_matrix_to_the_redis_store(
     model_dir, v1_archive, redis_url, redis_prefix
 ):
     store = RedisStore(redis_url, prefix=redis_prefix)
+    raw = redis.Redis.from_url(redis_url)
     reg = Registry(model_dir=model_dir, store=store)
     reg.start()
     reg.install_archive(io.BytesIO(v1_archive))
-    model = reg.activate("v1")
-    cached = store.get_items("v1")
-    assert cached is not None and cached.scales is not None
-    assert (cached.items == model.items).all()
-    assert reg.items_cached() is True
+    reg.activate("v1")
+    keys = {k.decode() for k in raw.keys(f"{redis_prefix}:*")}
+    assert keys == {f"{redis_prefix}:active"}  # the archive goes to the fleet, not the store
     store.close()
+    raw.close()
 
 
 def test_activate_is_refused_when_the_store_cannot_record_it(model_dir, v1_archive, v2_archive):
@@ -261,7 +262,6 @@ def test_start_serves_the_bootstrap_bundle_locally_when_redis_is_down(model_dir,
     reg = Registry(model_dir=model_dir, store=down)
     reg.start(bootstrap=v1_dir)
     assert reg.current is not None and reg.current.version == "v1"
-    assert reg.items_cached() is None
     down.close()
 
 
@@ -641,13 +641,3 @@ def test_a_large_int4_catalog_is_searched_in_the_ivf_index_over_its_unpacked_row
         want, got = scanned.recommend(request), indexed.recommend(request)
         assert got.item_ids == want.item_ids
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
-
-
-def test_an_int4_version_is_cached_in_the_store_as_its_int8_rows(tmp_path, model_dir):
-    d = f.make_bundle_dir(tmp_path / "q4", INT4)
-    store = EmbeddedStore(model_dir)
-    reg = Registry(model_dir=model_dir, store=store)
-    reg.start(bootstrap=d)
-    cached = store.get_items("q4")
-    assert cached is not None and cached.items.dtype == np.int8 and cached.scales is not None
-    assert (cached.items == unpack_int4(read_bundle(d).items)).all()

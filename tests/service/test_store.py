@@ -3,17 +3,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 
-from bundle import encode_items
+from service.catalog import CatalogLayer
 from service.errors import StoreUnavailable
 from service.store import (
     ACTIVE_FILE,
     ActiveState,
     EmbeddedStore,
-    ItemMatrix,
     RedisStore,
     Store,
     open_store,
@@ -34,34 +32,52 @@ def store(
     s.close()
 
 
-def _matrix(encoding: str, rows: int = 7, dim: int = 5) -> ItemMatrix:
-    m = np.random.default_rng(0).normal(size=(rows, dim)).astype(np.float32)
-    stored, scales = encode_items(m, encoding)  # type: ignore[arg-type]
-    return ItemMatrix(items=stored, scales=scales)
+def test_catalog_starts_empty_at_revision_zero(store: Store):
+    assert store.get_catalog() == CatalogLayer()
+    assert store.get_state().catalog_revision is None
+    assert store.get_state().empty
 
 
-@pytest.mark.parametrize("encoding", ["int8", "fp16", "fp32"])
-def test_item_matrix_round_trips_exactly(store: Store, encoding: str):
-    original = _matrix(encoding)
-    store.put_items("v1", original)
-    got = store.get_items("v1")
-    assert got is not None
-    assert got.items.dtype == original.items.dtype
-    np.testing.assert_array_equal(got.items, original.items)
-    if original.scales is None:
-        assert got.scales is None
-    else:
-        assert got.scales is not None
-        np.testing.assert_array_equal(got.scales, original.scales)
+def test_availability_changes_count_what_changed_and_bump_the_revision(store: Store):
+    changed, rev1 = store.set_availability(["a", "b", "a"], available=False)
+    assert (changed, rev1) == (2, 1)
+    changed, rev2 = store.set_availability(["b", "c"], available=False)
+    assert (changed, rev2) == (1, 2)
+    changed, rev3 = store.set_availability(["a", "zz"], available=True)
+    assert (changed, rev3) == (1, 3)
+    layer = store.get_catalog()
+    assert layer.revision == 3 and layer.unavailable == {"b", "c"}
+    assert store.get_state().catalog_revision == 3
+    assert not store.get_state().empty
 
 
-def test_items_are_scoped_by_version(store: Store):
-    store.put_items("v1", _matrix("int8"))
-    assert store.has_items("v1")
-    assert not store.has_items("v2")
-    assert store.get_items("v2") is None
-    store.delete_items("v1")
-    assert not store.has_items("v1")
+def test_item_vectors_merge_per_version_and_round_trip_exactly(store: Store):
+    store.put_item_vectors("v1", {"x": b"\x01\x02", "y": b"\x03\x04"})
+    rev = store.put_item_vectors("v1", {"y": b"\x05\x06", "z": b"\x00\xff"})
+    store.put_item_vectors("v2", {"x": b"\x09"})
+    layer = store.get_catalog()
+    assert layer.vectors_of("v1") == {"x": b"\x01\x02", "y": b"\x05\x06", "z": b"\x00\xff"}
+    assert layer.vectors_of("v2") == {"x": b"\x09"}
+    assert layer.revision == rev + 1
+    store.delete_item_vectors("v1")
+    assert store.get_catalog().vectors_of("v1") == {}
+    assert store.get_catalog().vectors_of("v2") == {"x": b"\x09"}
+
+
+def test_restore_writes_back_into_an_empty_store_only(store: Store):
+    layer = CatalogLayer(revision=7, unavailable=frozenset({"a"}), items={"v1": {"x": b"\x01"}})
+    record = ActiveState(active="v2", previous="v1", canary="v3", canary_percent=5.0)
+    assert store.restore(record, layer)
+    state = store.get_state()
+    assert (state.active, state.previous, state.canary, state.canary_percent) == (
+        "v2",
+        "v1",
+        "v3",
+        5.0,
+    )
+    assert store.get_catalog() == layer
+    assert not store.restore(ActiveState(active="v9"), CatalogLayer())  # not empty any more
+    assert store.get_state().active == "v2"
 
 
 def test_active_state_starts_empty_and_round_trips(store: Store):
@@ -101,32 +117,50 @@ def test_embedded_store_reports_an_unreadable_state_file(tmp_path: Path):
         EmbeddedStore(tmp_path).get_state()
 
 
-def test_redis_store_shares_state_and_items_between_replicas(redis_url: str, redis_prefix: str):
+def test_redis_store_shares_state_and_catalog_between_replicas(redis_url: str, redis_prefix: str):
     a = RedisStore(redis_url, prefix=redis_prefix)
     b = RedisStore(redis_url, prefix=redis_prefix)
     try:
         a.set_active("v7", previous="v6")
-        a.put_items("v7", _matrix("int8"))
-        assert b.get_state() == ActiveState(active="v7", previous="v6")
-        got = b.get_items("v7")
-        assert got is not None and got.items.shape == (7, 5)
+        a.set_availability(["gone"], available=False)
+        a.put_item_vectors("v7", {"new": b"\x01"})
+        assert b.get_state() == ActiveState(active="v7", previous="v6", catalog_revision=2)
+        assert b.get_catalog() == CatalogLayer(2, frozenset({"gone"}), {"v7": {"new": b"\x01"}})
     finally:
         a.close()
         b.close()
 
 
-def test_redis_store_uses_version_scoped_keys(redis_url: str, redis_prefix: str):
+def test_redis_store_keys(redis_url: str, redis_prefix: str):
     store = RedisStore(redis_url, prefix=redis_prefix)
     raw = redis.Redis.from_url(redis_url)
     try:
-        store.put_items("v1", _matrix("int8"))
+        raw.hset(f"{redis_prefix}:items:old", "items", b"x")  # what earlier releases wrote
+        assert store.delete_legacy_keys() == 1
         store.set_active("v1", previous=None)
+        store.set_availability(["a"], available=False)
+        store.put_item_vectors("v1", {"n": b"\x01"})
         keys = {k.decode() for k in raw.keys(f"{redis_prefix}:*")}
-        assert keys == {f"{redis_prefix}:items:v1", f"{redis_prefix}:active"}
-        assert raw.type(f"{redis_prefix}:items:v1") == b"hash"
+        assert keys == {
+            f"{redis_prefix}:active",
+            f"{redis_prefix}:catalog:revision",
+            f"{redis_prefix}:catalog:unavailable",
+            f"{redis_prefix}:catalog:versions",
+            f"{redis_prefix}:catalog:items:v1",
+        }
+        assert raw.type(f"{redis_prefix}:catalog:unavailable") == b"set"
+        assert raw.type(f"{redis_prefix}:catalog:items:v1") == b"hash"
     finally:
         store.close()
         raw.close()
+
+
+def test_embedded_store_persists_the_catalog_across_restarts(tmp_path: Path):
+    EmbeddedStore(tmp_path).set_availability(["a"], available=False)
+    EmbeddedStore(tmp_path).put_item_vectors("v1", {"n": b"\x00\x01"})
+    assert EmbeddedStore(tmp_path).get_catalog() == CatalogLayer(
+        2, frozenset({"a"}), {"v1": {"n": b"\x00\x01"}}
+    )
 
 
 def test_redis_store_raises_store_unavailable_when_redis_is_down():
@@ -138,9 +172,9 @@ def test_redis_store_raises_store_unavailable_when_redis_is_down():
         with pytest.raises(StoreUnavailable):
             store.set_active("v1", previous=None)
         with pytest.raises(StoreUnavailable):
-            store.get_items("v1")
+            store.get_catalog()
         with pytest.raises(StoreUnavailable):
-            store.put_items("v1", _matrix("fp16"))
+            store.set_availability(["a"], available=False)
     finally:
         store.close()
 
