@@ -10,6 +10,11 @@
     recsys-admin abort                               # drop the canary
     recsys-admin rollback                            # back to the previously active version
     recsys-admin status --replicas http://10.0.0.5:8000,http://10.0.0.6:8000
+    recsys-admin unavailable B00ABC123 B00XYZ789     # never recommend these, fleet-wide
+    recsys-admin unavailable --file sold-out.txt     # one item ID per line
+    recsys-admin available --file back-in-stock.txt  # recommend them again
+    recsys-admin push-items new-items.json           # vectors from `python -m models foldin`
+    recsys-admin catalog                             # the live catalog's revision and sizes
 
 Human-readable output by default; `--json` prints the server's JSON instead (`push` prints
 `{"installed": ..., "activated": ...}`, `status` a list with one object per replica, each with
@@ -180,6 +185,79 @@ def rollback(api: AdminApi, args: argparse.Namespace) -> Output:
     return Output(body, f"rolled back; active version: {body['version']}")
 
 
+# Changes are sent in calls of at most this many IDs or vectors (the server's defaults for
+# CATALOG_MAX_IDS and CATALOG_MAX_VECTORS allow 100,000 and 10,000).
+ID_CHUNK = 50_000
+VECTOR_CHUNK = 5_000
+
+
+def _item_ids(args: argparse.Namespace) -> list[str]:
+    ids = list(args.item_ids)
+    if args.file is not None:
+        try:
+            lines = args.file.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise AdminError(f"cannot read {args.file}: {e.strerror}", exit_code=EXIT_USAGE) from e
+        ids += [line.strip() for line in lines if line.strip()]
+    if not ids:
+        raise AdminError("name item IDs, or --file with one per line", exit_code=EXIT_USAGE)
+    return ids
+
+
+def _availability(api: AdminApi, args: argparse.Namespace, path: str) -> Output:
+    ids = _item_ids(args)
+    changed, body = 0, {}
+    for start in range(0, len(ids), ID_CHUNK):
+        body = api.call("POST", path, json={"item_ids": ids[start : start + ID_CHUNK]})
+        changed += body["changed"]
+    body = {**body, "changed": changed}
+    text = f"{changed} changed; {body['unavailable']} unavailable (revision {body['revision']})"
+    return Output(body, text)
+
+
+def unavailable(api: AdminApi, args: argparse.Namespace) -> Output:
+    return _availability(api, args, "/admin/catalog/unavailable")
+
+
+def available(api: AdminApi, args: argparse.Namespace) -> Output:
+    return _availability(api, args, "/admin/catalog/available")
+
+
+def push_items(api: AdminApi, args: argparse.Namespace) -> Output:
+    """Send a file of item vectors (`{"version": ..., "items": [{"item_id", "vector"}]}`, as
+    `python -m models foldin` writes it) in calls the server accepts."""
+    try:
+        data = json.loads(args.file.read_text(encoding="utf-8"))
+        version = args.version or data["version"]
+        items = data["items"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AdminError(
+            f"cannot read item vectors from {args.file}: {e}", exit_code=EXIT_USAGE
+        ) from e
+    added = replaced = 0
+    body: dict[str, Any] = {}
+    for start in range(0, len(items), VECTOR_CHUNK):
+        body = api.call(
+            "POST",
+            f"/admin/catalog/items/{quote(version, safe='')}",
+            json={"items": items[start : start + VECTOR_CHUNK]},
+        )
+        added, replaced = added + body["added"], replaced + body["replaced"]
+    body = {**body, "added": added, "replaced": replaced}
+    text = f"{version}: {added} added, {replaced} replaced (revision {body.get('revision')})"
+    return Output(body, text)
+
+
+def catalog(api: AdminApi, args: argparse.Namespace) -> Output:
+    body = api.call("GET", "/admin/catalog")
+    vectors = ", ".join(f"{v}: {n}" for v, n in body["items"].items()) or "none"
+    text = (
+        f"revision {body['revision']} (this replica serves {body['applied_revision']}); "
+        f"{body['unavailable']} unavailable items; added vectors: {vectors}"
+    )
+    return Output(body, text)
+
+
 def status(api: AdminApi, args: argparse.Namespace) -> Output:
     """One replica (--url), or each of --replicas: a replica that fails gets its error in
     the table, and the command exits 1."""
@@ -265,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recsys-admin",
         description="Push, list, activate, canary, promote, roll back model bundles; "
-        "show what each replica serves.",
+        "mark items unavailable, add item vectors; show what each replica serves.",
     )
     _add_connection_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -298,6 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("promote", promote, "the running canary becomes the active version")
     add("abort", abort, "drop the running canary")
     add("rollback", rollback, "switch back to the previously active version")
+
+    for name, command, what in (
+        ("unavailable", unavailable, "never recommend these items, on every replica"),
+        ("available", available, "recommend these items again"),
+    ):
+        p = add(name, command, what)
+        p.add_argument("item_ids", nargs="*", metavar="ITEM_ID")
+        p.add_argument("--file", type=Path, help="a file of item IDs, one per line")
+
+    p = add("push-items", push_items, "add or replace item vectors of a version")
+    p.add_argument("file", type=Path, help="JSON written by `python -m models foldin`")
+    p.add_argument("--version", help="the version they belong to (default: the file's)")
+
+    add("catalog", catalog, "the live catalog: revision, unavailable items, added vectors")
 
     p = add("status", status, "what each replica serves against the fleet's state")
     p.add_argument(

@@ -607,8 +607,8 @@ class Registry:
 
     def heal(self) -> bool:
         """Write what this replica holds back into a store that lost its data: the active
-        and previous version, the canary, their bundle archives and the catalog layer, then
-        tell the fleet. One replica writes (under the fleet lock); the others find the store
+        and previous version, the canary, their bundle archives (then those of its other
+        installed versions) and the catalog layer, then tell the fleet. One replica writes (under the fleet lock); the others find the store
         filled and follow it. True when this replica wrote."""
         with self._fleet.lock("heal"), self._lock:
             serving, seen = self._serving, self._seen
@@ -631,6 +631,12 @@ class Registry:
                 return False
             self._seen = self._store.get_state()
             self._heals += 1
+            for info in self.versions():  # the other installed versions' archives, after
+                if info.version not in versions and info.manifest is not None:
+                    try:
+                        self._ensure_shared_locked(info.version)
+                    except (OSError, StoreUnavailable) as e:
+                        log.warning("could not share %s with the fleet again: %s", info.version, e)
         log.warning(
             "the fleet state was gone from the store (flushed or restarted empty); wrote back "
             "active=%s previous=%s canary=%s, catalog revision %d",

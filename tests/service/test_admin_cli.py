@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -274,3 +275,50 @@ def test_status_shows_the_active_version_per_replica(fleet, capsys, v2_file):
         assert code == 1  # the table is incomplete
         down = out.splitlines()[-1]
         assert down.startswith("http://down") and "could not reach http://down" in down
+
+
+# --- the live catalog --------------------------------------------------------------------------
+
+
+def _top(client: TestClient) -> list[str]:
+    r = client.post("/recommend", json={"history": ["i3", "i9"], "k": 5})
+    return [i["item_id"] for i in r.json()["items"]]
+
+
+def test_unavailable_and_available_by_argument_and_by_file(cli: Cli, embedded_client, tmp_path):
+    top = _top(embedded_client)
+    code, out, _ = cli("unavailable", top[0])
+    assert code == 0 and "1 changed; 1 unavailable (revision 1)" in out
+    listing = tmp_path / "sold-out.txt"
+    listing.write_text(f"{top[1]}\n\n  {top[2]}  \n")
+    assert cli.json("unavailable", "--file", str(listing))["unavailable"] == 3
+    assert not set(top[:3]).intersection(_top(embedded_client))
+    assert cli.json("available", top[0], "--file", str(listing))["changed"] == 3
+    assert _top(embedded_client) == top
+    code, out, _ = cli("catalog")
+    assert code == 0 and "revision 3" in out and "0 unavailable" in out
+
+
+def test_unavailable_without_ids_is_a_usage_error(cli: Cli):
+    code, _, err = cli("unavailable")
+    assert code == admin_cli.EXIT_USAGE and "--file" in err
+
+
+def test_push_items_sends_a_foldin_file(cli: Cli, embedded_client, tmp_path, monkeypatch):
+    monkeypatch.setattr(admin_cli, "VECTOR_CHUNK", 2)  # three calls for five items
+    rng = np.random.default_rng(0)
+    items = [{"item_id": f"n{k}", "vector": rng.normal(size=8).tolist()} for k in range(5)]
+    path = tmp_path / "new-items.json"
+    path.write_text(json.dumps({"version": "v1", "items": items}))
+    code, out, err = cli("push-items", str(path))
+    assert code == 0, err
+    assert "v1: 5 added, 0 replaced (revision 3)" in out
+    summary = cli.json("catalog")
+    assert summary["items"] == {"v1": 5} and summary["revision"] == 3
+
+
+def test_push_items_of_a_wrong_dimension_prints_the_servers_reason(cli: Cli, tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"version": "v1", "items": [{"item_id": "n", "vector": [1.0]}]}))
+    code, _, err = cli("push-items", str(path))
+    assert code == admin_cli.EXIT_REFUSED and "8 values" in err

@@ -178,10 +178,11 @@ def _heals(*clients: TestClient, headers: dict[str, str]) -> int:
 
 @pytest.mark.parametrize("loss", ["flushall", "restart-empty"])
 def test_a_store_that_lost_its_data_is_written_back(
-    fleet_on_private_redis, private_redis, v1_dir, admin_headers, loss
+    fleet_on_private_redis, private_redis, v1_dir, v2_archive, admin_headers, redis_prefix, loss
 ):
     a = fleet_on_private_redis("a", bootstrap_bundle=v1_dir)
     b = fleet_on_private_redis("b")
+    a.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP})
     gone = answer(a)[:2]
     unavailable(a, gone, admin_headers)
     vector = strong_vector(v1_dir, HISTORY)
@@ -202,6 +203,7 @@ def test_a_store_that_lost_its_data_is_written_back(
         assert answer(a)[0] == "n1" and answer(b)[0] == "n1"  # serving never stopped
         assert f.poll_until(lambda: _restored(raw), timeout_s=5)
         assert f.poll_until(lambda: _heals(a, b, headers=admin_headers) == 1, timeout_s=2)
+        assert raw.exists(f"{redis_prefix}:bundle:v1", f"{redis_prefix}:bundle:v2") == 2
         late = fleet_on_private_redis("c")  # no bootstrap: it follows the written-back state
         assert late.get("/readyz").status_code == 200
         assert f.answered_version(late) == "v1"
