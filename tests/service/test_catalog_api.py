@@ -268,3 +268,17 @@ def test_an_added_item_uses_the_bundle_vector_space(embedded_client, admin_heade
     layer = embedded_client.app.state.registry.store.get_catalog()  # type: ignore[attr-defined]
     stored = layer.vectors_of("v1")["n"]
     assert len(stored) == 4 + V1.dim  # float32 scale, then one int8 per dimension
+
+
+def test_a_replica_that_cannot_reach_redis_keeps_its_last_catalog(
+    stoppable_redis_client, private_redis, admin_headers
+):
+    client = stoppable_redis_client
+    gone = answer(client)[:2]
+    unavailable(client, gone, admin_headers)
+    private_redis.stop()
+    for _ in range(3):
+        assert not set(gone).intersection(answer(client))
+    r = client.post("/admin/catalog/available", json={"item_ids": gone}, headers=admin_headers)
+    assert r.status_code == 503 and "store unavailable" in r.text
+    assert not set(gone).intersection(answer(client))
