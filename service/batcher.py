@@ -7,10 +7,12 @@ Like Triton's dynamic batcher
 1. waits for the first request,
 2. takes whatever else is already queued, up to `max_batch_size`,
 3. if the batch is not full, waits for more until `max_delay_s` after the first request
-   arrived, but only while requests are arriving faster than that: when the mean gap
-   between the last few arrivals is longer than the time left, the next one is unlikely to
-   come in time, so the batch goes at once (at low load nobody waits for company that is
-   not coming; under load the wait gathers bigger batches),
+   arrived, but only while other requests are actually on their way: in the app (being
+   read, validated, looked up in the answer cache: `ArrivalMiddleware` counts them) and not
+   queued yet. Before deciding that none is, it gives the event loop a few turns to read
+   what the sockets hold. A caller that sends one request at a time therefore never waits
+   (nothing else can be coming while it waits for its answer), and a lone request at low
+   load goes at once; under load the batch gathers whoever is in flight,
 4. runs the batch with one `LoadedModel.recommend_batch` call per model object, right on
    the event loop. Requests that arrive meanwhile wait in the socket buffers and are read
    as soon as the batch is answered, which is what forms the next batch under load.
@@ -29,14 +31,10 @@ An exception in `recommend_batch` fails only the requests of that call, with tha
 a waiter that went away (its client disconnected, so its future is cancelled) is skipped.
 Neither ever stops the worker. `max_batch_size=1` turns batching off: one request per call.
 
-Why wait at all: on this project's 2-core AMD EPYC machines a batch's fixed cost dominates
-at moderate load: between batches the item matrix and the encoder's weights leave the
-caches, so every onnxruntime call starts cold, and fewer, bigger calls pay that less often.
-`python -m benchmarks.serve --variants ceiling,shipped --no-scale --bundle DIR` on the same
-day, DIR a d=64 Beauty-sized INT8 bundle with random weights
-(`benchmarks.serve_bundles.build_sasrec_bundle`): shipped / ceiling 0.344 with a fixed 1 ms
-delay, 0.435 with this rule and 8 ms; p99 at 70% of shipped's maximum 40 -> 31 ms. The price
-is latency at low load: a request that finds others arriving every few ms waits for them.
+Why wait at all: on this project's 2-core machines a batch's fixed cost dominates at
+moderate load: between batches the item matrix and the encoder's weights leave the caches,
+so every onnxruntime call starts cold, and fewer, bigger calls pay that less often
+(`make bench-serve` compares shipped against the ceiling app, which never batches).
 
     async with MicroBatcher(max_batch_size=32, max_delay_s=0.008, metrics=metrics) as batcher:
         rec = await batcher.submit(model, RecRequest(history=["i1"], k=10))
@@ -45,17 +43,24 @@ is latency at low load: a request that finds others arriving every few ms waits 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from service.metrics import Metrics
 from service.runner import LoadedModel, Recommendation, RecRequest
 
-ARRIVALS_KEPT = 8  # the arrival rate the batcher waits by: mean gap over these arrivals
+# Event-loop turns given to the sockets before a batch decides nobody else is coming: a
+# request in the socket buffers reaches the app (and is counted) within a turn or two.
+READ_TURNS = 3
+# The request being handled in this task, while it has not reached the queue: [True] until
+# it does (`MicroBatcher.arriving`, `submit`).
+_ARRIVING: ContextVar[list[bool] | None] = ContextVar("recsys_arriving", default=None)
+_WAKE = object()  # queued when an arriving request ends without a submit: re-check at once
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,9 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self._metrics = metrics
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()  # _Pending, or _WAKE
         self._worker: asyncio.Task[None] | None = None
-        self._arrivals: collections.deque[float] = collections.deque(maxlen=ARRIVALS_KEPT)
+        self._arriving = 0  # requests in the app that have not reached the queue yet
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -113,23 +118,37 @@ class MicroBatcher:
 
     # --- request path ---------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Count the request this task handles as on its way to the queue until it submits
+        (or ends without: a cache hit, a refused body); batches wait only for such ones."""
+        state = [True]
+        self._arriving += 1
+        token = _ARRIVING.set(state)
+        try:
+            yield
+        finally:
+            _ARRIVING.reset(token)
+            if state[0]:
+                self._arriving -= 1
+                self._queue.put_nowait(_WAKE)  # a batch waiting for it stops waiting
+
+    @property
+    def arriving_count(self) -> int:
+        return self._arriving
+
     async def submit(self, model: LoadedModel, request: RecRequest) -> Recommendation:
         """The answer of `model` to `request`, computed in a batch with concurrent requests."""
         if self._worker is None:
             raise RuntimeError("the batcher is not running")
+        state = _ARRIVING.get()
+        if state is not None and state[0]:
+            state[0] = False
+            self._arriving -= 1
         future: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
-        now = time.perf_counter()
-        self._arrivals.append(now)
-        self._queue.put_nowait(_Pending(model, request, future, now))
+        self._queue.put_nowait(_Pending(model, request, future, time.perf_counter()))
         # Cancelling this await (the client went away) cancels the future; the worker skips it.
         return await future
-
-    def mean_gap_s(self) -> float:
-        """Mean time between the last few arrivals (inf before there are two)."""
-        arrivals = self._arrivals
-        if len(arrivals) < 2:
-            return float("inf")
-        return (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1)
 
     # --- the worker -----------------------------------------------------------------------
 
@@ -146,22 +165,46 @@ class MicroBatcher:
             await asyncio.sleep(0)
 
     async def _next_batch(self) -> list[_Pending]:
-        batch = [await self._queue.get()]
+        batch = [await self._get()]
         deadline = batch[0].arrived + self.max_delay_s
         while len(batch) < self.max_batch_size:
             if not self._queue.empty():  # already queued: take it without waiting
-                batch.append(self._queue.get_nowait())
+                self._take(self._queue.get_nowait(), batch)
                 continue
             remaining = deadline - time.perf_counter()
-            if remaining <= 0 or self.mean_gap_s() > remaining:
+            if remaining <= 0 or not await self._others_arriving():
                 break
             try:
                 # asyncio.timeout, not wait_for: no extra task per wait
-                async with asyncio.timeout(remaining):
-                    batch.append(await self._queue.get())
+                async with asyncio.timeout(deadline - time.perf_counter()):
+                    self._take(await self._queue.get(), batch)
             except TimeoutError:
                 break
         return batch
+
+    async def _get(self) -> _Pending:
+        """The next queued request (wake-ups skipped)."""
+        while True:
+            item = await self._queue.get()
+            if item is not _WAKE:
+                pending: _Pending = item
+                return pending
+            self._queue.task_done()
+
+    def _take(self, item: Any, batch: list[_Pending]) -> None:
+        if item is _WAKE:
+            self._queue.task_done()
+        else:
+            batch.append(item)
+
+    async def _others_arriving(self) -> bool:
+        """Whether another request is on its way to the queue, after giving the event loop
+        `READ_TURNS` turns to read the sockets."""
+        for _ in range(READ_TURNS):
+            if self._arriving > 0 or not self._queue.empty():
+                return True
+            await asyncio.sleep(0)
+        return self._arriving > 0 or not self._queue.empty()
 
     async def _run(self, batch: list[_Pending]) -> None:
         """One `recommend_batch` call per model object; each future gets its own answer."""
@@ -189,3 +232,21 @@ class MicroBatcher:
                 self._metrics.queue.observe(answer.queue_s)
                 if not p.future.done():
                     p.future.set_result(answer)
+
+
+class ArrivalMiddleware:
+    """Counts each `POST /recommend` as arriving from the moment the server hands it to the
+    app until it reaches the batcher (`MicroBatcher.arriving`): the company a batch may wait
+    for. The batcher is read from `app.state.batcher` per request (it starts with the app)."""
+
+    def __init__(self, app: Any, *, path: str = "/recommend") -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        batcher = getattr(scope["app"].state, "batcher", None) if "app" in scope else None
+        if scope["type"] != "http" or scope["path"] != self.path or batcher is None:
+            await self.app(scope, receive, send)
+            return
+        with batcher.arriving():
+            await self.app(scope, receive, send)

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from service.answer_cache import AnswerCache
-from service.batcher import MicroBatcher
+from service.batcher import ArrivalMiddleware, MicroBatcher
 from service.deps import AdminDep, RequestPath
 from service.exception_handlers import install_exception_handlers
 from service.fleet import open_fleet
@@ -91,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.catalog_revision.set_function(lambda: registry.catalog.revision)
         fleet.start(on_change=registry.sync, on_prepare=registry.prepare, on_poll=registry.poll)
         app.state.registry = registry
+        app.state.batcher = batcher  # ArrivalMiddleware counts requests on their way to it
         async with batcher:
             app.state.request_path = RequestPath(
                 registry=registry,
@@ -128,7 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # sees 413s
-    app.add_middleware(RequestContextMiddleware)  # outermost: every answer has a request ID
+    app.add_middleware(RequestContextMiddleware)  # every answer has a request ID
+    app.add_middleware(ArrivalMiddleware)  # outermost: a request counts from the first moment
     install_exception_handlers(app)
 
     app.include_router(recommend.router)

@@ -78,8 +78,6 @@ def test_concurrent_submits_are_batched_and_answer_exactly_as_one_at_a_time(v1_m
     n_batches, n_requests = batch_sizes(metrics)
     assert n_requests == 50
     assert batches_up_to(metrics, 1) < n_batches  # at least one batch held several requests
-    # The batch was not full, so it waited for max_delay_s after the first request arrived.
-    assert max(a.queue_s for a in answers) >= 0.015
     assert metrics.registry.get_sample_value("recsys_queue_duration_seconds_count") == 50
 
 
@@ -116,21 +114,72 @@ def test_sparse_requests_do_not_wait_for_company_that_is_not_coming(v1_model):
     assert max(a.queue_s for a in answers) < 0.05
 
 
-def test_requests_arriving_faster_than_the_delay_are_gathered(v1_model):
-    """Requests 5 ms apart, max delay 0.1 s: the batcher waits, so they share batches."""
+async def _arrive(b: MicroBatcher, model: LoadedModel, request: RecRequest, after_s: float):
+    """A request as the HTTP path brings it: counted as arriving while it is being read
+    (`after_s`), then submitted (`ArrivalMiddleware` does the counting in the app)."""
+    with b.arriving():
+        await asyncio.sleep(after_s)
+        return await b.submit(model, request)
+
+
+def test_a_batch_waits_for_requests_that_are_on_their_way(v1_model):
+    """Ten requests in the app at once, reaching the batcher over 9 ms, max delay 0.1 s:
+    the first waits for the others, so they share one batch."""
     metrics = Metrics()
 
     async def scenario() -> list[Recommendation]:
         async with MicroBatcher(max_batch_size=64, max_delay_s=0.1, metrics=metrics) as b:
-            pending = []
-            for request in varied_requests(20, seed=5):
-                pending.append(asyncio.ensure_future(b.submit(v1_model, request)))
-                await asyncio.sleep(0.005)
-            return list(await asyncio.gather(*pending))
+            requests = varied_requests(10, seed=5)
+            return list(
+                await asyncio.gather(
+                    *(_arrive(b, v1_model, r, 0.001 * n) for n, r in enumerate(requests))
+                )
+            )
 
-    assert len(run(scenario())) == 20
-    n_batches, _ = batch_sizes(metrics)
-    assert n_batches <= 5  # one at a time would be 20
+    answers = run(scenario())
+    assert batch_sizes(metrics) == (1, 10)
+    assert max(a.queue_s for a in answers) < 0.05  # it went when the last one came
+
+
+def test_a_sequential_caller_never_waits_for_company(v1_model):
+    """One request at a time, back to back, max delay 0.1 s: nothing else can be coming
+    while the caller waits for its answer, so none of them waits."""
+
+    async def scenario() -> list[Recommendation]:
+        async with MicroBatcher(max_batch_size=64, max_delay_s=0.1, metrics=Metrics()) as b:
+            return [await _arrive(b, v1_model, r, 0) for r in varied_requests(20, seed=6)]
+
+    assert max(a.queue_s for a in run(scenario())) < 0.01
+
+
+def test_a_request_that_ends_without_submitting_releases_the_batch(v1_model):
+    """A second request is in the app (say, answered from the cache) for 5 ms and never
+    submits: the waiting batch goes when it ends, not at the 0.2 s max delay."""
+
+    async def cache_hit(b: MicroBatcher) -> None:
+        with b.arriving():
+            await asyncio.sleep(0.005)
+
+    async def scenario() -> Recommendation:
+        async with MicroBatcher(max_batch_size=64, max_delay_s=0.2, metrics=Metrics()) as b:
+            waiting = asyncio.ensure_future(cache_hit(b))
+            await asyncio.sleep(0)
+            answer = await b.submit(v1_model, varied_requests(1)[0])
+            await waiting
+            return answer
+
+    assert 0.004 < run(scenario()).queue_s < 0.1
+
+
+def test_sequential_http_requests_do_not_wait_the_batch_window(client_for, make_settings, v1_dir):
+    client = client_for(make_settings(bootstrap_bundle=v1_dir, batch_max_delay_ms=200))
+    for n in range(10):
+        r = client.post("/recommend", json={"history": [f"i{n + 1}"], "k": 5})
+        assert r.status_code == 200
+    metrics = client.app.state.metrics  # type: ignore[attr-defined]
+    total = metrics.registry.get_sample_value("recsys_queue_duration_seconds_sum")
+    assert total < 0.1  # the old arrival-rate rule held each of them for up to 200 ms
+    assert client.app.state.batcher.arriving_count == 0  # type: ignore[attr-defined]
 
 
 def test_a_failing_batch_fails_its_own_requests_and_the_next_batch_works(v1_model):
@@ -174,11 +223,13 @@ def test_waiters_that_went_away_do_not_break_the_worker(v1_model):
 
     async def scenario() -> tuple[list[Any], Recommendation]:
         async with MicroBatcher(max_batch_size=64, max_delay_s=0.02, metrics=Metrics()) as b:
+            slow = asyncio.create_task(_arrive(b, v1_model, requests[1], 0.015))
             tasks = [asyncio.create_task(b.submit(v1_model, r)) for r in requests]
-            await asyncio.sleep(0.005)  # all queued; the batch waits for more
+            await asyncio.sleep(0.005)  # all queued; the batch waits for the slow one
             for task in tasks[::2]:
                 task.cancel()  # their clients disconnected
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            await slow
             return outcomes, await b.submit(v1_model, requests[0])
 
     outcomes, after = run(scenario())
