@@ -12,7 +12,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, RedisDsn, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    RedisDsn,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -184,6 +191,29 @@ class Settings(BaseSettings):
         return self.admin_token is not None
 
 
+class SettingsError(SystemExit):
+    """Settings the service refuses to start with. One line per problem, naming the
+    variable and the rule, never the value: a refused value may be a secret (ADMIN_TOKEN),
+    and pydantic's own error (and its traceback) prints the inputs. A SystemExit, so the
+    process ends with this message and no traceback, under `python -m service` and under
+    `uvicorn --factory service.main:create_app` alike."""
+
+    def __init__(self, error: ValidationError) -> None:
+        lines = [
+            _variable(e["loc"]) + e["msg"].removeprefix("Value error, ")
+            for e in error.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        super().__init__("invalid settings: " + "; ".join(lines))
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """`PORT: ` for a field's error; nothing for a rule over several (its message names them)."""
+    return "_".join(str(part) for part in loc).upper() + ": " if loc else ""
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise SettingsError(e) from None

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, get_settings
+from service.settings import Settings, SettingsError, get_settings
 
 ENV_VARS = [
     "HOST",
@@ -151,3 +154,37 @@ def test_a_gc_threshold_that_is_not_three_positive_counts_is_rejected(clean_env,
     clean_env.setenv("GC_THRESHOLD", value)
     with pytest.raises(ValidationError, match="gc_threshold"):
         Settings(_env_file=None)
+
+
+SECRET = "weak-but-secret-9f3c"  # too short for production, and must never be printed
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "service"],
+        [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app"],
+    ],
+)
+def test_a_refused_secret_never_reaches_the_output(command, tmp_path):
+    env = {**os.environ, "ENVIRONMENT": "production", "ADMIN_TOKEN": SECRET}
+    env["MODEL_DIR"] = str(tmp_path)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert SECRET not in output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "ADMIN_TOKEN is too weak for ENVIRONMENT=production" in lines[0]
+
+
+def test_a_bad_setting_names_the_variable_in_one_line(monkeypatch):
+    monkeypatch.setenv("PORT", "not-a-port")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError) as refused:
+        get_settings()
+    get_settings.cache_clear()
+    assert str(refused.value) == (
+        "invalid settings: PORT: Input should be a valid integer, unable to parse string as an "
+        "integer"
+    )
