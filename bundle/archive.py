@@ -53,6 +53,17 @@ def pack_bundle(bundle_dir: Path, out: Path | None = None) -> bytes:
     return data
 
 
+def _not_flat(member: str) -> str:
+    """The refusal of an archive with a directory in it: the common packing mistake
+    `tar -C parent -czf v4.tar.gz v4`, and the command that packs it right."""
+    top = member.strip("/").split("/", 1)[0] or member
+    return (
+        f"archive member {member!r} is a directory or inside one, but a bundle archive must "
+        f"be flat: the bundle's files at its top level. Pack the directory's contents, e.g. "
+        f"`tar -C {top} -czf {top}.tar.gz .` (or `python -m models` writes the .tar.gz)"
+    )
+
+
 def extract_archive(
     src: BinaryIO,
     dest: Path,
@@ -97,12 +108,10 @@ def extract_archive(
                     )
                 if member.issym() or member.islnk():
                     raise BundleError(f"archive member {member.name!r} is a link")
-                if not member.isfile():
+                if member.isdir() or "/" in name:
+                    raise BundleError(_not_flat(member.name))
+                if not member.isfile() or not name:
                     raise BundleError(f"archive member {member.name!r} is not a regular file")
-                if "/" in name or not name:
-                    raise BundleError(
-                        f"archive member {member.name!r} is in a subdirectory; a bundle is flat"
-                    )
                 if member.size > max_bytes - written:
                     raise BundleError(f"archive unpacks to more than {max_bytes} bytes")
                 f = tar.extractfile(member)

@@ -496,7 +496,7 @@ def hostile_corpus(
         HostileCase(
             "device_file", archive(_member("model.onnx", kind=tarfile.CHRTYPE)), "not a regular"
         ),
-        HostileCase("subdirectory", archive(_member("sub/model.onnx")), "subdirectory"),
+        HostileCase("subdirectory", archive(_member("sub/model.onnx")), "must be flat"),
         HostileCase(
             "too_many_files",
             archive(*(_member(f"f{i}.bin") for i in range(40))),

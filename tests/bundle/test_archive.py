@@ -54,7 +54,7 @@ def _link(name: str, target: str, kind: bytes) -> tuple[tarfile.TarInfo, None]:
     [
         ([_file("/etc/evil")], "absolute path"),
         ([_file("../evil")], "escapes the bundle"),
-        ([_file("sub/file")], "subdirectory"),
+        ([_file("sub/file")], "must be flat"),
         ([_link("model.onnx", "/etc/passwd", tarfile.SYMTYPE)], "is a link"),
         ([_link("model.onnx", "other", tarfile.LNKTYPE)], "is a link"),
         ([_file(f"f{i}") for i in range(20)], "more than 16 files"),
@@ -77,11 +77,18 @@ def test_extract_rejects_fifo(tmp_path: Path) -> None:
         extract_archive(_tar([(info, None)]), tmp_path / "d")
 
 
-@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.DIRTYPE])
-def test_extract_rejects_devices_and_directories(tmp_path: Path, kind: bytes) -> None:
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        (tarfile.CHRTYPE, "not a regular file"),
+        (tarfile.BLKTYPE, "not a regular file"),
+        (tarfile.DIRTYPE, "must be flat"),
+    ],
+)
+def test_extract_rejects_devices_and_directories(tmp_path: Path, kind: bytes, reason: str) -> None:
     info = tarfile.TarInfo("model.onnx")
     info.type = kind
-    with pytest.raises(BundleError, match="not a regular file"):
+    with pytest.raises(BundleError, match=reason):
         extract_archive(_tar([(info, None)]), tmp_path / "d")
 
 
@@ -112,3 +119,33 @@ def test_extract_stops_a_decompression_bomb_at_the_limit(tmp_path: Path) -> None
 def test_extract_rejects_data_that_is_not_gzip(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"not a valid \.tar\.gz"):
         extract_archive(io.BytesIO(b"PK\x03\x04 a zip, not a tarball"), tmp_path / "d")
+
+
+def test_a_bundle_directory_packed_with_its_name_is_refused_saying_how_to_pack_it(
+    tmp_path: Path,
+) -> None:
+    """`tar -C parent -czf v4.tar.gz v4`: the common mistake gets the command that fixes it."""
+    bundle = tmp_path / "v4"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        tar.add(bundle, arcname="v4")  # what `tar -C tmp_path -czf v4.tar.gz v4` writes
+    packed.seek(0)
+    with pytest.raises(BundleError) as refused:
+        extract_archive(packed, tmp_path / "out")
+    message = str(refused.value)
+    assert "archive member 'v4'" in message and "must be flat" in message
+    assert "`tar -C v4 -czf v4.tar.gz .`" in message
+
+
+def test_the_packing_command_the_refusal_suggests_makes_a_flat_archive(tmp_path: Path) -> None:
+    bundle = tmp_path / "v4"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        tar.add(bundle, arcname=".")  # `tar -C v4 -czf v4.tar.gz .`
+    packed.seek(0)
+    extract_archive(packed, tmp_path / "out")
+    assert (tmp_path / "out" / "manifest.json").read_text() == "{}"
