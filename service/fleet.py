@@ -23,13 +23,15 @@ Three things, all under the store's key prefix:
   same version is refused). A replica asked to serve a version it has not installed fetches
   it here, checks the sha256, and installs it with the same validation as an upload.
 
-`LocalFleet` is the single-process stand-in for the embedded store: no lock beyond the
-registry's own, no notifications, nothing to distribute.
+`LocalFleet` stands in without Redis: for one process it does nothing (the registry's own
+lock serializes), and for the workers of one host (`WORKERS`) it is a file lock in the shared
+model directory plus a poll of the embedded store's files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -39,6 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Literal, Protocol
 
 import redis
@@ -109,13 +112,53 @@ class Fleet(Protocol):
 
 
 class LocalFleet:
-    """One process, no Redis: the registry's own lock serializes everything."""
+    """The workers of one host without Redis (`WORKERS`): they share the model directory and
+    the embedded store's files. The admin lock is a file lock (`flock`) on
+    `<model_dir>/.admin-lock`, and each worker polls the store (`poll_s`) to follow what
+    another worker changed. A single process (`lock_path=None`, `poll_s=None`) needs neither:
+    the registry's own lock serializes everything. Nothing to distribute or announce."""
 
-    def __init__(self, replica_id: str | None = None) -> None:
+    def __init__(
+        self,
+        replica_id: str | None = None,
+        *,
+        lock_path: Path | None = None,
+        lock_wait_s: float = 10.0,
+        poll_s: float | None = None,
+    ) -> None:
         self.replica_id = replica_id or new_replica_id()
+        self._lock_path = lock_path
+        self._lock_wait_s = lock_wait_s
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def lock(self, operation: str) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def lock(self, operation: str) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+            return
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock_path.open("a+") as f:
+            deadline = time.monotonic() + self._lock_wait_s
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        f.seek(0)
+                        raise AdminBusy(f.read().strip() or "another worker") from None
+                    time.sleep(0.05)
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"{operation} on worker {self.replica_id}")
+                f.flush()
+                yield
+            finally:
+                f.truncate(0)
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def publish(self, event: Event, version: str | None) -> None:
         pass
@@ -135,10 +178,23 @@ class LocalFleet:
         on_prepare: Callable[[str], None] | None = None,
         on_poll: Callable[[], None] | None = None,
     ) -> None:
-        pass
+        if self._poll_s is None or on_poll is None:
+            return
+        poll_s, poll = self._poll_s, on_poll
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.wait(poll_s):
+                _call(poll)
+
+        self._thread = threading.Thread(target=run, name="fleet-poll", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        pass
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
 
     @property
     def connected(self) -> bool | None:
@@ -354,10 +410,14 @@ def open_fleet(
     lock_wait_s: float = 10.0,
     lock_ttl_s: float = 300.0,
     poll_s: float = 1.0,
+    local_lock: Path | None = None,
 ) -> Fleet:
-    """The Redis fleet when a URL is configured, else the single-process one."""
+    """The Redis fleet when a URL is configured; else the workers of one host sharing
+    `local_lock`'s directory (several `WORKERS`), or one process (`local_lock=None`)."""
     if redis_url is None:
-        return LocalFleet(replica_id)
+        if local_lock is None:
+            return LocalFleet(replica_id)
+        return LocalFleet(replica_id, lock_path=local_lock, lock_wait_s=lock_wait_s, poll_s=poll_s)
     return RedisFleet(
         redis_url,
         prefix=prefix,

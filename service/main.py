@@ -7,6 +7,7 @@ uvicorn --factory service.main:create_app         # the same app under uvicorn's
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,14 +18,14 @@ from service.answer_cache import AnswerCache
 from service.batcher import ArrivalMiddleware, MicroBatcher
 from service.deps import AdminDep, RequestPath
 from service.exception_handlers import install_exception_handlers
-from service.fleet import open_fleet
+from service.fleet import new_replica_id, open_fleet
 from service.gates import GateConfig
 from service.limits import BodySizeLimitMiddleware
-from service.logs import RequestContextMiddleware
+from service.logs import RequestContextMiddleware, configure_logging
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import Registry
 from service.responses import OrjsonResponse
-from service.routes import admin, catalog, demo, health, recommend
+from service.routes import admin, catalog, demo, docs, health, recommend
 from service.routes import metrics as metrics_routes
 from service.runner import ModelOptions
 from service.settings import Settings, get_settings
@@ -49,11 +50,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     fleet = open_fleet(
         redis_url=redis_url,
         prefix=settings.redis_key_prefix,
-        replica_id=settings.replica_id,
+        replica_id=replica_name(settings),
         timeout_s=settings.redis_timeout_s,
         lock_wait_s=settings.fleet_lock_wait_s,
         lock_ttl_s=settings.fleet_lock_ttl_s,
         poll_s=settings.fleet_poll_s,
+        local_lock=settings.model_dir / ADMIN_LOCK_FILE if settings.workers > 1 else None,
     )
     registry = Registry(
         model_dir=settings.model_dir,
@@ -89,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         await run_in_threadpool(registry.start, bootstrap=settings.bootstrap_bundle)
         metrics.catalog_revision.set_function(lambda: registry.catalog.revision)
+        metrics.worker.labels(replica=fleet.replica_id, pid=str(os.getpid())).set(1)
         fleet.start(on_change=registry.sync, on_prepare=registry.prepare, on_poll=registry.poll)
         app.state.registry = registry
         app.state.batcher = batcher  # ArrivalMiddleware counts requests on their way to it
@@ -109,6 +112,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.set_threshold(*python_gc)
 
 
+ADMIN_LOCK_FILE = ".admin-lock"  # the workers' admin lock without Redis (service.fleet)
+
+
+def replica_name(settings: Settings) -> str | None:
+    """This process's name in the fleet: REPLICA_ID (random when unset), plus the process
+    id when several workers share the host, so that every worker has a name of its own."""
+    if settings.workers == 1:
+        return settings.replica_id
+    return f"{settings.replica_id or new_replica_id()}-{os.getpid()}"
+
+
+def worker_app() -> FastAPI:
+    """The app of one of several workers (`WORKERS` > 1): uvicorn starts each worker in a
+    fresh process, which configures its own logging."""
+    settings = get_settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return create_app(settings)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
@@ -116,6 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Sequential recommendations from compressed ONNX bundles, with hot swap.",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        # FastAPI's /docs and /redoc load their assets from CDNs; `routes.docs` serves its own.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -136,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recommend.router)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
+    app.include_router(docs.router)
     if settings.admin_enabled:
         app.include_router(admin.router, dependencies=[AdminDep])
         app.include_router(catalog.router, dependencies=[AdminDep])

@@ -99,6 +99,13 @@ class Metrics:
             "switch, seconds.",
             registry=self.registry,
         )
+        self.worker = Gauge(
+            "recsys_worker_info",
+            "The process these metrics come from (1): its replica name and process id. With "
+            "WORKERS > 1 each worker keeps its own metrics; a scrape reads one of them.",
+            ["replica", "pid"],
+            registry=self.registry,
+        )
         self.fleet_heals = Counter(
             "recsys_fleet_heals",
             "Times this replica wrote the fleet state back into a store that had lost it.",

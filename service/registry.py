@@ -169,6 +169,21 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
+def _staged_by_a_live_process(staging: Path) -> bool:
+    """Whether a staging directory (`.staging-<pid>-...`) belongs to a process that is still
+    running: the workers of one host share the model directory (`WORKERS`)."""
+    pid = staging.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _version(model: LoadedModel | None) -> str | None:
     return None if model is None else model.version
 
@@ -282,7 +297,8 @@ class Registry:
         fleet if needed, or install and activate `bootstrap` when nothing is active."""
         self.model_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.model_dir.glob(f"{STAGING_PREFIX}*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            if not _staged_by_a_live_process(stale):  # another worker of this host may be busy
+                shutil.rmtree(stale, ignore_errors=True)
         try:
             state = self._store.get_state()
             self._catalog = self._store.get_catalog()
@@ -399,7 +415,9 @@ class Registry:
         gated: bool = True,
     ) -> LoadedModel:
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.model_dir))
+        staging = Path(
+            tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.model_dir)
+        )
         try:
             try:
                 fill(staging)
@@ -419,7 +437,12 @@ class Registry:
                     self._fleet.share_archive(model.version, share)
                 except StoreUnavailable as e:  # activation shares it later
                     log.warning("could not share %s with the fleet yet: %s", model.version, e)
-            staging.rename(target)
+            try:
+                staging.rename(target)
+            except OSError as e:  # another worker of this host installed it meanwhile
+                if target.exists():
+                    raise VersionExists(model.version) from e
+                raise InvalidBundle(f"cannot install {model.version!r}: {e}") from e
             log.info("installed model version %s", model.version)
             return model
         finally:
@@ -820,13 +843,16 @@ class Registry:
         if archive is None:
             raise VersionNotFound(version)
         log.info("installing model version %s from the fleet", version)
-        return self._install_locked(
-            lambda staging: extract_archive(
-                io.BytesIO(archive), staging, max_bytes=self._max_unpacked
-            ),
-            expect=version,
-            gated=False,  # the fleet chose it: the replica that did ran the gates
-        )
+        try:
+            return self._install_locked(
+                lambda staging: extract_archive(
+                    io.BytesIO(archive), staging, max_bytes=self._max_unpacked
+                ),
+                expect=version,
+                gated=False,  # the fleet chose it: the replica that did ran the gates
+            )
+        except VersionExists:  # another worker sharing this model directory was quicker
+            return self._load_installed(version)
 
     def _load_installed(self, version: str) -> LoadedModel:
         path = self.model_dir / version

@@ -1,4 +1,12 @@
-"""Request and response bodies of the HTTP API."""
+"""Request and response bodies of the HTTP API.
+
+Request bodies are strict (`RequestBody`): a field takes its own JSON type and nothing that
+could be read as it. `"k": true`, `"k": "5"` and `"k": 5.0` are 422, not 1 or 5 items (a
+JSON client that computed a float for a count has a bug worth hearing about); item IDs are
+strings, never numbers; booleans are `true` or `false`, not `"yes"` or `1`; a number field
+(`canary_percent`, vectors) takes any JSON number, integers included, but not `true` or
+`"10"`. Unknown fields are 422 too, so a typo is not silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +18,43 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RequestBody(BaseModel):
+    """Base of every request body: strict types, no unknown fields (module docstring)."""
 
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RecommendRequest(RequestBody):
+    # Nothing is required: `{}` (a new visitor) is answered from popularity.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"history": ["i12", "i7", "i99"], "k": 10},
+                {"history": ["i12"], "k": 3, "candidates": ["i3", "i4", "i5"], "user_id": "u-42"},
+            ]
+        }
+    )
+
+    # `default=[]` rather than a factory so that the schema shows the default; pydantic
+    # copies it for each request.
     history: list[ItemId] = Field(
-        default_factory=list,
-        description="External item IDs the user interacted with, most recent last.",
+        default=[],
+        description="External item IDs the user interacted with, most recent last "
+        "(MAX_HISTORY at most). Empty or left out for a new visitor: the answer is then the "
+        "most popular items (`strategy: popular`).",
     )
-    k: int = Field(default=10, ge=1, le=1000, description="How many items to return.")
+    k: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="How many items to return: an integer (MAX_K at most).",
+    )
     candidates: list[ItemId] | None = Field(
-        default=None, description="Rerank only these items (e.g. what a search page retrieved)."
+        default=None,
+        description="Rerank only these items (e.g. what a search page retrieved); left out: "
+        "the whole catalog.",
     )
-    exclude: list[ItemId] = Field(default_factory=list, description="Never return these items.")
+    exclude: list[ItemId] = Field(default=[], description="Never return these items.")
     exclude_seen: bool = Field(default=True, description="Never return items from the history.")
     user_id: str | None = Field(
         default=None,
@@ -107,10 +140,14 @@ class ReadyOut(BaseModel):
     )
 
 
-class ActivateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ActivateIn(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"version": "v2"}, {"version": "v2", "canary_percent": 10}]}
+    )
 
-    version: str = Field(min_length=1, max_length=128)
+    version: str = Field(
+        min_length=1, max_length=128, description="An installed version (GET /admin/bundles)."
+    )
     canary_percent: float | None = Field(
         default=None,
         gt=0,
@@ -147,6 +184,7 @@ class StatusOut(BaseModel):
         description="Times this replica wrote the fleet state back into a store that had "
         "lost it (a FLUSHALL, a Redis restarted without persistence)."
     )
+    pid: int = Field(description="The process that answered: one of the host's WORKERS.")
 
 
 class SampleHistory(BaseModel):
@@ -164,8 +202,8 @@ class DemoSamplesOut(BaseModel):
 # --- the live catalog (/admin/catalog) --------------------------------------------------
 
 
-class ItemIdsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ItemIdsIn(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"item_ids": ["B00ABC123"]}]})
 
     item_ids: list[ItemId] = Field(
         min_length=1,
@@ -186,15 +224,20 @@ class UnavailableOut(BaseModel):
     item_ids: list[str] = Field(description="Unavailable item IDs, sorted.")
 
 
-class ItemVectorIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ItemVectorIn(RequestBody):
+    item_id: ItemId = Field(description="The item's external ID.")
+    vector: list[float] = Field(
+        description="The item in the version's embedding space: `dim` finite numbers "
+        "(the manifest's), as `python -m models foldin` writes them."
+    )
 
-    item_id: ItemId
-    vector: list[float] = Field(description="The item in the version's embedding space (dim).")
 
-
-class ItemVectorsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ItemVectorsIn(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"items": [{"item_id": "B00NEW001", "vector": [0.12, -0.5, 0.03, 1]}]}]
+        }
+    )
 
     items: list[ItemVectorIn] = Field(
         min_length=1, description="Items to add or replace (CATALOG_MAX_VECTORS per call)."

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # "json": one JSON object per line, for log collectors; "text": readable, for a terminal.
     log_format: Literal["json", "text"] = "json"
+    # Serving processes on this host, all on PORT (uvicorn workers). They share MODEL_DIR;
+    # without REDIS_URL they follow each other's admin changes through the embedded store's
+    # files (polled every FLEET_POLL_S), with REDIS_URL each is a replica of the fleet.
+    workers: int = Field(default=1, ge=1)
     # The storefront demo page at /demo (`service.routes.demo`); off hides it (404).
     demo_enabled: bool = True
 

@@ -46,6 +46,7 @@ SERVICE_ENV_VARS = (
     "MODEL_DIR",
     "HOST",
     "PORT",
+    "WORKERS",
 )
 
 

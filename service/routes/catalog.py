@@ -3,15 +3,18 @@
 Item availability is fleet-wide and keyed by item ID; item vectors belong to one version.
 Every change is recorded in the store with a new revision, applied on this replica before
 the call answers, and announced to the others (`service.fleet`), which apply it within
-about a second. Guarded like the rest of the admin API. Examples:
+about a second. Guarded like the rest of the admin API; JSON bodies follow the rule of every
+JSON route (`service.json_body`, through this router's route class). Examples:
 
     curl -X POST localhost:8000/admin/catalog/unavailable -H "Authorization: Bearer $ADMIN_TOKEN" \
-         -H "Content-Type: application/json" -d '{"item_ids": ["B00ABC123"]}'
+         -d '{"item_ids": ["B00ABC123"]}'
     curl -X POST localhost:8000/admin/catalog/items/v2 -H "Authorization: Bearer $ADMIN_TOKEN" \
          -H "Content-Type: application/json" --data-binary @new-items.json
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter
@@ -19,6 +22,7 @@ from fastapi import APIRouter
 from service.catalog import check_item_ids
 from service.deps import RegistryDep, SettingsDep
 from service.errors import InvalidCatalogChange
+from service.json_body import UNSUPPORTED_MEDIA_TYPE_DOC, JsonBodyRoute
 from service.schemas import (
     AvailabilityOut,
     CatalogOut,
@@ -41,7 +45,12 @@ router = APIRouter(
         **error_responses(400, 401, 403, 413, 503),
         422: {"model": ErrorOut | ValidationErrorOut},
     },
+    route_class=JsonBodyRoute,
 )
+# On the routes with a JSON body.
+_UNSUPPORTED_MEDIA_TYPE: dict[int | str, dict[str, Any]] = {
+    415: {"model": ErrorOut, "description": UNSUPPORTED_MEDIA_TYPE_DOC}
+}
 
 
 def _checked_ids(body: ItemIdsIn, settings: Settings) -> list[str]:
@@ -54,9 +63,10 @@ def _checked_ids(body: ItemIdsIn, settings: Settings) -> list[str]:
     return body.item_ids
 
 
-@router.get("")
+@router.get("", summary="The live catalog at a glance")
 def catalog_summary(registry: RegistryDep) -> CatalogOut:
-    """The fleet's catalog revision and what this replica serves under."""
+    """The fleet's catalog revision, the one this replica serves under, how many items are
+    unavailable, and how many item vectors each version has added or replaced."""
     layer = registry.catalog
     return CatalogOut(
         revision=registry.store.get_state().catalog_revision or 0,
@@ -67,7 +77,7 @@ def catalog_summary(registry: RegistryDep) -> CatalogOut:
     )
 
 
-@router.post("/unavailable")
+@router.post("/unavailable", summary="Mark items unavailable", responses=_UNSUPPORTED_MEDIA_TYPE)
 def mark_unavailable(
     body: ItemIdsIn, registry: RegistryDep, settings: SettingsDep
 ) -> AvailabilityOut:
@@ -79,18 +89,19 @@ def mark_unavailable(
     )
 
 
-@router.post("/available")
+@router.post("/available", summary="Mark items available", responses=_UNSUPPORTED_MEDIA_TYPE)
 def mark_available(
     body: ItemIdsIn, registry: RegistryDep, settings: SettingsDep
 ) -> AvailabilityOut:
-    """Answer these items again."""
+    """Answer these items again, on every replica and version (IDs not marked unavailable
+    are left as they are)."""
     changed, revision = registry.set_availability(_checked_ids(body, settings), available=True)
     return AvailabilityOut(
         revision=revision, changed=changed, unavailable=len(registry.catalog.unavailable)
     )
 
 
-@router.get("/unavailable")
+@router.get("/unavailable", summary="List unavailable items")
 def list_unavailable(registry: RegistryDep) -> UnavailableOut:
     """Every unavailable item ID, as the store holds them."""
     layer = registry.store.get_catalog()
@@ -101,7 +112,11 @@ def list_unavailable(registry: RegistryDep) -> UnavailableOut:
     )
 
 
-@router.post("/items/{version}", responses=error_responses(404))
+@router.post(
+    "/items/{version}",
+    summary="Add or replace item vectors",
+    responses={**error_responses(404), **_UNSUPPORTED_MEDIA_TYPE},
+)
 def put_item_vectors(
     version: str, body: ItemVectorsIn, registry: RegistryDep, settings: SettingsDep
 ) -> ItemVectorsOut:
@@ -129,7 +144,7 @@ def put_item_vectors(
     )
 
 
-@router.get("/items/{version}")
+@router.get("/items/{version}", summary="List a version's added items")
 def list_item_vectors(version: str, registry: RegistryDep) -> VersionItemsOut:
     """The items whose vectors the catalog adds to (or replaces in) a version."""
     layer = registry.store.get_catalog()
@@ -137,7 +152,7 @@ def list_item_vectors(version: str, registry: RegistryDep) -> VersionItemsOut:
     return VersionItemsOut(version=version, revision=layer.revision, count=len(ids), item_ids=ids)
 
 
-@router.delete("/items/{version}")
+@router.delete("/items/{version}", summary="Drop a version's added items")
 def delete_item_vectors(version: str, registry: RegistryDep) -> VersionItemsOut:
     """Drop every added or replaced vector of a version: it answers from its bundle alone."""
     revision = registry.delete_item_vectors(version)

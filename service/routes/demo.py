@@ -4,8 +4,11 @@
 
 /demo is one self-contained HTML file (service/static/demo.html: inline CSS and JS, nothing
 from another origin, which its Content-Security-Policy enforces), read once. The page calls
-the public API like any client: POST /recommend on its Shop tab, GET /admin/bundles and
-POST /admin/bundles/{version}/activate on its Admin tab with the token pasted there.
+the public API like any client: POST /recommend on its Shop tab; on its Admin tab, with the
+token pasted there, the admin API: the versions with each one's own NDCG@10 / HR@10 from
+its manifest (GET /admin/bundles), canary state (GET /admin/status), the catalog summary
+(GET /admin/catalog), upload (POST /admin/bundles), activate or canary (POST /admin/activate),
+promote, abort (POST /admin/canary/...) and rollback (POST /admin/rollback).
 GET /demo/samples gives it a few browsing histories from the serving model's vocabulary.
 DEMO_ENABLED=false leaves both routes out (404). Neither is part of the OpenAPI schema.
 """
@@ -40,8 +43,9 @@ def page() -> bytes:
     return (files("service") / "static" / "demo.html").read_bytes()
 
 
-@router.get("", response_class=HTMLResponse)
+@router.get("", summary="The storefront demo page", response_class=HTMLResponse)
 async def demo_page() -> HTMLResponse:
+    """The page itself: one HTML file, nothing from another origin."""
     return HTMLResponse(
         page(),
         headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"},
@@ -63,8 +67,9 @@ def sample_histories(vocab: Sequence[str]) -> list[SampleHistory]:
     return out
 
 
-@router.get("/samples")
+@router.get("/samples", summary="Sample histories for the demo page")
 async def samples(registry: RegistryDep) -> DemoSamplesOut:
+    """A few browsing histories from the serving model's vocabulary (503 without a model)."""
     model = registry.current
     if model is None:
         raise NoModelLoaded()

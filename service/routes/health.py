@@ -20,13 +20,23 @@ from service.schemas import HealthOut, ReadyOut, StoreState
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", summary="Liveness")
 async def healthz() -> HealthOut:
+    """200 while the process answers, with or without a model: for a liveness probe."""
     return HealthOut()
 
 
-@router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
+@router.get(
+    "/readyz",
+    summary="Readiness",
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "No model is loaded yet."}},
+)
 async def readyz(registry: RegistryDep) -> OrjsonResponse:
+    """200 when a model is loaded: `ready`, or `degraded` when the store cannot be reached or
+    this replica cannot load the fleet's version (`fleet_error` says why; answers still come
+    from the model in memory). 503 (`not_ready`) while no model is loaded: for a readiness
+    probe and a load balancer."""
     serving = registry.serving
     model = serving.stable
     fleet_error = registry.fleet_error

@@ -1,8 +1,10 @@
 """POST /recommend: the request path.
 
-The body is parsed here with orjson whatever the Content-Type says (so `curl -d '{...}'`,
-which sends form encoding, works), validated by pydantic, then checked against the configured
-limits. Errors come back as 422 with pydantic-style `detail` entries naming the field.
+The body is JSON under the rule of every JSON route (`service.json_body`: Content-Type
+absent, application/json, or curl -d's form encoding; any other type is 415). It is parsed
+here with orjson, validated by pydantic (strict types: `service.schemas`), then checked
+against the configured limits. Errors come back as 422 with pydantic-style `detail` entries
+naming the field.
 
 The model is read once per request (the canary's for its share of traffic, by `user_id`,
 else the active one); the answer comes from the answer cache when it is on and holds it
@@ -23,10 +25,12 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from service.deps import RequestPath, get_current_model
+from service.json_body import JSON_MEDIA_TYPE, UNSUPPORTED_MEDIA_TYPE_DOC, require_json
 from service.metrics import set_model_version
 from service.responses import OrjsonResponse
 from service.runner import RecRequest
 from service.schemas import (
+    ErrorOut,
     RecommendRequest,
     RecommendResponse,
     ValidationErrorOut,
@@ -50,6 +54,7 @@ def _too_long(field: str, got: int, limit: int) -> dict[str, Any]:
 
 async def recommend_body(request: Request) -> RecommendRequest:
     settings: Settings = request.app.state.settings  # not a dependency: one less to resolve
+    require_json(request.headers.get("content-type"))
     raw = await request.body()
     try:
         data = orjson.loads(raw)
@@ -113,22 +118,76 @@ async def recommend_body(request: Request) -> RecommendRequest:
 RecommendBody = Annotated[RecommendRequest, Depends(recommend_body)]
 
 
+# The body is read by `recommend_body`, not by FastAPI, so the schema documents it here.
 _OPENAPI_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": RecommendRequest.model_json_schema()}},
+        "description": "What the shopper did, and what to answer. Sent as JSON; curl -d's "
+        "form encoding and no Content-Type are read as JSON too.",
+        "content": {
+            JSON_MEDIA_TYPE: {
+                "schema": RecommendRequest.model_json_schema(),
+                "examples": {
+                    "history": {
+                        "summary": "The next items for a browsing history",
+                        "value": {"history": ["i12", "i7", "i99"], "k": 10},
+                    },
+                    "rerank": {
+                        "summary": "Rerank a search page's results for a shopper",
+                        "value": {
+                            "history": ["i12", "i7"],
+                            "k": 3,
+                            "candidates": ["i3", "i4", "i5", "i40"],
+                            "exclude": ["i4"],
+                            "user_id": "u-42",
+                        },
+                    },
+                    "new_visitor": {
+                        "summary": "A new visitor: the most popular items",
+                        "value": {"history": [], "k": 5},
+                    },
+                },
+            }
+        },
     }
+}
+_ANSWER_EXAMPLE = {
+    "items": [
+        {"item_id": "i100", "score": 6.172031402587891},
+        {"item_id": "i51", "score": 6.059101104736328},
+        {"item_id": "i3", "score": 5.877201080322266},
+    ],
+    "model_version": "v2",
+    "strategy": "model",
+    "unknown_history": 1,
+    "unknown_candidates": 0,
 }
 
 
 @router.post(
     "/recommend",
+    summary="Recommend items for a browsing history",
     response_model=RecommendResponse,
     response_class=OrjsonResponse,
     openapi_extra=_OPENAPI_BODY,
-    responses={**error_responses(413, 503), 422: {"model": ValidationErrorOut}},
+    responses={
+        200: {"content": {JSON_MEDIA_TYPE: {"example": _ANSWER_EXAMPLE}}},
+        **error_responses(413, 503),
+        415: {"model": ErrorOut, "description": UNSUPPORTED_MEDIA_TYPE_DOC},
+        422: {"model": ValidationErrorOut},
+    },
 )
 async def recommend(http_request: Request, body: RecommendBody) -> Response:
+    """The `k` items the serving model ranks highest after `history` (most recent last),
+    best first, each with its score, and the version that computed them. With `candidates`,
+    only those are ranked (reranking); `exclude` and, by default, the history's own items are
+    never answered, nor items the live catalog marks unavailable. An empty history, or one
+    of IDs the model does not know, gets the most popular items (`strategy: popular`).
+
+    With a canary running, `user_id` places the shopper in its share of traffic (sticky);
+    `model_version` says which version answered. 413 for a body over MAX_BODY_BYTES, 415 for
+    a Content-Type that is not JSON, 422 naming each invalid field (types are strict: `"k": "5"`
+    or `true` is refused) or a list over its limit, 503 while no model is loaded."""
     path: RequestPath = http_request.app.state.request_path  # not a dependency: see RequestPath
     model = await get_current_model(path.registry, body.user_id)
     answer_cache = path.answer_cache

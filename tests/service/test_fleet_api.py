@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ def status(client: TestClient, headers: dict[str, str]) -> dict[str, Any]:
     r = client.get("/admin/status", headers=headers)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
+    assert body.pop("pid") == os.getpid()  # in-process apps: this test's process
     return body
 
 
