@@ -1,17 +1,23 @@
-"""Serving benchmark: requests per second at a latency bound, four servers, one machine.
+"""Serving benchmark: requests per second at a latency bound, and latency at every load.
 
     make bench-serve [DATA=../shared/data/amazon-beauty.txt] [SERVE_ARGS='--duration 10']
     python -m benchmarks.serve [--data ../shared/data/amazon-beauty.txt] [--bundle DIR] \\
-        [--levels 100,250,...] [--duration 20] [--variants ceiling,naive,student_fp32,shipped] \\
-        [--scale LABEL=BUNDLE_DIR[:RECALL] ...] [--out benchmarks/results]
+        [--levels 100,250,...] [--duration 20] \\
+        [--variants ceiling,naive,student_fp32,shipped,shipped_2w] [--no-workers] \\
+        [--sequential 2000] [--scale LABEL=BUNDLE_DIR[:RECALL] ...] [--out benchmarks/results]
+    # a smoke run (a minute or two; the numbers mean nothing on a busy machine):
+    python -m benchmarks.serve --levels 100,250 --duration 3 \\
+        --variants ceiling,shipped,shipped_2w --sequential 300 --no-scale --no-wrk \\
+        --out /tmp/serve-smoke
 
-Each variant's server runs pinned to core 0 (`taskset -c 0`); headless locust
-(`benchmarks/locustfile.py`, ~70% full-catalog /recommend, ~30% reranking of 50-200 search
-candidates, histories of real users) drives it from core 1, at a ladder of offered loads
-(users × a Poisson process of `--user-rps` each), `--duration` seconds per level. A variant's ladder
-stops after the first level whose p99 exceeds 200 ms or whose failures exceed 1%; then the
-boundary of p99 <= 50 ms is narrowed (up to `--refine` levels bisecting between the last level
-within it and the first beyond, until they are less than 5% apart). Variants:
+Each variant's server runs pinned to core 0 (`taskset -c 0`; shipped_2w: cores 0-1);
+headless locust (`benchmarks/locustfile.py`, ~70% full-catalog /recommend, ~30% reranking of
+50-200 search candidates, histories of real users) drives it from core 1, at a ladder of
+offered loads (users × a Poisson process of `--user-rps` each), `--duration` seconds per
+level. A variant's ladder stops after the first level whose p99 exceeds 200 ms or whose
+failures exceed 1%; then the boundary of p99 <= 50 ms is narrowed (up to `--refine` levels
+bisecting between the last level within it and the first beyond, until they are less than 5%
+apart). Variants:
 
     ceiling       the real app (`service.main.create_app`) plus POST /bench/constant: same
                   body parsing and validation, constant answer of the same size
@@ -20,6 +26,23 @@ within it and the first beyond, until they are less than 5% apart). Variants:
     student_fp32  the real service, micro-batching off (BATCH_MAX_SIZE=1), an fp32 student
     shipped       the real service, BATCH_MAX_SIZE=32, the pruned INT8 bundle of
                   `make bench-compress` (newest under benchmarks/work/<dataset>/; --bundle)
+    shipped_2w    shipped with WORKERS=2 (uvicorn `--workers 2`, `service.main:worker_app`),
+                  pinned to cores 0-1 (`--workers-cpu`): its second worker shares core 1 with
+                  locust, so on a 2-core machine it is 1 worker on core 0 against 2 workers
+                  on cores 0-1, locust on core 1 in both (the report says what that limits)
+
+Besides the ladders, for `shipped`:
+
+- sequential: one caller, one keep-alive connection (`http.client`, the client pinned to
+  the load core), `--sequential` requests back to back from the same workload bodies
+  (70% full catalog, 30% rerank), each sent when the previous answer arrived; p50/p90/p99 of
+  the server's own time (its `Server-Timing: app;dur=...` header) and of the round trip;
+- p50 against the ceiling at every offered load up to half of shipped's max rps (same
+  offered load, no interpolation: a level the ceiling did not run is reported as such);
+- the targets (`evaluate_targets`, from the measured numbers only): shipped / ceiling max
+  rps >= 0.7, shipped / naive >= 10, p99 at 70% of shipped's max <= 25 ms, p50 excess over
+  the ceiling <= 2 ms at every compared level, sequential server p50 <= 1.5 ms and client
+  p50 <= 3 ms. The workers comparison (max rps at p99 <= 50 ms, 2 workers / 1) is no target.
 
 Writes `serve.json`, `serve.md` and `serve.png` under `--out`; locust CSVs, server logs and
 the generated bundles go to `<work>/serve/` (git-ignored, replaced each run). The scale part
@@ -30,16 +53,20 @@ latency and the server's resident memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import http.client
 import importlib.util
 import json
 import math
 import os
 import platform
+import random
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,9 +79,11 @@ from benchmarks.loadgen import (
     REPO,
     Server,
     can_pin,
+    cpu_set,
     free_port,
     pinned,
     post,
+    process_cpu_s,
     run_locust,
     run_wrk,
 )
@@ -62,7 +91,9 @@ from benchmarks.provenance import cpu_model, git, host_info, python_exe, python_
 from benchmarks.serve_report import flags, render_markdown, render_plot
 from benchmarks.workload import Workload, WorkloadConfig, build_workload, histories_from_data
 
-VARIANTS = ("ceiling", "naive", "student_fp32", "shipped")
+VARIANTS = ("ceiling", "naive", "student_fp32", "shipped", "shipped_2w")
+WORKERS_VARIANT = "shipped_2w"  # shipped with WORKERS_2W serving processes
+WORKERS_2W = 2
 DEFAULT_LEVELS = (100, 250, 500, 1000, 2000, 3000, 4000, 5000, 6000)
 DEFAULT_DATA = Path("../shared/data/amazon-beauty.txt")
 P99_LIMIT_MS = 50.0  # max_rps_at_p99_50ms
@@ -72,15 +103,22 @@ MIN_RPS = 5.0  # how far below the ladder a variant over the limit at its first 
 SHIPPED_BATCH = 32
 CONSTANT_PATH = "/bench/constant"
 
-# --- targets (issue 4) -----------------------------------------------------------------------
-TARGET_VS_CEILING = 0.5
+# --- targets (issue 4; "Storefront-grade latency at every load") ------------------------------
+TARGET_VS_CEILING = 0.7
 TARGET_VS_NAIVE = 10.0
 TARGET_P99_AT_70PCT_MS = 25.0
 LOAD_SHARE_AT = 0.7
+TARGET_P50_EXCESS_MS = 2.0  # shipped p50 - ceiling p50, same offered load ...
+P50_COMPARE_SHARE = 0.5  # ... at every level up to this share of shipped's max rps
+TARGET_SEQ_SERVER_P50_MS = 1.5  # one caller, back to back: Server-Timing p50
+TARGET_SEQ_CLIENT_P50_MS = 3.0  # ... and the round trip's p50
+SEQUENTIAL_N = 2000
+SEQUENTIAL_WARMUP = 50  # unrecorded requests on the same connection first
+RERANK_SHARE = 0.3  # the locustfile's mix (LOCUST_RERANK_SHARE's default)
 
 SERVER_ENV_DROP = (
     "REDIS_URL", "ADMIN_TOKEN", "BOOTSTRAP_BUNDLE", "MODEL_DIR", "PORT", "HOST", "LOG_LEVEL",
-    "BATCH_MAX_SIZE", "BATCH_MAX_DELAY_MS", "NAIVE_BUNDLE", "NAIVE_CHECKPOINT",
+    "BATCH_MAX_SIZE", "BATCH_MAX_DELAY_MS", "NAIVE_BUNDLE", "NAIVE_CHECKPOINT", "WORKERS",
 )  # fmt: skip
 
 
@@ -93,6 +131,8 @@ class Variant:
     path: str = "/recommend"
     env: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1  # uvicorn --workers
+    cpu: str | None = None  # the server's taskset core list; None: --server-cpu
 
 
 # --- the ladder ------------------------------------------------------------------------------
@@ -171,13 +211,62 @@ def _log(msg: str) -> None:
 
 
 # --- servers ---------------------------------------------------------------------------------
-def server_command(app: str, port: int) -> list[str]:
-    """uvicorn, 1 worker, uvloop, httptools, no access log, warnings only."""
+def server_command(app: str, port: int, workers: int = 1) -> list[str]:
+    """uvicorn, 1 worker (or `workers`), uvloop, httptools, no access log, warnings only."""
     return [
         sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1",
         "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-        "--log-level", "warning",
+        "--log-level", "warning", *(["--workers", str(workers)] if workers > 1 else []),
     ]  # fmt: skip
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (uvicorn's supervisor and its workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _status_mb(pid: int, key: str) -> float | None:
+    """A `/proc/<pid>/status` memory line (VmRSS, VmHWM) in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+class TreeServer(Server):
+    """A server whose CPU time and memory are those of its whole process tree, so a
+    `--workers N` server (a supervisor and N worker processes) is counted whole; for one
+    process the figures are that process's, as `Server`'s."""
+
+    def cpu_s(self) -> float:
+        return sum(process_cpu_s(p) for p in process_tree(self.pid))
+
+    def rss_mb(self) -> float | None:
+        return _sum_mb(_status_mb(p, "VmRSS") for p in process_tree(self.pid))
+
+    def peak_rss_mb(self) -> float | None:
+        """Sum of each process's VmHWM (an upper bound of the tree's peak)."""
+        return _sum_mb(_status_mb(p, "VmHWM") for p in process_tree(self.pid))
+
+
+def _sum_mb(values: Iterator[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known), 1) if known else None
 
 
 def server_env(variant: Variant, *, port: int, model_dir: Path) -> dict[str, str]:
@@ -199,16 +288,18 @@ def server_env(variant: Variant, *, port: int, model_dir: Path) -> dict[str, str
 
 def start_server(
     variant: Variant, run_dir: Path, *, cpu: str | None, ready_timeout_s: float
-) -> Server:
+) -> TreeServer:
     port = free_port()
     model_dir = run_dir / variant.name / "models"
     shutil.rmtree(model_dir, ignore_errors=True)
-    return Server.start(
-        server_command(variant.app, port),
+    server = TreeServer.start(
+        server_command(variant.app, port, variant.workers),
         env=server_env(variant, port=port, model_dir=model_dir),
         port=port, cpu=cpu, log=run_dir / variant.name / "server.log",
         ready_timeout_s=ready_timeout_s,
     )  # fmt: skip
+    assert isinstance(server, TreeServer)  # Server.start builds its own class
+    return server
 
 
 def warm_up(server: Server, path: str, workload: Workload, n: int) -> None:
@@ -229,14 +320,170 @@ def warm_up(server: Server, path: str, workload: Workload, n: int) -> None:
                 raise RuntimeError(f"{path} answered an unexpected body: {raw[:500]!r}")
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
+# --- sequential: one caller, one keep-alive connection ---------------------------------------
+def sequential_bodies(
+    workload: Workload, n: int, *, rerank_share: float = RERANK_SHARE, seed: int = 0
+) -> list[tuple[str, bytes]]:
+    """`n` (kind, body) pairs drawn as the locustfile draws them: a rerank body with
+    probability `rerank_share`, else a full-catalog one, each uniformly from its list."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if workload.rerank and rng.random() < rerank_share:
+            out.append(("rerank", rng.choice(workload.rerank)))
+        else:
+            out.append(("full-catalog", rng.choice(workload.full)))
+    return out
+
+
+def server_timing_ms(header: str | None) -> float | None:
+    """The `app` entry's duration of a `Server-Timing` header (`app;dur=1.2`), ms."""
+    for entry in (header or "").split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        if name != "app":
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "dur":
+                try:
+                    return float(value.strip().strip('"'))
+                except ValueError:
+                    return None
     return None
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def sequential_summary(
+    server_ms: Sequence[float | None],
+    client_ms: Sequence[float],
+    *,
+    statuses: Sequence[int] | None = None,
+    kinds: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """p50/p90/p99 of the server's own time and of the round trip, over the answered (200)
+    requests; failures are counted, never timed. Percentiles interpolate linearly (numpy)."""
+    n = len(client_ms)
+    statuses = list(statuses) if statuses is not None else [200] * n
+    if len(server_ms) != n or len(statuses) != n or (kinds is not None and len(kinds) != n):
+        raise ValueError("one server time, client time, status (and kind) per request")
+    ok = [i for i in range(n) if statuses[i] == 200]
+
+    def stats(idx: Sequence[int]) -> dict[str, Any]:
+        server = [float(t) for i in idx if (t := server_ms[i]) is not None]
+        client = [float(client_ms[i]) for i in idx]
+        return {
+            "n": len(idx),
+            **{f"server_p{q}_ms": _pct(server, q) for q in (50, 90, 99)},
+            **{f"client_p{q}_ms": _pct(client, q) for q in (50, 90, 99)},
+            "client_mean_ms": round(sum(client) / len(client), 3) if client else None,
+            "server_timing_missing": len(idx) - len(server),
+        }
+
+    out: dict[str, Any] = {
+        "requests": n,
+        **stats(ok),
+        "failures": n - len(ok),
+        "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses)) if s != 200},
+    }
+    if kinds is not None:
+        out["by_kind"] = {
+            kind: stats([i for i in ok if kinds[i] == kind]) for kind in sorted(set(kinds))
+        }
+    return out
+
+
+@contextlib.contextmanager
+def pinned_thread(cpu: str | None) -> Iterator[bool]:
+    """Run the calling thread on `cpu` (a taskset core list) inside the block, then restore
+    its affinity; yields whether it was pinned (not where those cores are not ours)."""
+    try:
+        before = os.sched_getaffinity(0)
+        cores = cpu_set(cpu) if cpu is not None else set()
+    except (AttributeError, ValueError):
+        yield False
+        return
+    if not cores or not cores <= before:
+        yield False
+        return
+    os.sched_setaffinity(0, cores)  # pid 0: this thread only
+    try:
+        yield True
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def run_sequential(
+    url: str,
+    path: str,
+    bodies: Sequence[tuple[str, bytes]],
+    *,
+    warmup: int,
+    cpu: str | None,
+    timeout_s: float = 30.0,
+) -> dict[str, Any]:
+    """One caller on one keep-alive connection (`http.client`: less client overhead than
+    httpx), each request sent as soon as the previous answer was read; the calling thread
+    pinned to `cpu` and the garbage collector paused while it runs."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)  # TCP_NODELAY on
+    headers = {"Content-Type": "application/json"}
+    reconnects = 0
+
+    def call(body: bytes) -> tuple[int, str | None]:
+        nonlocal reconnects
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status, resp.getheader("server-timing")
+        except (http.client.HTTPException, OSError):
+            conn.close()  # http.client reconnects on the next request
+            reconnects += 1
+            return 0, None
+
+    server_ms: list[float | None] = []
+    client_ms: list[float] = []
+    statuses: list[int] = []
+    gc_was = gc.isenabled()
+    gc.collect()
+    gc.disable()  # this process holds the workload and histories: no collection mid-run
+    try:
+        with pinned_thread(cpu) as was_pinned:
+            for i in range(warmup):
+                call(bodies[i % len(bodies)][1])
+            t_start = time.perf_counter()
+            for _, body in bodies:
+                t0 = time.perf_counter()
+                status, timing = call(body)
+                client_ms.append((time.perf_counter() - t0) * 1000)
+                server_ms.append(server_timing_ms(timing))
+                statuses.append(status)
+            wall_s = time.perf_counter() - t_start
+    finally:
+        conn.close()
+        if gc_was:
+            gc.enable()
+    summary = sequential_summary(
+        server_ms, client_ms, statuses=statuses, kinds=[k for k, _ in bodies]
+    )
+    return {
+        **summary,
+        "achieved_rps": round(len(bodies) / wall_s, 1) if wall_s > 0 else None,
+        "reconnects": reconnects,
+        "warmup_requests": warmup,
+        "client": "http.client.HTTPConnection: one keep-alive connection, TCP_NODELAY, next "
+        "request sent when the previous answer was read; gc paused",
+        "client_cpu": cpu,
+        "client_pinned": was_pinned,
+        "mix": {"full_catalog": round(1 - RERANK_SHARE, 2), "rerank": RERANK_SHARE},
+        "server_time": "Server-Timing app;dur (service.logs.RequestContextMiddleware: from its "
+        "entry to the response start; uvicorn's HTTP parsing and the socket are not in it), "
+        "0.1 ms resolution",
+        "client_time": "perf_counter around request() .. read(): the whole round trip",
+    }
 
 
 @dataclass
@@ -248,6 +495,8 @@ class LoadOptions:
     warmup: int
     ready_timeout_s: float
     run_dir: Path
+    sequential: int = 0  # requests of the sequential measurement of shipped; 0: none
+    seed: int = 0
 
 
 def _level_runner(
@@ -283,19 +532,40 @@ def run_variant(
     wrk: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Start the variant's server, climb its ladder, measure what else it needs, stop it."""
-    _log(f"{variant.name}: starting {variant.app} on {variant.bundle}")
+    cpu = variant.cpu if variant.cpu is not None else opts.server_cpu
+    _log(f"{variant.name}: starting {variant.app} ({variant.workers} worker(s), cores {cpu}) "
+         f"on {variant.bundle}")  # fmt: skip
     t0 = time.monotonic()
-    with start_server(variant, opts.run_dir, cpu=opts.server_cpu,
-                      ready_timeout_s=opts.ready_timeout_s) as server:  # fmt: skip
+    server = start_server(variant, opts.run_dir, cpu=cpu, ready_timeout_s=opts.ready_timeout_s)
+    with server:
         startup_s = time.monotonic() - t0
         warm_up(server, variant.path, workload, opts.warmup)
+        sequential = None
+        if variant.name == "shipped" and opts.sequential > 0:
+            # Before the ladder: a quiet, warm server, as a storefront's page view finds it.
+            sequential = run_sequential(
+                server.url, variant.path,
+                sequential_bodies(workload, opts.sequential, seed=opts.seed),
+                warmup=SEQUENTIAL_WARMUP, cpu=opts.load_cpu,
+            )  # fmt: skip
+            _log(
+                f"{variant.name} sequential: {sequential['n']} requests, server p50 "
+                f"{sequential['server_p50_ms']} ms p99 {sequential['server_p99_ms']} ms; "
+                f"client p50 {sequential['client_p50_ms']} ms p99 "
+                f"{sequential['client_p99_ms']} ms; failures {sequential['failures']}"
+            )
         run_level = _level_runner(server, variant, workload_path, opts, "level")
         done = climb(levels, run_level, refine=refine, min_rps=min_rps)
         best = max_rps(done)
         out: dict[str, Any] = {
             "name": variant.name,
             "description": variant.description,
-            "server": shlex.join(server_command(variant.app, 0)).replace("--port 0", "--port PORT"),
+            "server": shlex.join(server_command(variant.app, 0, variant.workers)).replace(
+                "--port 0", "--port PORT"
+            ),
+            "workers": variant.workers,
+            "server_cpu": cpu,
+            "server_pinned": can_pin(cpu),
             "env": {k: v for k, v in variant.env.items() if k != "NAIVE_BUNDLE"},
             "bundle": str(variant.bundle),
             "path": variant.path,
@@ -313,7 +583,9 @@ def run_variant(
             )
             out["p99_at_70pct"] = {**level, "of_max_rps": best}
         out["rss_mb"] = server.rss_mb()
-        out["peak_rss_mb"] = peak_rss_mb(server.pid)
+        out["peak_rss_mb"] = server.peak_rss_mb()
+        if sequential is not None:
+            out["sequential"] = sequential
         if wrk is not None and (variant.name == "ceiling" or out["locust_limited"]):
             _log(f"{variant.name}: wrk, {wrk['connections']} connections")
             out["wrk"] = run_wrk(
@@ -459,35 +731,181 @@ def _key_value(item: str) -> tuple[str, str]:
 
 # --- targets ---------------------------------------------------------------------------------
 def _target(value: float | None, threshold: float, op: str, what: str) -> dict[str, Any]:
+    """Judged on the measured value itself; `value` is shown rounded to 4 decimals (so 0.69983
+    shows as 0.6998 and fails a 0.7 target rather than passing as a rounded 0.7)."""
     passed = value is not None and (value >= threshold if op == ">=" else value <= threshold)
-    return {"value": value, "threshold": threshold, "op": op, "passed": passed, "what": what}
+    shown = None if value is None else round(value, 4)
+    return {"value": shown, "threshold": threshold, "op": op, "passed": passed, "what": what}
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b <= 0 else round(a / b, 3)
+def _ratio(a: float | None, b: float | None, digits: int | None = 3) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b if digits is None else round(a / b, digits)
 
 
-def evaluate_targets(variants: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def p50_vs_ceiling(
+    variants: Sequence[dict[str, Any]],
+    *,
+    share: float = P50_COMPARE_SHARE,
+    target_ms: float = TARGET_P50_EXCESS_MS,
+) -> dict[str, Any]:
+    """shipped's p50 against the ceiling's at the same offered load, for every level of
+    shipped's ladder up to `share` of its max rps (at p99 <= 50 ms). Only an exact match of
+    offered load is compared: a level the ceiling did not run (a refinement level, say) is
+    listed with `ceiling_p50_ms` None and `passed` None, never interpolated."""
+    by = {v["name"]: v for v in variants}
+    shipped, ceiling = by.get("shipped"), by.get("ceiling")
+    best = shipped.get("max_rps_at_p99_50ms") if shipped else None
+    out: dict[str, Any] = {
+        "shipped_max_rps": best,
+        "share": share,
+        "up_to_offered": None if best is None else round(share * best, 1),
+        "target_excess_ms": target_ms,
+        "levels": [],
+    }
+    if shipped is None or best is None:
+        out["note"] = "shipped not run" if shipped is None else "shipped has no max rps"
+        return out
+    ceiling_at = {round(lv["offered_rps"], 1): lv for lv in (ceiling or {}).get("levels", [])}
+    for lv in sorted(shipped["levels"], key=lambda x: x["offered_rps"]):
+        if lv["offered_rps"] > share * best:
+            continue
+        c = ceiling_at.get(round(lv["offered_rps"], 1))
+        s50, c50 = lv.get("p50_ms"), c.get("p50_ms") if c else None
+        row: dict[str, Any] = {
+            "offered": lv["offered_rps"],
+            "shipped_p50_ms": s50,
+            "ceiling_p50_ms": c50,
+            "excess_ms": None,
+            "passed": None,
+        }
+        if c is None:
+            row["note"] = "the ceiling did not run this offered load: not compared"
+        elif c50 is None:
+            row["note"] = "the ceiling has no p50 at this offered load: not compared"
+        elif s50 is None:
+            row["passed"] = False
+            row["note"] = "shipped has no p50 at this offered load"
+        else:
+            row["excess_ms"] = round(s50 - c50, 3)
+            row["passed"] = row["excess_ms"] <= target_ms
+        out["levels"].append(row)
+    if not out["levels"]:
+        out["note"] = "no level of shipped's ladder at or below this share of its max rps"
+    return out
+
+
+def workers_comparison(
+    variants: Sequence[dict[str, Any]], *, load_cpu: str | None, cores: int | None = None
+) -> dict[str, Any] | None:
+    """Max rps at p99 <= 50 ms of shipped (1 worker) and shipped_2w (2 workers), the ratio,
+    and how busy the machine was at each one's max; None when shipped_2w did not run."""
+    by = {v["name"]: v for v in variants}
+    if WORKERS_VARIANT not in by:
+        return None
+
+    def side(v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return None
+        best = v["max_rps_at_p99_50ms"]
+        at = [lv for lv in v["levels"] if qualifies(lv) and lv.get("rps") == best]
+        lv = at[0] if at else {}
+        busy: list[float | None] = [lv.get("server_cpu"), lv.get("locust_cpu")]
+        return {
+            "variant": v["name"],
+            "workers": v.get("workers", 1),
+            "server_cpu": v.get("server_cpu"),
+            "max_rps_at_p99_50ms": best,
+            "ladder_exhausted": v.get("ladder_exhausted"),
+            "p99_ms_at_max": lv.get("p99_ms"),
+            "server_cores_busy_at_max": lv.get("server_cpu"),
+            "locust_cores_busy_at_max": lv.get("locust_cpu"),
+            "cores_busy_at_max": (
+                round(sum(b for b in busy if b is not None), 2) if None not in busy else None
+            ),
+            "locust_limited": v.get("locust_limited"),
+        }
+
+    one, two = side(by.get("shipped")), side(by[WORKERS_VARIANT])
+    assert two is not None
+    shared = _shares(two["server_cpu"], load_cpu)
+    note = (
+        f"1 worker on core {one['server_cpu'] if one else '?'} (the shipped ladder) against "
+        f"{two['workers']} workers on cores {two['server_cpu']}, the load generator on core "
+        f"{load_cpu} in both."
+    )
+    if shared:
+        note += (
+            f" The load generator shares core(s) {shared} with a worker (the machine has "
+            f"{cores or '?'} cores): the ratio is a lower bound of what a core dedicated to "
+            "the second worker would give, a cores-busy total near the machine's core count "
+            "means the machine, not the service, set the figure, and locust_limited (locust "
+            ">= 90% of a core) cannot fire while locust shares its core."
+        )
+    return {
+        "one_worker": one,
+        "two_workers": two,
+        "ratio": _ratio(two["max_rps_at_p99_50ms"], one["max_rps_at_p99_50ms"] if one else None),
+        "machine_cores": cores,
+        "load_cpu": load_cpu,
+        "load_cpu_shared": bool(shared),
+        "note": note,
+    }
+
+
+def _shares(a: str | None, b: str | None) -> str:
+    """The cores two taskset core lists have in common, as a list ("" for none)."""
+    try:
+        common = cpu_set(a) & cpu_set(b) if a and b else set()
+    except ValueError:
+        return ""
+    return ",".join(map(str, sorted(common)))
+
+
+def evaluate_targets(
+    variants: Sequence[dict[str, Any]], *, sequential: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Every target from measured numbers only; a figure not measured never passes."""
     by = {v["name"]: v for v in variants}
 
     def best(name: str) -> float | None:
         return by[name]["max_rps_at_p99_50ms"] if name in by else None
 
     at70 = by.get("shipped", {}).get("p99_at_70pct") or {}
+    compared = [r for r in p50_vs_ceiling(variants)["levels"] if r["passed"] is not None]
+    excess = [r["excess_ms"] for r in compared if r["excess_ms"] is not None]
+    seq = sequential or {}
     t = {
         "shipped_vs_ceiling": _target(
-            _ratio(best("shipped"), best("ceiling")), TARGET_VS_CEILING, ">=",
+            _ratio(best("shipped"), best("ceiling"), None), TARGET_VS_CEILING, ">=",
             "shipped max rps at p99 ≤ 50 ms / ceiling's",
         ),
         "shipped_vs_naive": _target(
-            _ratio(best("shipped"), best("naive")), TARGET_VS_NAIVE, ">=",
+            _ratio(best("shipped"), best("naive"), None), TARGET_VS_NAIVE, ">=",
             "shipped max rps at p99 ≤ 50 ms / naive's (PyTorch fp32 teacher, one at a time)",
         ),
         "shipped_p99_at_70pct_ms": _target(
             at70.get("p99_ms"), TARGET_P99_AT_70PCT_MS, "<=",
             "shipped p99 (ms) at 70% of its own max rps",
         ),
+        "shipped_p50_excess_ms": _target(
+            max(excess) if excess else None, TARGET_P50_EXCESS_MS, "<=",
+            f"worst shipped p50 - ceiling p50 (ms), same offered load, every level up to "
+            f"{P50_COMPARE_SHARE:.0%} of shipped's max rps ({len(compared)} compared)",
+        ),
+        "sequential_server_p50_ms": _target(
+            seq.get("server_p50_ms"), TARGET_SEQ_SERVER_P50_MS, "<=",
+            "one caller, back to back: p50 of the server's own time (Server-Timing)",
+        ),
+        "sequential_client_p50_ms": _target(
+            seq.get("client_p50_ms"), TARGET_SEQ_CLIENT_P50_MS, "<=",
+            "one caller, back to back: p50 of the round trip (one keep-alive connection)",
+        ),
     }  # fmt: skip
+    # A level compared and failed fails the target even if `max` was within (a None excess).
+    if any(r["passed"] is False for r in compared):
+        t["shipped_p50_excess_ms"]["passed"] = False
     return {"all_passed": all(v["passed"] for v in t.values()), **t}
 
 
@@ -533,6 +951,7 @@ def make_variants(
     student_ckpt: Path | None,
     student_arch: Literal["student", "pruned"],
     batch_max_size: int,
+    workers_cpu: str | None = "0-1",
 ) -> list[Variant]:
     from benchmarks.serve_bundles import (
         RANDOM_INIT,
@@ -580,6 +999,16 @@ def make_variants(
                 info={"item_encoding": manifest["item_encoding"],
                       "weights": bundle_weights(manifest)},
             ))  # fmt: skip
+        elif name == WORKERS_VARIANT:
+            out.append(Variant(
+                name, f"shipped with WORKERS={WORKERS_2W} (uvicorn --workers "
+                f"{WORKERS_2W}, service.main:worker_app) on cores {workers_cpu}",
+                "service.main:worker_app", shipped,
+                env={"BATCH_MAX_SIZE": str(batch_max_size), "WORKERS": str(WORKERS_2W)},
+                info={"item_encoding": manifest["item_encoding"],
+                      "weights": bundle_weights(manifest)},
+                workers=WORKERS_2W, cpu=workers_cpu,
+            ))  # fmt: skip
     return out
 
 
@@ -616,7 +1045,16 @@ def _parser() -> argparse.ArgumentParser:
                    "first level")  # fmt: skip
     p.add_argument("--warmup", type=int, default=200, help="sequential requests before a ladder")
     p.add_argument("--server-cpu", default="0", help="taskset core list of the servers")
-    p.add_argument("--load-cpu", default="1", help="taskset core list of locust and wrk")
+    p.add_argument("--load-cpu", default="1",
+                   help="taskset core list of locust, wrk and the sequential client")  # fmt: skip
+    p.add_argument("--workers-cpu", default="0-1",
+                   help=f"taskset core list of {WORKERS_VARIANT}'s server (its second worker "
+                   "shares the load core on a 2-core machine)")  # fmt: skip
+    p.add_argument("--no-workers", action="store_true",
+                   help=f"leave out {WORKERS_VARIANT} (the 1 vs 2 workers comparison)")  # fmt: skip
+    p.add_argument("--sequential", type=int, default=SEQUENTIAL_N, metavar="N",
+                   help="shipped, one caller on one keep-alive connection: N requests back to "
+                   "back (0 = skip)")  # fmt: skip
     p.add_argument("--batch-max-size", type=int, default=SHIPPED_BATCH)
     p.add_argument("--teacher-checkpoint", type=Path, default=None,
                    help="state dict of the teacher (default: <work>/<data stem>/teacher.pt)")  # fmt: skip
@@ -656,6 +1094,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(names) - set(VARIANTS)
     if unknown or not names:
         parser.error(f"--variants: choose from {', '.join(VARIANTS)}")
+    if args.no_workers:
+        names = [n for n in names if n != WORKERS_VARIANT]
+    if args.sequential < 0:
+        parser.error("--sequential: a number of requests, 0 to skip")
     try:
         levels = sorted(float(x) for x in args.levels.split(",") if x.strip())
         scale_entries = parse_scale(args.scale)
@@ -696,11 +1138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = make_variants(
         names, shipped, run_dir, teacher_ckpt=teacher_ckpt, student_ckpt=student_ckpt,
         student_arch=args.student_arch, batch_max_size=args.batch_max_size,
+        workers_cpu=args.workers_cpu,
     )  # fmt: skip
     opts = LoadOptions(
         duration_s=args.duration, user_rps=args.user_rps, server_cpu=args.server_cpu,
         load_cpu=args.load_cpu, warmup=args.warmup, ready_timeout_s=args.ready_timeout,
-        run_dir=run_dir,
+        run_dir=run_dir, sequential=args.sequential, seed=args.seed,
     )  # fmt: skip
     wrk = None if args.no_wrk else {
         "duration_s": args.wrk_duration or args.duration, "connections": args.wrk_connections,
@@ -717,6 +1160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         results_v.append(result)
     by = {v["name"]: v for v in results_v}
+    sequential = by["shipped"].pop("sequential", None) if "shipped" in by else None
 
     scale: list[dict[str, Any]] = []
     if not args.no_scale:
@@ -756,6 +1200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_cpu": args.load_cpu,
             "server_pinned": can_pin(args.server_cpu),
             "load_pinned": can_pin(args.load_cpu),
+            "workers_cpu": args.workers_cpu if WORKERS_VARIANT in names else None,
         },
         "load": {
             "tool": "locust (FastHttpUser, headless, one process)",
@@ -781,9 +1226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "item_encoding": manifest["item_encoding"],
         },
         "variants": results_v,
+        "sequential": sequential,
+        "p50_vs_ceiling": p50_vs_ceiling(results_v),
+        "workers": workers_comparison(results_v, load_cpu=args.load_cpu, cores=os.cpu_count()),
         "ceiling_wrk": ceiling_wrk,
         "scale": scale,
-        "targets": evaluate_targets(results_v),
+        "targets": evaluate_targets(results_v, sequential=sequential),
         "notes": NOTES,
     }
     results["wall_seconds"] = round(time.monotonic() - t_start, 1)
@@ -816,7 +1264,14 @@ NOTES = [
     "is then the load generator's limit, and wrk's closed-loop figure is given. short: "
     "achieved < 90% of offered (users fell behind: the server saturating, unless "
     "locust-limited).",
-    "server_cpu / locust_cpu: CPU seconds of the process / wall seconds of the level.",
+    "server_cpu / locust_cpu: CPU seconds of the process / wall seconds of the level (a "
+    "server's whole process tree: supervisor and workers; RSS likewise summed, shared pages "
+    "counted once per process).",
+    "p50 against the ceiling: locust's p50 is in whole milliseconds, so excess_ms is too; only "
+    "levels with the same offered load are compared (no interpolation).",
+    "sequential: the server's time is its Server-Timing header (0.1 ms resolution, from "
+    "RequestContextMiddleware's entry to the response start); the client's, the round trip "
+    "on one keep-alive connection, client pinned to the load core, gc paused.",
 ]
 
 

@@ -59,7 +59,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         *_host_line(results.get("host")),
         f"Servers on core {pin['server_cpu']}, load generator on core {pin['load_cpu']} "
         f"({_pin_note(pin)}); uvicorn, 1 "
-        "worker, uvloop, httptools, no access log.",
+        "worker, uvloop, httptools, no access log"
+        + (
+            f" (shipped_2w: 2 workers on cores {pin['workers_cpu']}, see Workers)."
+            if pin.get("workers_cpu")
+            else "."
+        ),
         "",
         f"Bundle: `{b['path']}` (version `{b['version']}`, {b['n_items']:,} items, dim "
         f"{b['dim']}, {b['item_encoding']} items; {results['inputs']['bundle_source']}).  ",
@@ -110,6 +115,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         if v.get("wrk"):
             out += ["", _wrk_line(v["wrk"])]
         out.append("")
+    out += _sequential_section(results.get("sequential"))
+    out += _p50_section(results.get("p50_vs_ceiling"))
+    out += _workers_section(results.get("workers"))
     t = results["targets"]
     trows = []
     for key, v in t.items():
@@ -143,6 +151,89 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _sequential_section(seq: dict[str, Any] | None) -> list[str]:
+    """One caller, back to back: server and round-trip percentiles, overall and per kind."""
+    if not seq:
+        return []
+    rows = []
+    for label, s in (("all", seq), *sorted(seq.get("by_kind", {}).items())):
+        for side, what in (("server", "server (Server-Timing)"), ("client", "round trip")):
+            pcts = [_f(s[f"{side}_p{q}_ms"], ".2f") for q in (50, 90, 99)]
+            rows.append([label, what, str(s["n"]), *pcts])
+    pinned = "pinned" if seq.get("client_pinned") else "**not pinned**"
+    return [
+        "## Sequential: one caller, one keep-alive connection",
+        "",
+        f"shipped, {seq['n']:,} `POST /recommend` back to back after {seq['warmup_requests']} "
+        f"unrecorded ({seq['mix']['full_catalog']:.0%} full catalog, "
+        f"{seq['mix']['rerank']:.0%} rerank, the locust workload's bodies), before its ladder; "
+        f"client {seq['client']}, on core {seq['client_cpu']} ({pinned}). Achieved "
+        f"{_f(seq.get('achieved_rps'), ',.0f')} rps; failures {seq['failures']}, reconnects "
+        f"{seq['reconnects']}, answers without Server-Timing {seq['server_timing_missing']}.",
+        "",
+        *_table(["requests", "time", "n", "p50 ms", "p90 ms", "p99 ms"], rows),
+        "",
+        f"Server time: {seq['server_time']}. Round trip: {seq['client_time']}.",
+        "",
+    ]
+
+
+def _p50_section(cmp: dict[str, Any] | None) -> list[str]:
+    """shipped's p50 against the ceiling's at each offered load up to half its max rps."""
+    if not cmp:
+        return []
+    head = [
+        "## p50 against the ceiling, same offered load",
+        "",
+        f"Every level of shipped's ladder up to {cmp['share']:.0%} of its max rps "
+        f"({_f(cmp['shipped_max_rps'], ',.0f')} rps, so offered ≤ "
+        f"{_f(cmp['up_to_offered'], ',.0f')}); target: shipped p50 - ceiling p50 ≤ "
+        f"{cmp['target_excess_ms']:g} ms. locust's p50 is in whole ms. A level the ceiling did "
+        "not run is not compared (no interpolation).",
+        "",
+    ]
+    if not cmp["levels"]:
+        return [*head, cmp.get("note", "No level to compare."), ""]
+    rows = [
+        [_f(r["offered"], ",.0f"), _f(r["shipped_p50_ms"], ".0f"), _f(r["ceiling_p50_ms"], ".0f"),
+         _f(r["excess_ms"], "+.0f"),
+         {True: "PASS", False: "**FAIL**"}.get(r["passed"], r.get("note", "not compared"))]
+        for r in cmp["levels"]
+    ]  # fmt: skip
+    return [*head, *_table(["offered rps", "shipped p50 ms", "ceiling p50 ms", "excess ms",
+                            "result"], rows), ""]  # fmt: skip
+
+
+def _workers_section(w: dict[str, Any] | None) -> list[str]:
+    """1 vs 2 workers: max rps at p99 ≤ 50 ms, how busy the machine was there, the ratio."""
+    if not w:
+        return []
+    rows = []
+    for s in (w["one_worker"], w["two_workers"]):
+        if s is None:
+            continue
+        shown = _f(s["max_rps_at_p99_50ms"], ",.0f")
+        if s.get("ladder_exhausted"):
+            shown += " (≥, ladder exhausted)"
+        rows.append([s["variant"], str(s["workers"]), str(s["server_cpu"]), shown,
+                     _f(s["p99_ms_at_max"], ".0f"), _f(s["server_cores_busy_at_max"], ".2f"),
+                     _f(s["locust_cores_busy_at_max"], ".2f"),
+                     _f(s["cores_busy_at_max"], ".2f")])  # fmt: skip
+    cores = w.get("machine_cores")
+    header = ["variant", "workers", "server cores", "max rps at p99 ≤ 50 ms", "p99 there (ms)",
+              "server cores busy", "locust cores busy", "both"]  # fmt: skip
+    return [
+        "## Workers: 1 against 2 (no target)",
+        "",
+        *_table(header, rows),
+        "",
+        f"2 workers / 1: **{_f(w['ratio'], '.2f')}**"
+        + (f" on a {cores}-core machine" if cores else "")
+        + f". {w['note']}",
+        "",
+    ]
+
+
 def _wrk_line(w: dict[str, Any]) -> str:
     if "error" in w:
         return f"wrk: {w['error']}"
@@ -166,7 +257,7 @@ def render_plot(results: dict[str, Any], path: Path) -> None:
     FigureCanvasAgg(fig)
     ax_lat, ax_rps = fig.subplots(1, 2)
     colors = {"ceiling": "tab:gray", "naive": "tab:red", "student_fp32": "tab:orange",
-              "shipped": "tab:blue"}  # fmt: skip
+              "shipped": "tab:blue", "shipped_2w": "tab:cyan"}  # fmt: skip
     top = 1.0
     for v in results["variants"]:
         c = colors.get(v["name"], "tab:green")

@@ -1,8 +1,9 @@
-"""Command line: `python -m models {compress,synth,demo}` (also the `recsys-compress` script).
+"""Command line: `python -m models {compress,synth,demo,foldin}` (also `recsys-compress`).
 
     python -m models synth --out var/synthetic.txt --users 3000 --items 600
     python -m models compress --data var/synthetic.txt --out bundles/ --prune-ratio 0.5
     python -m models demo --out bundles/
+    python -m models foldin --bundle bundles/v1 --interactions recent.csv --out items.json
 
 Every `CompressConfig` field is a `compress` flag (`--teacher-dim 64`, `--no-progress`, ...).
 """
@@ -18,8 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import bundle
 from models.compress import ACCEPTANCE_RATIO, CompressConfig, CompressResult, run_compress
-from models.readers import DataFormatError
+from models.foldin import FoldInConfig, fold_in, write_items_json
+from models.readers import FORMATS, DataFormatError, read_interactions
 from models.synthetic import SyntheticConfig, write_synthetic
 
 # The demo must build in about 2 minutes on 2 CPU cores.
@@ -83,6 +86,41 @@ def _print_acceptance(result: CompressResult) -> bool:
     return bool(acc["passed"])
 
 
+def _add_foldin_parser(sub: Any) -> None:
+    f = sub.add_parser(
+        "foldin", help="vectors for items a bundle never saw, for POST /admin/catalog/items"
+    )
+    f.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    f.add_argument("--interactions", required=True, type=Path, help="txt, csv or ratings.dat")
+    f.add_argument("--format", choices=FORMATS, default="auto")
+    f.add_argument("--out", required=True, type=Path, help="JSON file to write")
+    f.add_argument("--min-occurrences", type=int, default=FoldInConfig.min_occurrences)
+    f.add_argument("--ridge", type=float, default=FoldInConfig.ridge)
+    f.add_argument("--target-rank", type=int, default=FoldInConfig.target_rank)
+
+
+def _foldin(args: argparse.Namespace) -> int:
+    config = FoldInConfig(
+        ridge=args.ridge, target_rank=args.target_rank, min_occurrences=args.min_occurrences
+    )
+    try:
+        b = bundle.read_bundle(args.bundle)
+        # Every user counts: one known item before a new one is already evidence.
+        data = read_interactions(args.interactions, fmt=args.format, min_interactions=1)
+    except (bundle.BundleError, DataFormatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sequences = [[data.vocab[i] for i in s] for s in data.sequences]
+    result = fold_in(b, sequences, config)
+    write_items_json(args.out, b.version, result)
+    print(
+        f"{len(result.item_ids)} new items folded into {b.version}, "
+        f"{len(result.skipped)} with fewer than {config.min_occurrences} usable occurrences "
+        f"skipped; wrote {args.out}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--device", default="cpu")
     d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
+    _add_foldin_parser(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "foldin":
+        return _foldin(args)
     if args.command == "synth":
         n = write_synthetic(
             args.out, SyntheticConfig(n_users=args.users, n_items=args.items, seed=args.seed)

@@ -160,7 +160,7 @@ class RequestContextMiddleware:
                 elapsed_ms = (time.perf_counter() - start) * 1000
                 headers = list(message.get("headers", []))
                 headers.append((_HEADER_KEY, request_id.encode("latin-1")))
-                headers.append((b"server-timing", f"app;dur={elapsed_ms:.1f}".encode()))
+                headers.append((b"server-timing", f"app;dur={elapsed_ms:.2f}".encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -239,6 +239,11 @@ class ItemVectorsIn(RequestBody):
         }
     )
 
+    version: str | None = Field(
+        default=None,
+        description="The version the vectors belong to, as `python -m models foldin` writes "
+        "it in its file; when given, it must be the version in the path.",
+    )
     items: list[ItemVectorIn] = Field(
         min_length=1, description="Items to add or replace (CATALOG_MAX_VECTORS per call)."
     )

@@ -123,6 +123,10 @@ def put_item_vectors(
     """Add items to a version's catalog, or replace their vectors: each a vector in that
     version's embedding space (`python -m models foldin` computes them for new items).
     They are stored encoded like the version's item table; all or nothing."""
+    if body.version is not None and body.version != version:
+        raise InvalidCatalogChange(
+            f"the body's vectors are of version {body.version!r}, the path names {version!r}"
+        )
     if len(body.items) > settings.catalog_max_vectors:
         raise InvalidCatalogChange(
             f"{len(body.items)} item vectors in one call; at most "

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pytest
@@ -14,15 +20,28 @@ import pytest
 from benchmarks.apps import constant_answer
 from benchmarks.loadgen import parse_locust_stats, parse_wrk, users_for, wrk_script
 from benchmarks.serve import (
+    TARGET_P50_EXCESS_MS,
     TARGET_P99_AT_70PCT_MS,
+    TARGET_SEQ_CLIENT_P50_MS,
+    TARGET_SEQ_SERVER_P50_MS,
+    TARGET_VS_CEILING,
     VARIANTS,
     climb,
     default_scale_entries,
     evaluate_targets,
     main,
     max_rps,
+    p50_vs_ceiling,
     parse_scale,
+    process_tree,
+    run_sequential,
+    sequential_bodies,
+    sequential_summary,
+    server_command,
+    server_timing_ms,
+    workers_comparison,
 )
+from benchmarks.serve_report import render_markdown
 from benchmarks.workload import Workload, WorkloadConfig, build_workload, histories_from_data
 from models.synthetic import SyntheticConfig, write_synthetic
 from tests.factories import BundleSpec, item_ids, make_bundle_dir
@@ -53,7 +72,7 @@ def bench(tiny: dict[str, Path]) -> dict[str, Any]:
         "--work", str(root / "work"), "--out", str(root / "results"),
         "--levels", "40", "--duration", "2", "--refine", "0", "--min-rps", "40",
         "--warmup", "10", "--wrk-duration", "1", "--wrk-connections", "8",
-        "--scale", f"tiny={tiny['bundle']}:0.9", "--scale-rps", "20",
+        "--scale", f"tiny={tiny['bundle']}:0.9", "--scale-rps", "20", "--sequential", "40",
     ]  # fmt: skip
     if not HAVE_MPL:
         argv.append("--no-plot")
@@ -101,6 +120,22 @@ def test_json_has_the_schema(bench: dict[str, Any]) -> None:
     # The ceiling always gets a wrk figure (or says why not).
     assert r["ceiling_wrk"] is not None
     assert "rps" in r["ceiling_wrk"] or "error" in r["ceiling_wrk"]
+    # Two workers: the real multi-worker entry, counted as a whole process tree.
+    two = by["shipped_2w"]
+    assert two["workers"] == 2 and two["server_cpu"] == "0-1" and "--workers 2" in two["server"]
+    assert two["env"] == {"BATCH_MAX_SIZE": "32", "WORKERS": "2"}
+    assert r["workers"]["two_workers"]["variant"] == "shipped_2w"
+    assert r["workers"]["one_worker"]["variant"] == "shipped"
+
+
+def test_sequential_is_measured_on_shipped(bench: dict[str, Any]) -> None:
+    seq = bench["json"]["sequential"]
+    assert seq["requests"] == 40 and seq["n"] + seq["failures"] == 40 and seq["failures"] == 0
+    assert seq["server_timing_missing"] == 0 and seq["reconnects"] == 0
+    assert 0 < seq["server_p50_ms"] <= seq["server_p99_ms"]
+    assert seq["server_p50_ms"] < seq["client_p50_ms"] <= seq["client_p99_ms"]
+    assert set(seq["by_kind"]) <= {"full-catalog", "rerank"}
+    assert "sequential" not in bench["json"]["variants"][3]  # lifted to the top level
 
 
 def test_workload_and_bundles_are_what_the_report_says(bench: dict[str, Any]) -> None:
@@ -117,7 +152,8 @@ def test_workload_and_bundles_are_what_the_report_says(bench: dict[str, Any]) ->
 
 def test_targets_follow_from_the_variants(bench: dict[str, Any]) -> None:
     r = bench["json"]
-    assert r["targets"] == evaluate_targets(r["variants"])
+    assert r["targets"] == evaluate_targets(r["variants"], sequential=r["sequential"])
+    assert r["p50_vs_ceiling"] == p50_vs_ceiling(r["variants"])
 
 
 def test_markdown_and_plot_are_written(bench: dict[str, Any]) -> None:
@@ -128,6 +164,9 @@ def test_markdown_and_plot_are_written(bench: dict[str, Any]) -> None:
         "## Levels",
         "## Targets",
         "## Scale",
+        "## Sequential: one caller, one keep-alive connection",
+        "## p50 against the ceiling, same offered load",
+        "## Workers: 1 against 2 (no target)",
         *(f"### {v}" for v in VARIANTS),
     ):
         assert heading in md
@@ -176,7 +215,8 @@ def test_climb_bisects_until_the_bound_is_known_within_the_resolution() -> None:
     beyond = min(a for a in asked if a > 1500)
     assert beyond / within < 1.05  # narrowed to the resolution ...
     assert len(asked) <= 4 + 8  # ... with at most `refine` extra levels
-    assert max_rps(levels) >= 1500 / 1.05 * 0.98
+    best = max_rps(levels)
+    assert best is not None and best >= 1500 / 1.05 * 0.98
 
 
 def test_climb_goes_below_the_ladder_for_a_slow_server() -> None:
@@ -202,23 +242,265 @@ def test_failures_break_the_ladder_and_do_not_count() -> None:
     assert asked == [100, 200]
 
 
-def test_targets_pass_and_fail_at_their_thresholds() -> None:
-    def v(name: str, best: float | None, **extra: Any) -> dict[str, Any]:
-        return {"name": name, "max_rps_at_p99_50ms": best, **extra}
+def _variant(name: str, best: float | None, levels: list[dict[str, Any]] | None = None,
+             **extra: Any) -> dict[str, Any]:  # fmt: skip
+    return {"name": name, "max_rps_at_p99_50ms": best, "levels": levels or [], **extra}
 
-    at70 = {"p99_ms": TARGET_P99_AT_70PCT_MS}
-    t = evaluate_targets(
-        [v("ceiling", 4000), v("naive", 100), v("shipped", 2000, p99_at_70pct=at70)]
-    )
-    assert t["shipped_vs_ceiling"]["value"] == 0.5 and t["shipped_vs_ceiling"]["passed"]
-    assert t["shipped_vs_naive"]["value"] == 20 and t["shipped_vs_naive"]["passed"]
-    assert t["shipped_p99_at_70pct_ms"]["passed"] and t["all_passed"]
-    t = evaluate_targets([v("ceiling", 4000), v("naive", 300), v("shipped", 1900,
-                          p99_at_70pct={"p99_ms": 26})])  # fmt: skip
+
+def _p50_level(offered: float, p50: float | None) -> dict[str, Any]:
+    return {**_level(offered, 10.0), "p50_ms": p50}
+
+
+def _passing_run(shipped_p50: float = 3.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Variants and a sequential summary that meet every target exactly at its threshold."""
+    ceiling = _variant("ceiling", 4000, [_p50_level(o, 1.0) for o in (100, 500, 1000, 2000)])
+    shipped = _variant(
+        "shipped", 2800, [_p50_level(o, shipped_p50) for o in (100, 500, 1000, 2000)],
+        p99_at_70pct={"p99_ms": TARGET_P99_AT_70PCT_MS},
+    )  # fmt: skip
+    seq = {"server_p50_ms": TARGET_SEQ_SERVER_P50_MS, "client_p50_ms": TARGET_SEQ_CLIENT_P50_MS}
+    return [ceiling, _variant("naive", 280), shipped], seq
+
+
+def test_targets_pass_at_their_thresholds() -> None:
+    variants, seq = _passing_run()
+    t = evaluate_targets(variants, sequential=seq)
+    assert t["shipped_vs_ceiling"]["value"] == TARGET_VS_CEILING == 0.7
+    assert t["shipped_vs_naive"]["value"] == 10
+    assert t["shipped_p50_excess_ms"]["value"] == TARGET_P50_EXCESS_MS == 2.0
+    assert "(3 compared)" in t["shipped_p50_excess_ms"]["what"]  # 100, 500, 1000 ≤ 1400
+    assert all(t[k]["passed"] for k in t if k != "all_passed") and t["all_passed"]
+
+
+def test_targets_fail_just_beyond_their_thresholds() -> None:
+    variants, _ = _passing_run(shipped_p50=3.5)
+    variants[0]["max_rps_at_p99_50ms"] = 4001  # shipped / ceiling just under 0.7
+    variants[1]["max_rps_at_p99_50ms"] = 281
+    variants[2]["p99_at_70pct"] = {"p99_ms": 26}
+    seq = {"server_p50_ms": 1.6, "client_p50_ms": 3.1}
+    t = evaluate_targets(variants, sequential=seq)
     assert not any(t[k]["passed"] for k in t if k != "all_passed") and not t["all_passed"]
-    # A variant not run never passes.
-    t = evaluate_targets([v("shipped", 1900)])
-    assert t["shipped_vs_naive"]["value"] is None and not t["shipped_vs_naive"]["passed"]
+    assert t["shipped_p50_excess_ms"]["value"] == 2.5
+    # Judged on the ratio itself, not on a rounded one: 0.69983 is not 0.7.
+    assert t["shipped_vs_ceiling"]["value"] == 0.6998
+
+
+def test_targets_never_pass_on_what_was_not_measured() -> None:
+    t = evaluate_targets([_variant("shipped", 1900)])
+    for key in ("shipped_vs_naive", "shipped_vs_ceiling", "shipped_p50_excess_ms",
+                "sequential_server_p50_ms", "sequential_client_p50_ms"):  # fmt: skip
+        assert t[key]["value"] is None and not t[key]["passed"], key
+    assert not t["all_passed"]
+
+
+def test_p50_is_compared_per_level_up_to_half_of_shipped_max() -> None:
+    ceiling = _variant("ceiling", 5000, [_p50_level(o, 2.0) for o in (100, 250, 500, 1000)])
+    shipped = _variant("shipped", 1000, [
+        _p50_level(100, 3.0), _p50_level(250, 5.0), _p50_level(350, 3.0),  # 350: refinement
+        _p50_level(500, 4.0), _p50_level(1000, 9.0),
+    ])  # fmt: skip
+    cmp = p50_vs_ceiling([ceiling, shipped])
+    assert cmp["up_to_offered"] == 500 and cmp["shipped_max_rps"] == 1000
+    rows = {r["offered"]: r for r in cmp["levels"]}
+    assert sorted(rows) == [100, 250, 350, 500]  # 1000 is beyond half of the max
+    assert rows[100] == {"offered": 100, "shipped_p50_ms": 3.0, "ceiling_p50_ms": 2.0,
+                         "excess_ms": 1.0, "passed": True}  # fmt: skip
+    assert rows[250]["excess_ms"] == 3.0 and rows[250]["passed"] is False
+    assert rows[500]["excess_ms"] == 2.0 and rows[500]["passed"] is True
+    # The ceiling never ran 350 rps: said so, not interpolated, and not counted either way.
+    assert rows[350]["ceiling_p50_ms"] is None and rows[350]["passed"] is None
+    assert "did not run" in rows[350]["note"]
+    t = evaluate_targets([ceiling, shipped])
+    assert t["shipped_p50_excess_ms"]["value"] == 3.0 and not t["shipped_p50_excess_ms"]["passed"]
+    assert "(3 compared)" in t["shipped_p50_excess_ms"]["what"]
+    # No max rps for shipped: nothing to compare, and the target cannot pass.
+    empty = p50_vs_ceiling([ceiling, _variant("shipped", None, [_p50_level(100, 3.0)])])
+    assert empty["levels"] == [] and empty["note"] == "shipped has no max rps"
+
+
+def test_sequential_summary_from_a_list_of_timings() -> None:
+    client = [float(i) for i in range(1, 101)]  # 1..100 ms
+    server: list[float | None] = [c / 2 for c in client]
+    s = sequential_summary(server, client)
+    assert s["n"] == s["requests"] == 100 and s["failures"] == 0 and s["statuses"] == {}
+    assert s["client_p50_ms"] == 50.5 and s["server_p50_ms"] == 25.25
+    assert s["client_p90_ms"] == pytest.approx(90.1) and s["client_p99_ms"] == pytest.approx(99.01)
+    assert s["client_mean_ms"] == 50.5
+    # Failures are counted, never timed; an answer without Server-Timing is counted too.
+    statuses = [200] * 98 + [503, 0]
+    server[0] = None
+    kinds = ["rerank" if i % 4 == 0 else "full-catalog" for i in range(100)]
+    s = sequential_summary(server, client, statuses=statuses, kinds=kinds)
+    assert s["n"] == 98 and s["failures"] == 2 and s["statuses"] == {"0": 1, "503": 1}
+    assert s["client_p50_ms"] == 49.5 and s["server_timing_missing"] == 1
+    assert s["by_kind"]["rerank"]["n"] == 25 and s["by_kind"]["full-catalog"]["n"] == 73
+    assert sequential_summary([], [])["client_p50_ms"] is None
+    with pytest.raises(ValueError):
+        sequential_summary([1.0], [1.0, 2.0])
+
+
+def test_server_timing_header_is_parsed() -> None:
+    assert server_timing_ms("app;dur=1.3") == 1.3
+    assert server_timing_ms('db;dur=4, app;desc="x";dur="0.7"') == 0.7
+    assert server_timing_ms("db;dur=4") is None and server_timing_ms(None) is None
+    assert server_timing_ms("app;dur=abc") is None
+
+
+def test_sequential_bodies_mix_like_the_locustfile() -> None:
+    w = Workload(full=[b"f1", b"f2"], rerank=[b"r1"])
+    bodies = sequential_bodies(w, 2000, seed=1)
+    assert len(bodies) == 2000 and bodies == sequential_bodies(w, 2000, seed=1)
+    share = sum(k == "rerank" for k, _ in bodies) / 2000
+    assert 0.26 < share < 0.34
+    assert {b for k, b in bodies if k == "rerank"} == {b"r1"}
+    assert {b for k, b in bodies if k == "full-catalog"} == {b"f1", b"f2"}
+
+
+class _TimedHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    connections: ClassVar[set[tuple[str, int]]] = set()
+
+    def do_POST(self) -> None:
+        _TimedHandler.connections.add(self.client_address)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b'{"items":[]}'
+        self.send_response(200 if self.path == "/recommend" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Server-Timing", "app;dur=0.4")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def timed_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TimedHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.timeout(60)
+def test_sequential_client_keeps_one_connection(timed_server: str) -> None:
+    _TimedHandler.connections.clear()
+    bodies = [("full-catalog", b'{"history":["i1"],"k":10}')] * 30
+    before = os.sched_getaffinity(0)
+    seq = run_sequential(timed_server, "/recommend", bodies, warmup=5, cpu="0")
+    assert os.sched_getaffinity(0) == before  # the pin is undone
+    assert seq["n"] == 30 and seq["failures"] == 0 and seq["reconnects"] == 0
+    assert seq["server_p50_ms"] == 0.4 and seq["client_p50_ms"] > 0
+    assert len(_TimedHandler.connections) == 1  # warm-up and measurement on one connection
+    assert seq["client_pinned"] == (0 in before)
+    missing = run_sequential(timed_server, "/nowhere", bodies[:3], warmup=0, cpu=None)
+    assert missing["failures"] == 3 and missing["statuses"] == {"404": 3}
+
+
+def test_workers_comparison_says_how_the_machine_limits_it() -> None:
+    def at(rps: float, server: float, locust: float) -> dict[str, Any]:
+        return {**_level(rps, 20.0), "rps": rps, "server_cpu": server, "locust_cpu": locust}
+
+    one = _variant("shipped", 2000, [at(2000, 0.95, 0.4)], workers=1, server_cpu="0")
+    two = _variant("shipped_2w", 3000, [at(3000, 1.5, 0.45), at(3500, 1.9, 0.1)], workers=2,
+                   server_cpu="0-1")  # fmt: skip
+    two["levels"][1]["p99_ms"] = 80.0  # beyond the bound: not the max
+    w = workers_comparison([one, two], load_cpu="1", cores=2)
+    assert w is not None and w["ratio"] == 1.5 and w["load_cpu_shared"]
+    assert w["two_workers"]["cores_busy_at_max"] == 1.95
+    assert w["one_worker"]["server_cores_busy_at_max"] == 0.95
+    assert "shares core(s) 1" in w["note"] and "lower bound" in w["note"]
+    apart = workers_comparison([one, {**two, "server_cpu": "2-3"}], load_cpu="1", cores=4)
+    assert apart is not None and not apart["load_cpu_shared"] and "shares" not in apart["note"]
+    assert workers_comparison([one], load_cpu="1") is None
+
+
+def test_two_workers_run_uvicorn_with_workers() -> None:
+    assert "--workers" not in server_command("service.main:create_app", 8000)
+    cmd = server_command("service.main:worker_app", 8000, 2)
+    assert cmd[cmd.index("--workers") + 1] == "2"
+
+
+def test_a_server_is_counted_with_its_child_processes() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        tree = process_tree(os.getpid())
+        assert tree[0] == os.getpid() and child.pid in tree
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _results(**over: Any) -> dict[str, Any]:
+    """A serve.json as main writes it, with made-up numbers, for the report alone."""
+    variants, seq = _passing_run()
+    variants[2]["p99_at_70pct"].update(_level(1960, TARGET_P99_AT_70PCT_MS))
+    for v in variants:
+        v.update(description=v["name"], rss_mb=100.0)
+        for lv in v["levels"]:
+            lv.update(server_cpu=0.5, locust_cpu=0.3, locust_limited=False)
+    two = _variant("shipped_2w", 3500, [{**_p50_level(3570, 4.0), "server_cpu": 1.4,
+                   "locust_cpu": 0.5, "locust_limited": False}], description="2w",
+                   workers=2, server_cpu="0-1", rss_mb=200.0)  # fmt: skip
+    variants[2].update(workers=1, server_cpu="0")
+    variants.append(two)
+    sequential = {
+        **sequential_summary([1.2] * 10, [2.4] * 10, kinds=["full-catalog"] * 10),
+        **seq, "achieved_rps": 400.0, "reconnects": 0, "warmup_requests": 50,
+        "client": "http.client", "client_cpu": "1", "client_pinned": True,
+        "mix": {"full_catalog": 0.7, "rerank": 0.3}, "server_time": "Server-Timing",
+        "client_time": "round trip",
+    }  # fmt: skip
+    results = {
+        "command": "python -m benchmarks.serve", "git_commit": "0" * 40, "git_dirty": False,
+        "cpu": "Test CPU", "cpu_count": 2, "wall_seconds": 1.0,
+        "pinning": {"server_cpu": "0", "load_cpu": "1", "server_pinned": True,
+                    "load_pinned": True, "workers_cpu": "0-1"},
+        "bundle": {"path": "b", "version": "v1", "n_items": 60, "dim": 8,
+                   "item_encoding": "int8"},
+        "inputs": {"bundle_source": "--bundle", "histories_from": "data"},
+        "load": {"tool": "locust", "duration_s": 1, "user_rps": 10,
+                 "mix": {"full_catalog": 0.7, "rerank": 0.3},
+                 "workload": {"histories": "real", "mean_history_len": 8.8},
+                 "stop_rule": "never"},
+        "variants": variants, "sequential": sequential,
+        "p50_vs_ceiling": p50_vs_ceiling(variants),
+        "workers": workers_comparison(variants, load_cpu="1", cores=2),
+        "ceiling_wrk": None, "scale": [],
+        "targets": evaluate_targets(variants, sequential=sequential), "notes": ["a note"],
+    }  # fmt: skip
+    return {**results, **over}
+
+
+def test_markdown_shows_sequential_per_level_p50_workers_and_targets() -> None:
+    r = _results()
+    md = render_markdown(r)
+    seq = md.split("## Sequential: one caller, one keep-alive connection")[1].split("## ")[0]
+    assert "| all | server (Server-Timing) | 10 | 1.50 |" in seq  # the summary's own p50
+    assert "| full-catalog | round trip | 10 | 2.40 | 2.40 | 2.40 |" in seq
+    p50 = md.split("## p50 against the ceiling, same offered load")[1].split("## ")[0]
+    assert "| 100 | 3 | 1 | +2 | PASS |" in p50 and "offered ≤ 1,400" in p50
+    workers = md.split("## Workers: 1 against 2 (no target)")[1].split("## ")[0]
+    assert "2 workers / 1: **1.25** on a 2-core machine" in workers
+    assert "| shipped_2w | 2 | 0-1 | 3,500 |" in workers and "shares core(s) 1" in workers
+    targets = md.split("## Targets")[1]
+    for key in r["targets"]:
+        if key != "all_passed":
+            assert f"| {key} |" in targets, key
+    assert "All targets: PASS." in targets
+    # A ceiling level missing at an offered load shipped ran: the row says so.
+    r["variants"][0]["levels"] = r["variants"][0]["levels"][1:]  # the ceiling without 100
+    r["p50_vs_ceiling"] = p50_vs_ceiling(r["variants"])
+    assert "| 100 | 3 | - | - | the ceiling did not run this offered load: not compared |" in (
+        render_markdown(r)
+    )
+    # Without the new measurements the report still renders, without their sections.
+    md = render_markdown(_results(sequential=None, workers=None))
+    assert "## Sequential" not in md and "## Workers" not in md
 
 
 def test_locust_csv_is_parsed(tmp_path: Path) -> None:

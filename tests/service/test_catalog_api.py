@@ -242,6 +242,17 @@ def test_bad_changes_are_refused_naming_the_problem_and_change_nothing(
     assert summary["revision"] == 0 and answer(client) == before
 
 
+def test_a_foldin_file_is_accepted_as_the_body_when_its_version_matches(
+    client, admin_headers, v1_dir
+):
+    item = {"item_id": "n", "vector": strong_vector(v1_dir, HISTORY)}
+    ok = post(client, "/admin/catalog/items/v1", {"version": "v1", "items": [item]}, admin_headers)
+    assert ok["added"] == 1
+    body = {"version": "v2", "items": [item]}
+    r = client.post("/admin/catalog/items/v1", json=body, headers=admin_headers)
+    assert r.status_code == 422 and "of version 'v2', the path names 'v1'" in r.text
+
+
 def test_a_vector_that_is_not_finite_is_refused(client, admin_headers):
     body = '{"items": [{"item_id": "n", "vector": [NaN, 0, 0, 0, 0, 0, 0, 0]}]}'
     headers = {**admin_headers, "Content-Type": "application/json"}
