@@ -11,7 +11,7 @@ DEMO_BUNDLE := $(DEMO_DIR)/demo.tar.gz
 export HOST PORT
 
 .PHONY: help venv demo serve test lint format clean bench-compress bench-serve bench-swap \
-	bench-scoring bench-int8-activations
+	bench-catalog bench-scoring bench-int8-activations
 
 help:
 	@echo "make serve   build the demo bundle if needed and serve on $$HOST:$$PORT (default 0.0.0.0:8000)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-compress DATA=../shared/data/amazon-beauty.txt   compression benchmark (long)"
 	@echo "make bench-serve [DATA=...] [SERVE_ARGS='--bundle DIR']        serving benchmark (~16 min)"
 	@echo "make bench-swap [DATA=...] [SWAP_ARGS='--cycles 100']          swap / fault benchmark (~10 min)"
+	@echo "make bench-catalog [DATA=...] [CATALOG_ARGS='--items 1000']    live catalog under load (~3 min)"
 	@echo "make bench-scoring                                              int8 rows vs pq4 codes, top 10 (~1 min)"
 	@echo "make bench-int8-activations                                     float, static and dynamic INT8 encoder (~2 min)"
 
@@ -93,3 +94,12 @@ SWAP_ARGS ?=
 
 bench-swap: venv
 	$(PY) -m benchmarks.swap --data $(DATA) $(SWAP_ARGS)
+
+# The live-catalog benchmark, never part of `make test`: the swap benchmark's two-replica
+# fleet under load, 1,000 items made unavailable (leaks counted in every answer), 1,000 new
+# items added, FLUSHALL under load, then a replica started with no bootstrap bundle.
+# Writes benchmarks/results/catalog.{json,md}.
+CATALOG_ARGS ?=
+
+bench-catalog: venv
+	$(PY) -m benchmarks.catalog_live --data $(DATA) $(CATALOG_ARGS)

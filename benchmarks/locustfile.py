@@ -33,6 +33,8 @@ Environment:
                       without a load balancer; `benchmarks.swap`), instead of --host
     LOCUST_TRACE      write one line per request to this file when the run ends:
                       start (unix s), milliseconds, HTTP status, answering model_version, host
+    LOCUST_TRACE_ITEMS  with LOCUST_TRACE and set to 1: a sixth field, the answer's item IDs
+                      as a JSON array (`benchmarks.catalog_live` counts unavailable items)
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ RERANK_SHARE = float(os.environ.get("LOCUST_RERANK_SHARE", "0.3"))
 HEADERS = {"Content-Type": "application/json"}
 HOSTS = [h.rstrip("/") for h in os.environ.get("LOCUST_HOSTS", "").split(",") if h.strip()]
 TRACE_PATH = os.environ.get("LOCUST_TRACE")
+TRACE_ITEMS = os.environ.get("LOCUST_TRACE_ITEMS") == "1"
 TRACE: list[tuple[float, float, int, str, int]] = []
+TRACE_ANSWER_ITEMS: list[bytes] = []  # with TRACE_ITEMS: JSON array of item IDs, per TRACE line
 _next_host = itertools.cycle(range(len(HOSTS))) if HOSTS else None
 
 
@@ -75,7 +79,13 @@ _next_host = itertools.cycle(range(len(HOSTS))) if HOSTS else None
 def _write_trace(**_: Any) -> None:
     if TRACE_PATH:
         with open(TRACE_PATH, "w", encoding="utf-8") as f:
-            f.writelines(f"{t:.6f},{ms:.3f},{st},{v},{h}\n" for t, ms, st, v, h in TRACE)
+            if TRACE_ITEMS:
+                f.writelines(
+                    f"{t:.6f},{ms:.3f},{st},{v},{h},{items.decode()}\n"
+                    for (t, ms, st, v, h), items in zip(TRACE, TRACE_ANSWER_ITEMS, strict=True)
+                )
+            else:
+                f.writelines(f"{t:.6f},{ms:.3f},{st},{v},{h}\n" for t, ms, st, v, h in TRACE)
 
 
 def _load_workload() -> Workload:
@@ -128,14 +138,19 @@ class Shopper(FastHttpUser):
                 error = f": {resp.error!r}"[:200] if getattr(resp, "error", None) else ""
                 resp.failure(f"HTTP {resp.status_code}{error}")
             if TRACE_PATH:
-                version = ""
+                version, items = "", b"[]"
                 if resp.status_code == 200:
                     try:
-                        version = str(orjson.loads(resp.content).get("model_version", ""))
-                    except (orjson.JSONDecodeError, AttributeError):
-                        version = "?"
+                        answer = orjson.loads(resp.content)
+                        version = str(answer.get("model_version", ""))
+                        if TRACE_ITEMS:
+                            items = orjson.dumps([str(i["item_id"]) for i in answer["items"]])
+                    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+                        version, items = "?", b'["?"]'
                 ms = float(resp.request_meta["response_time"])  # locust's own measurement
                 TRACE.append((started, ms, int(resp.status_code or 0), version, host))
+                if TRACE_ITEMS:
+                    TRACE_ANSWER_ITEMS.append(items)
 
     @task
     def page(self) -> None:
