@@ -1049,6 +1049,21 @@ def choose_probes(
     return probes
 
 
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures issue 20 names, at the top level of catalog.json (the phases below hold
+    them too, with their context)."""
+    u, n, f = results["unavailable"], results["new_items"], results["flush"]
+    return {
+        "unavailable_propagation_s_max": u["unavailable_propagation_s_max"],
+        "unavailable_leaks": u["unavailable_leaks"],
+        "failed_requests": u["failed_requests"] + n["failed_requests"],
+        "new_items_propagation_s_max": n["new_items_propagation_s_max"],
+        "flush_failed_requests": f["flush_failed_requests"],
+        "flush_heal_s": f["flush_heal_s"],
+        "late_replica_ready_s": results["late_replica"].get("late_replica_ready_s"),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1226,6 +1241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "foldin": foldin_summary(args.out / FOLDIN_FILE),
     }
     results["targets"] = evaluate_targets(results)
+    results = {**headline(results), **results}
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{RESULTS}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -25,6 +25,7 @@ from benchmarks.catalog_live import (
     failed,
     foldin_metrics,
     foldin_summary,
+    headline,
     item_counts,
     items_body,
     names_again,
@@ -313,3 +314,25 @@ def test_markdown_names_the_foldin_command_when_its_numbers_are_there(tmp_path: 
     md = render_markdown(r)
     assert FOLDIN_COMMAND in md and "ndcg@10 0.0310" in md and "Leave-one-out" not in md
     assert "| late_replica_ready |" in md and "**FAIL**" in md and "All targets: FAIL." in md
+
+
+def test_the_issues_figures_are_at_the_top_level():
+    results = {
+        "unavailable": {
+            "unavailable_propagation_s_max": 0.1,
+            "unavailable_leaks": 0,
+            "failed_requests": 2,
+        },
+        "new_items": {"new_items_propagation_s_max": 0.3, "failed_requests": 1},
+        "flush": {"flush_failed_requests": 0, "flush_heal_s": 2.0},
+        "late_replica": {"late_replica_ready_s": 1.6},
+    }
+    assert headline(results) == {
+        "unavailable_propagation_s_max": 0.1,
+        "unavailable_leaks": 0,
+        "failed_requests": 3,
+        "new_items_propagation_s_max": 0.3,
+        "flush_failed_requests": 0,
+        "flush_heal_s": 2.0,
+        "late_replica_ready_s": 1.6,
+    }
