@@ -4,7 +4,8 @@ through the service's own catalog layer, loader and request path.
     python -m benchmarks.foldin --data ../shared/data/amazon-beauty.txt \\
         --out benchmarks/results/catalog-foldin.json [--held-out 0.1] [--seed 0] [--epochs 5]
 
-About 10 minutes on 2 cores, most of it training the bundle. Protocol:
+About 15 minutes on 2 cores, 8 of them training the bundle and most of the rest the softmax
+fits (6.5 minutes with the bundle reused). Protocol:
 
 1. Leave-one-out per user, as `models.split`: the training period is seq[:-2], the validation
    event seq[-2] after seq[:-2], the test event seq[-1] after seq[:-1].
@@ -17,7 +18,10 @@ About 10 minutes on 2 cores, most of it training the bundle. Protocol:
    (`models.compress.fit_ce_baseline`), exported, static INT8 calibrated on training
    histories, int8 item rows shared with the encoder: what `run_compress` ships, without the
    teacher, distillation and pruning, which would take an hour more.
-4. Fold-in: `models.foldin` on every user's training period, held-out items included.
+4. Fold-in: `models.foldin` on every user's training period, held-out items included, by
+   both methods: softmax (the new rows fitted by full-catalog cross-entropy over the
+   training positions, `--negatives` of those whose next item is known sampled with
+   `--seed`) and least squares.
 5. Events: the validation and test events whose target is a held-out item, and to see what
    the new items cost, the others. Each is answered
    as `POST /recommend` {"history": h, "k": 10} is (`benchmarks.service_eval`), by the bundle
@@ -26,12 +30,15 @@ About 10 minutes on 2 cores, most of it training the bundle. Protocol:
    them (the bundle alone, which cannot answer a held-out item). Popularity ranks every item,
    held-out ones included, by its training-period count, the history excluded, ties by first
    appearance in the file (`models.evaluate.ranks_from_scores`).
-6. Fold-in's ridge and target rank are chosen on validation NDCG@10 over a grid, on all
-   validation events: the held-out-target ones and a seeded sample of the others (weighted
-   to their number). New items take answer slots from known ones, and on held-out-target
-   events alone the best setting fills most slots with new items; it is reported beside the
-   choice, with what it costs the other events. The test events are answered once per
-   setting reported. Intervals: 95% percentile bootstrap over events.
+6. Each method's settings (softmax: `--l2s`; least squares: `--ridges` x `--target-ranks`)
+   are chosen on validation NDCG@10 over its grid, on all validation events: the
+   held-out-target ones and a seeded sample of the others (weighted to their number); the
+   method whose choice is better there is reported as "chosen" (`models.foldin`'s default). New items take
+   answer slots from known ones, and the best setting on held-out-target events alone can
+   fill most slots with new items; each method's such setting is reported beside its choice,
+   with what it costs the other events and the share of answer slots new items take. The
+   test events are answered once per setting reported. Intervals: 95% percentile bootstrap
+   over events; softmax against least squares by a paired test on the same events.
 
 Writes the JSON to `--out` and a markdown table beside it (same stem, .md). The reduced data
 and the bundle go to `--work` (git-ignored); a bundle trained there earlier with the same
@@ -49,7 +56,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +83,14 @@ from models.compress import (
 )
 from models.evaluate import item_array, onnx_encoder, ranks_from_scores
 from models.export import export_onnx
-from models.foldin import Evidence, FoldIn, FoldInConfig, fit_vectors, gather_evidence
+from models.foldin import (
+    METHODS,
+    Evidence,
+    FoldIn,
+    FoldInConfig,
+    fit_vectors,
+    gather_evidence,
+)
 from models.quantize import (
     QuantizeConfig,
     check_linked_bundle,
@@ -96,6 +110,7 @@ I64 = npt.NDArray[np.int64]
 K = 10
 RIDGES: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 TARGET_RANKS: tuple[int, ...] = (1, 3, 10, 30)
+L2S: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
 # Validation events with known targets the tuning answers (a seeded sample): enough to see
 # what new items cost the other answers, in a few seconds per setting.
 KNOWN_SAMPLE = 10_000
@@ -248,9 +263,13 @@ def folded(model: LoadedModel, result: FoldIn) -> LoadedModel:
 
 def answer_ranks(model: LoadedModel, events: Events) -> I64:
     """0-based rank of each target in the service's top-K answer, -1 where it is missing."""
+    return ranks_from_answers(answers(model, events), events.targets)
+
+
+def answers(model: LoadedModel, events: Events) -> list[list[str]]:
+    """The service's top-K answer to each event's history."""
     limit = default_settings().max_history
-    answers = service_answers(model, [h[-limit:] for h in events.histories], k=K)
-    return ranks_from_answers(answers, events.targets)
+    return service_answers(model, [h[-limit:] for h in events.histories], k=K)
 
 
 def popularity_ranks(
@@ -281,43 +300,71 @@ def summary(ranks: I64, *, prefix: str = "", seed: int = 0) -> dict[str, Any]:
     return out
 
 
+def configs(
+    *, ridges: Sequence[float], target_ranks: Sequence[int], l2s: Sequence[float], negatives: int
+) -> list[FoldInConfig]:
+    """The grid: least squares over (target rank, ridge), softmax over l2."""
+    return [
+        *(FoldInConfig(method="lsq", ridge=x, target_rank=t) for t in target_ranks for x in ridges),
+        *(FoldInConfig(method="softmax", l2=x, negatives=negatives) for x in l2s),
+    ]
+
+
+def setting(config: FoldInConfig) -> dict[str, Any]:
+    """What the grid varies of `config`, by method."""
+    if config.method == "lsq":
+        return {"method": "lsq", "ridge": config.ridge, "target_rank": config.target_rank}
+    return {"method": "softmax", "l2": config.l2, "negatives": config.negatives}
+
+
 def tune(
     model: LoadedModel,
     evidence: Evidence,
     split: HeldOutSplit,
+    grid: Sequence[FoldInConfig],
     *,
-    ridges: Sequence[float],
-    target_ranks: Sequence[int],
     known_sample: int,
     seed: int,
-) -> list[dict[str, Any]]:
-    """Validation NDCG@K of every (target rank, ridge): on the held-out-target events, on a
-    seeded sample of the others, and on all events (the sample weighted to their number)."""
+) -> tuple[list[dict[str, Any]], dict[FoldInConfig, FoldIn]]:
+    """Validation NDCG@K of every setting: on the held-out-target events, on a seeded sample
+    of the others, and on all events (the sample weighted to their number); and the fits."""
     known = sample(split.valid_known, known_sample, seed=seed)
     n_held, n_known = len(split.valid), len(split.valid_known)
-    grid: list[dict[str, Any]] = []
-    for rank in target_ranks:
-        for ridge in ridges:
-            config = FoldInConfig(ridge=ridge, target_rank=rank)
-            served = folded(model, fit_vectors(evidence, config))
-            held = gains(answer_ranks(served, split.valid), K, "ndcg").mean()
-            other = gains(answer_ranks(served, known), K, "ndcg").mean()
-            overall = (n_held * held + n_known * other) / (n_held + n_known)
-            grid.append({"ridge": ridge, "target_rank": rank, f"valid_ndcg@{K}": float(held),
-                         f"valid_known_ndcg@{K}": float(other),
-                         f"valid_all_ndcg@{K}": float(overall)})  # fmt: skip
-    return grid
+    rows: list[dict[str, Any]] = []
+    fits: dict[FoldInConfig, FoldIn] = {}
+    for config in grid:
+        t0 = time.perf_counter()
+        fits[config] = fit_vectors(evidence, config)
+        fit_seconds = time.perf_counter() - t0
+        served = folded(model, fits[config])
+        held = gains(answer_ranks(served, split.valid), K, "ndcg").mean()
+        other = gains(answer_ranks(served, known), K, "ndcg").mean()
+        overall = (n_held * held + n_known * other) / (n_held + n_known)
+        rows.append({**setting(config), f"valid_ndcg@{K}": float(held),
+                     f"valid_known_ndcg@{K}": float(other),
+                     f"valid_all_ndcg@{K}": float(overall),
+                     "fit_seconds": round(fit_seconds, 2)})  # fmt: skip
+        _log(f"{setting(config)}: valid NDCG@{K} all {overall:.4f}, held-out targets {held:.4f}"
+             f" (fit {fit_seconds:.1f} s)")  # fmt: skip
+    return rows, fits
 
 
-def best(grid: Sequence[dict[str, Any]], key: str) -> FoldInConfig:
-    """The grid's best setting by `key` (the first of equals)."""
-    top = max(grid, key=lambda g: g[key])
-    return FoldInConfig(ridge=top["ridge"], target_rank=top["target_rank"])
+def best(
+    grid: Sequence[FoldInConfig], rows: Sequence[dict[str, Any]], key: str, method: str
+) -> FoldInConfig:
+    """The best setting of `method` by `key` (the first of equals)."""
+    scored = [(row[key], -i) for i, row in enumerate(rows) if row["method"] == method]
+    return grid[-max(scored)[1]]
 
 
-def service_ranks(model: LoadedModel, split: HeldOutSplit) -> tuple[I64, I64]:
-    """The service's ranks on the test events with held-out targets, and on the others."""
-    return answer_ranks(model, split.test), answer_ranks(model, split.test_known)
+def service_ranks(model: LoadedModel, split: HeldOutSplit) -> tuple[I64, I64, float]:
+    """The service's ranks on the test events with held-out targets and on the others, and
+    the share of all their answer slots that held-out items take."""
+    held, known = answers(model, split.test), answers(model, split.test_known)
+    slots = [item for answer in (*held, *known) for item in answer]
+    share = sum(item in split.held_out for item in slots) / max(len(slots), 1)
+    return (ranks_from_answers(held, split.test.targets),
+            ranks_from_answers(known, split.test_known.targets), share)  # fmt: skip
 
 
 def by_events(held: I64, known: I64, *, seed: int) -> dict[str, Any]:
@@ -334,29 +381,46 @@ def measure(
     split: HeldOutSplit,
     catalog: Sequence[str],
     *,
-    ridges: Sequence[float],
-    target_ranks: Sequence[int],
+    grid: Sequence[FoldInConfig],
     known_sample: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Every number of the report but provenance: fold-in tuned on validation, then fold-in,
-    popularity and the bundle alone on the test events."""
+    """Every number of the report but provenance: each method tuned on validation, then each
+    method's choices, popularity and the bundle alone on the test events."""
     model = load_model(bundle_dir, service_options())
+    t0 = time.perf_counter()
+    negatives = max((c.negatives for c in grid if c.method == "softmax"), default=0)
     evidence = gather_evidence(
-        bundle.read_bundle(bundle_dir), split.train_period, max_rank=max(target_ranks)
-    )
-    grid = tune(model, evidence, split, ridges=ridges, target_ranks=target_ranks,
-                known_sample=known_sample, seed=seed)  # fmt: skip
-    chosen = best(grid, f"valid_all_ndcg@{K}")
-    result = fit_vectors(evidence, chosen)
-    greedy = best(grid, f"valid_ndcg@{K}")
-    fold_held, fold_known = service_ranks(folded(model, result), split)
-    greedy_held, greedy_known = service_ranks(folded(model, fit_vectors(evidence, greedy)), split)
-    bundle_held, bundle_known = service_ranks(model, split)
+        bundle.read_bundle(bundle_dir), split.train_period, negatives=negatives, seed=seed,
+        max_rank=max((c.target_rank for c in grid if c.method == "lsq"), default=1),
+    )  # fmt: skip
+    evidence_seconds = time.perf_counter() - t0
+    rows, fits = tune(model, evidence, split, grid, known_sample=known_sample, seed=seed)
+    test: dict[str, tuple[I64, I64, float]] = {}
+    answered: dict[FoldInConfig, tuple[I64, I64, float]] = {}
+    methods: dict[str, Any] = {}
+    for method in dict.fromkeys(c.method for c in grid):
+        methods[method] = {}
+        for name, key in (
+            ("chosen", f"valid_all_ndcg@{K}"),
+            ("held_out_choice", f"valid_ndcg@{K}"),
+        ):
+            config = best(grid, rows, key, method)
+            if config not in answered:  # both choices are often the same
+                answered[config] = service_ranks(folded(model, fits[config]), split)
+            test[method if name == "chosen" else f"{method}_{name}"] = answered[config]
+            methods[method][name] = {**rows[grid.index(config)], "on": key}
+    # The default: the method whose choice is best on all validation events.
+    chosen = max(methods, key=lambda m: methods[m]["chosen"][f"valid_all_ndcg@{K}"])
+    config = best(grid, rows, f"valid_all_ndcg@{K}", chosen)
+    test["bundle"] = service_ranks(model, split)
     popular = popularity_ranks(split.train_period, catalog, split.test)
-    return {
-        **counts(split, evidence, result),
-        "chosen": {**asdict(chosen), "on": f"valid_all_ndcg@{K}"},
+    fold_held, fold_known, _ = test[chosen]
+    bundle_held, bundle_known, _ = test["bundle"]
+    out: dict[str, Any] = {
+        **counts(split, evidence, fits[config]),
+        "chosen": {**setting(config), "on": f"valid_all_ndcg@{K}"},
+        "methods": methods,
         **summary(fold_held, seed=seed),
         **summary(popular, prefix="popularity_", seed=seed),
         **summary(bundle_held, prefix="bundle_", seed=seed),
@@ -364,21 +428,31 @@ def measure(
             gains(popular, K, "ndcg"), gains(fold_held, K, "ndcg"), seed=seed
         ),
         "by_events": {
-            "foldin": by_events(fold_held, fold_known, seed=seed),
-            "foldin_held_out_choice": by_events(greedy_held, greedy_known, seed=seed),
-            "bundle": by_events(bundle_held, bundle_known, seed=seed),
+            name: {**by_events(held, known, seed=seed), "new_item_slot_share": share}
+            for name, (held, known, share) in test.items()
         },
         f"foldin_vs_bundle_all_ndcg@{K}": paired_test(
             gains(np.concatenate([bundle_held, bundle_known]), K, "ndcg"),
             gains(np.concatenate([fold_held, fold_known]), K, "ndcg"),
             seed=seed,
         ),
-        "held_out_choice": {**asdict(greedy), "on": f"valid_ndcg@{K}"},
-        "grid": grid,
+        "grid": rows,
+        "evidence_seconds": round(evidence_seconds, 2),
     }
+    if {"lsq", "softmax"} <= methods.keys():
+        lsq, soft = test["lsq"], test["softmax"]
+        out[f"softmax_vs_lsq_held_out_targets_ndcg@{K}"] = paired_test(
+            gains(lsq[0], K, "ndcg"), gains(soft[0], K, "ndcg"), seed=seed
+        )
+        out[f"softmax_vs_lsq_all_ndcg@{K}"] = paired_test(
+            gains(np.concatenate(lsq[:2]), K, "ndcg"),
+            gains(np.concatenate(soft[:2]), K, "ndcg"),
+            seed=seed,
+        )
+    return out
 
 
-def counts(split: HeldOutSplit, evidence: Evidence, result: FoldIn) -> dict[str, int]:
+def counts(split: HeldOutSplit, evidence: Evidence, result: FoldIn) -> dict[str, Any]:
     with_vector = set(result.item_ids)
     new_items = set(evidence.occurrences.new_items)  # also a few only dropped users had
     return {
@@ -387,6 +461,8 @@ def counts(split: HeldOutSplit, evidence: Evidence, result: FoldIn) -> dict[str,
         "held_out_items_with_vector": len(with_vector & split.held_out),
         "other_items_with_vector": len(with_vector - split.held_out),
         "usable_occurrences": len(evidence.occurrences.owner),
+        "negative_positions": len(evidence.negatives),
+        "negative_weight": evidence.negative_weight,
         "valid_events": len(split.valid),
         "valid_known_events": len(split.valid_known),
         "test_events": len(split.test),
@@ -396,64 +472,84 @@ def counts(split: HeldOutSplit, evidence: Evidence, result: FoldIn) -> dict[str,
 
 
 # --- the report ------------------------------------------------------------------------------
+def _name(s: dict[str, Any]) -> str:
+    if s["method"] == "lsq":
+        return f"least squares (ridge {s['ridge']:g}, target rank {s['target_rank']})"
+    return f"softmax (l2 {s['l2']:g})"
+
+
 def render_markdown(r: dict[str, Any]) -> str:
-    chosen, greedy, b = r["chosen"], r["held_out_choice"], r["bundle"]
-    name = f"fold-in (ridge {chosen['ridge']:g}, target rank {chosen['target_rank']})"
-    greedy_name = (
-        f"fold-in chosen on held-out targets only (ridge {greedy['ridge']:g}, "
-        f"target rank {greedy['target_rank']})"
-    )
+    b, methods = r["bundle"], r["methods"]
+    names: dict[str, str] = {}
+    for method, m in methods.items():
+        default = " **default**" if method == r["chosen"]["method"] else ""
+        names[method] = f"{_name(m['chosen'])}{default}"
+        names[f"{method}_held_out_choice"] = f"{_name(m['held_out_choice'])}, held-out choice"
+    ranked = list(names)
+    names["bundle"] = "bundle alone"
     trained = "reused" if b["reused"] else f"trained in {b['train_seconds']:.0f} s"
-    return "\n".join(
-        [
-            f"# Item fold-in: {r['dataset']}",
-            "",
-            f"{r['held_out_items']:,} items held out ({r['held_out_share']:.0%} of "
-            f"{r['items']:,}, drawn uniformly among items with seed {r['seed']}) and removed "
-            f"from the data; the bundle (`{b['settings']['recipe']}` student shape, plain "
-            f"cross-entropy, {b['epochs']} epochs, static INT8) never saw them. "
-            f"{r['held_out_items_in_training_period']:,} of them occur in the training "
-            f"period; {r['held_out_items_with_vector']:,} after a known item, and got a vector "
-            f"({r['usable_occurrences']:,} such occurrences, with those of "
-            f"{r['other_items_with_vector']:,} items only users dropped from the bundle's data "
-            f"had). Test events whose target is held out: {r['test_events']:,} "
-            f"({r['test_events_with_vector']:,} of them with a vector); other test events: "
-            f"{r['test_known_events']:,}.",
-            "",
-            f"Answers through the service (`load_model`, `encode_vectors`, `with_catalog`, "
-            f"`recommend_batch`), top {K}; 95% bootstrap intervals over events.",
-            "",
-            "Test events whose target is held out:",
-            "",
-            f"| ranking | HR@{K} | 95% CI | NDCG@{K} | 95% CI |",
-            "|---|---|---|---|---|",
-            _row(name, r, ""),
-            _row(greedy_name, r["by_events"]["foldin_held_out_choice"], "held_out_targets_"),
-            _row("popularity (training counts)", r, "popularity_"),
-            _row("bundle alone", r, "bundle_"),
-            "",
-            f"What the new items cost the other answers: NDCG@{K} by test event "
-            f"(the bundle alone has {r['held_out_share']:.0%} fewer items to rank known "
-            "targets against):",
-            "",
-            "| ranking | held-out targets | known targets | all events |",
-            "|---|---|---|---|",
-            _by_events_row(name, r["by_events"]["foldin"]),
-            _by_events_row(greedy_name, r["by_events"]["foldin_held_out_choice"]),
-            _by_events_row("bundle alone", r["by_events"]["bundle"]),
-            "",
-            f"Validation NDCG@{K} of fold-in on all events (the held-out-target events and a "
-            f"sample of the others, weighted to their numbers: {r['valid_events']:,} and "
-            f"{r['valid_known_events']:,}); the best was chosen. In brackets: on the "
-            "held-out-target events alone.",
-            "",
-            *_grid_table(r["grid"]),
-            "",
-            f"CPU: {r['cpu']}; wall time {r['wall_seconds']:.0f} s (bundle {trained}); "
-            f"commit {r['git_commit']}{' (dirty)' if r['git_dirty'] else ''}.",
-            "",
-        ]
-    )
+    lines = [
+        f"# Item fold-in: {r['dataset']}",
+        "",
+        f"{r['held_out_items']:,} items held out ({r['held_out_share']:.0%} of "
+        f"{r['items']:,}, drawn uniformly among items with seed {r['seed']}) and removed "
+        f"from the data; the bundle (`{b['settings']['recipe']}` student shape, plain "
+        f"cross-entropy, {b['epochs']} epochs, static INT8) never saw them. "
+        f"{r['held_out_items_in_training_period']:,} of them occur in the training "
+        f"period; {r['held_out_items_with_vector']:,} after a known item, and got a vector "
+        f"({r['usable_occurrences']:,} such occurrences, with those of "
+        f"{r['other_items_with_vector']:,} items only users dropped from the bundle's data "
+        f"had). The softmax method's negatives: {r['negative_positions']:,} positions "
+        f"sampled from those whose next item is known, each weighing "
+        f"{r['negative_weight']:.1f}. Test events whose target is held out: "
+        f"{r['test_events']:,} ({r['test_events_with_vector']:,} of them with a vector); "
+        f"other test events: {r['test_known_events']:,}.",
+        "",
+        f"Answers through the service (`load_model`, `encode_vectors`, `with_catalog`, "
+        f"`recommend_batch`), top {K}; 95% bootstrap intervals over events. Per method: the "
+        f"setting chosen on all validation events, and the one chosen on the held-out-target "
+        f'validation events alone ("held-out choice"); the default is the method whose '
+        f"choice is best on all validation events.",
+        "",
+        "Test events whose target is held out:",
+        "",
+        f"| ranking | HR@{K} | 95% CI | NDCG@{K} | 95% CI |",
+        "|---|---|---|---|---|",
+        *(_row(names[n], r["by_events"][n], "held_out_targets_") for n in ranked),
+        _row("popularity (training counts)", r, "popularity_"),
+        _row("bundle alone", r, "bundle_"),
+        "",
+        f"What the new items cost the other answers: NDCG@{K} by test event (the bundle alone "
+        f"has {r['held_out_share']:.0%} fewer items to rank known targets against), and the "
+        f"share of all test answers' slots that held-out items take:",
+        "",
+        "| ranking | held-out targets | known targets | all events | new-item slots |",
+        "|---|---|---|---|---|",
+        *(_by_events_row(names[n], r["by_events"][n]) for n in names),
+        "",
+    ]
+    for kind, label in (("held_out_targets", "held-out-target"), ("all", "all")):
+        test = r.get(f"softmax_vs_lsq_{kind}_ndcg@{K}")
+        if test:
+            lo, hi = test["ci95"]
+            lines.append(
+                f"Softmax minus least squares (each chosen on all validation events), NDCG@{K} "
+                f"on {label} test events: {test['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}], "
+                f"p = {test['p_value']:.3g}."
+            )
+            lines.append("")
+    lines += [
+        f"Validation NDCG@{K} on all events (the held-out-target events and a sample of the "
+        f"others, weighted to their numbers: {r['valid_events']:,} and "
+        f"{r['valid_known_events']:,}); in brackets: on the held-out-target events alone.",
+        "",
+        *_grid_table(r["grid"]),
+        "",
+        f"CPU: {r['cpu']}; wall time {r['wall_seconds']:.0f} s (bundle {trained}); "
+        f"commit {r['git_commit']}{' (dirty)' if r['git_dirty'] else ''}.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _row(name: str, values: dict[str, Any], prefix: str) -> str:
@@ -469,23 +565,32 @@ def _by_events_row(name: str, values: dict[str, Any]) -> str:
     for kind in ("held_out_targets_", "known_targets_", "all_"):
         lo, hi = values[f"{kind}ndcg@{K}_ci95"]
         cells.append(f"{values[f'{kind}ndcg@{K}']:.4f} [{lo:.4f}, {hi:.4f}]")
+    cells.append(f"{values['new_item_slot_share']:.1%}")
     return "| " + " | ".join(cells) + " |"
 
 
+def _cell(g: dict[str, Any]) -> str:
+    return f"{g[f'valid_all_ndcg@{K}']:.4f} ({g[f'valid_ndcg@{K}']:.4f})"
+
+
 def _grid_table(grid: Sequence[dict[str, Any]]) -> list[str]:
-    ridges = sorted({g["ridge"] for g in grid})
-    lines = [f"| target rank \\ ridge | {' | '.join(f'{x:g}' for x in ridges)} |",
-             "|---|" + "---|" * len(ridges)]  # fmt: skip
-    for rank in sorted({g["target_rank"] for g in grid}):
-        cells = {g["ridge"]: g for g in grid if g["target_rank"] == rank}
-        lines.append(
-            f"| {rank} | "
-            + " | ".join(
-                f"{cells[x][f'valid_all_ndcg@{K}']:.4f} ({cells[x][f'valid_ndcg@{K}']:.4f})"
-                for x in ridges
-            )
-            + " |"
-        )
+    lines: list[str] = []
+    lsq = [g for g in grid if g["method"] == "lsq"]
+    if lsq:
+        ridges = sorted({g["ridge"] for g in lsq})
+        lines += ["Least squares:", "",
+                  f"| target rank \\ ridge | {' | '.join(f'{x:g}' for x in ridges)} |",
+                  "|---|" + "---|" * len(ridges)]  # fmt: skip
+        for rank in sorted({g["target_rank"] for g in lsq}):
+            cells = {g["ridge"]: g for g in lsq if g["target_rank"] == rank}
+            lines.append(f"| {rank} | " + " | ".join(_cell(cells[x]) for x in ridges) + " |")
+    softmax = sorted((g for g in grid if g["method"] == "softmax"), key=lambda g: g["l2"])
+    if softmax:
+        lines += [*([""] if lines else []), "Softmax:", "",
+                  "| l2 | " + " | ".join(f"{g['l2']:g}" for g in softmax) + " |",
+                  "|---|" + "---|" * len(softmax),
+                  f"| NDCG@{K} | " + " | ".join(_cell(g) for g in softmax) + " |",
+                  "| fit (s) | " + " | ".join(f"{g['fit_seconds']:.0f}" for g in softmax) + " |"]  # fmt: skip
     return lines
 
 
@@ -503,6 +608,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="beauty", help="benchmarks.compress recipe of the shape")
     p.add_argument("--ridges", type=float, nargs="+", default=list(RIDGES))
     p.add_argument("--target-ranks", type=int, nargs="+", default=list(TARGET_RANKS))
+    p.add_argument("--l2s", type=float, nargs="+", default=list(L2S), help="softmax's l2 grid")
+    p.add_argument(
+        "--negatives",
+        type=int,
+        default=FoldInConfig.negatives,
+        help="positions with a known next item sampled as softmax negatives",
+    )
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--known-sample", type=int, default=KNOWN_SAMPLE,
                    help="validation events with known targets answered per setting")  # fmt: skip
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -547,15 +660,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle_seconds = time.perf_counter() - t0
     _log("folding in and answering through the service")
     t0 = time.perf_counter()
-    measured = measure(args.work / BUNDLE_VERSION, split, data.vocab, ridges=args.ridges,
-                       target_ranks=args.target_ranks, known_sample=args.known_sample,
-                       seed=args.seed)  # fmt: skip
+    grid = configs(ridges=args.ridges if "lsq" in args.methods else [],
+                   target_ranks=args.target_ranks,
+                   l2s=args.l2s if "softmax" in args.methods else [], negatives=args.negatives)  # fmt: skip
+    measured = measure(args.work / BUNDLE_VERSION, split, data.vocab, grid=grid,
+                       known_sample=args.known_sample, seed=args.seed)  # fmt: skip
     results = {
         "dataset": args.data.stem, "data": str(args.data), **provenance,
         "protocol": __doc__.split("Protocol:")[1].split("Writes the JSON")[0].strip(),
         "held_out_share": args.held_out, "seed": args.seed, "items": data.n_items,
         "users": data.n_users, "k": K, **measured, "bundle": trained,
         "timings_s": {"bundle": round(bundle_seconds, 2),
+                      "evidence": measured.pop("evidence_seconds"),
                       "measure": round(time.perf_counter() - t0, 2)},
         "wall_seconds": round(time.perf_counter() - t_start, 2),
     }  # fmt: skip

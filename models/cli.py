@@ -21,7 +21,7 @@ from typing import Any
 
 import bundle
 from models.compress import ACCEPTANCE_RATIO, CompressConfig, CompressResult, run_compress
-from models.foldin import FoldInConfig, fold_in, write_items_json
+from models.foldin import METHODS, FoldInConfig, fold_in, write_items_json
 from models.readers import FORMATS, DataFormatError, read_interactions
 from models.synthetic import SyntheticConfig, write_synthetic
 
@@ -95,14 +95,22 @@ def _add_foldin_parser(sub: Any) -> None:
     f.add_argument("--format", choices=FORMATS, default="auto")
     f.add_argument("--out", required=True, type=Path, help="JSON file to write")
     f.add_argument("--min-occurrences", type=int, default=FoldInConfig.min_occurrences)
-    f.add_argument("--ridge", type=float, default=FoldInConfig.ridge)
-    f.add_argument("--target-rank", type=int, default=FoldInConfig.target_rank)
+    f.add_argument("--method", choices=METHODS, default=FoldInConfig.method)
+    f.add_argument("--l2", type=float, default=FoldInConfig.l2, help="softmax")
+    f.add_argument("--negatives", type=int, default=FoldInConfig.negatives, help="softmax")
+    f.add_argument("--ridge", type=float, default=FoldInConfig.ridge, help="lsq")
+    f.add_argument("--target-rank", type=int, default=FoldInConfig.target_rank, help="lsq")
 
 
 def _foldin(args: argparse.Namespace) -> int:
-    config = FoldInConfig(
-        ridge=args.ridge, target_rank=args.target_rank, min_occurrences=args.min_occurrences
-    )
+    try:
+        config = FoldInConfig(
+            method=args.method, l2=args.l2, negatives=args.negatives, ridge=args.ridge,
+            target_rank=args.target_rank, min_occurrences=args.min_occurrences,
+        )  # fmt: skip
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         b = bundle.read_bundle(args.bundle)
         # Every user counts: one known item before a new one is already evidence.

@@ -53,6 +53,8 @@ class BundleSpec:
     shared_items: bool = False  # model.onnx reads the item table from items.npy
     ndcg: float = 0.0  # manifest metrics test_ndcg@10 (what models.compress writes), ndcg@10
     slow_layers: int = 0  # extra (2048 x 2048) MatMul + Tanh layers: a deliberately slow encoder
+    user_offset: float = 0.0  # added to the encoder's bias on its first axis: a component that
+    # every user vector shares, as a trained encoder's do
 
 
 def item_ids(n_items: int) -> list[str]:
@@ -179,6 +181,7 @@ def make_parameters(spec: BundleSpec) -> dict[str, np.ndarray]:
     embeddings[0] = 0.0  # padding row
     weight = rng.normal(0, 1 / np.sqrt(spec.dim), size=(spec.dim, spec.dim)).astype(np.float32)
     bias = rng.normal(0, 0.1, size=spec.dim).astype(np.float32)
+    bias[0] += spec.user_offset
     # Popularity: a steep, distinct ranking (item i1 most popular) so tests can predict it.
     popularity = np.concatenate([[0], np.arange(spec.n_items, 0, -1) * 10]).astype(np.int64)
     return {"E": embeddings, "W": weight, "b": bias, "popularity": popularity}

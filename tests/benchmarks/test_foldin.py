@@ -130,20 +130,37 @@ def test_main_writes_the_report_and_its_table(tmp_path: Path) -> None:
     out = tmp_path / "results" / "foldin.json"
     argv = ["--data", str(data), "--out", str(out), "--work", str(tmp_path / "work"),
             "--recipe", "demo", "--epochs", "1", "--held-out", "0.2", "--no-progress",
-            "--ridges", "0.3", "3", "--target-ranks", "1", "10", "--known-sample", "50"]  # fmt: skip
+            "--ridges", "0.3", "3", "--target-ranks", "1", "10", "--l2s", "0.1", "1",
+            "--negatives", "400", "--known-sample", "50"]  # fmt: skip
     assert main(argv) == 0
     r = json.loads(out.read_text())
     assert r["held_out_items"] == 16
     assert r["test_events"] > 0 and r["valid_events"] > 0
-    assert len(r["grid"]) == 4
+    assert r["negative_positions"] == 400 and r["negative_weight"] > 1
+    assert [g["method"] for g in r["grid"]] == ["lsq"] * 4 + ["softmax"] * 2
     assert r["bundle_hr@10"] == 0.0
     assert r["by_events"]["bundle"]["held_out_targets_hr@10"] == 0.0
+    assert r["by_events"]["bundle"]["new_item_slot_share"] == 0.0
     assert r["test_events"] + r["test_known_events"] == 300
+    # each method's choices on validation, on test by events; the better one is the default
     assert r["chosen"]["on"] == "valid_all_ndcg@10"
+    methods = r["methods"]
+    assert methods.keys() == {"lsq", "softmax"}
+    assert methods["softmax"]["chosen"]["l2"] in (0.1, 1.0)
+    assert methods["lsq"]["held_out_choice"]["on"] == "valid_ndcg@10"
+    best = max(methods.values(), key=lambda m: m["chosen"]["valid_all_ndcg@10"])
+    assert r["chosen"]["method"] == best["chosen"]["method"]
+    assert {"lsq", "lsq_held_out_choice", "softmax", "softmax_held_out_choice", "bundle"} == (
+        r["by_events"].keys()
+    )
+    assert r["by_events"][r["chosen"]["method"]]["held_out_targets_ndcg@10"] == r["ndcg@10"]
+    assert "diff" in r["softmax_vs_lsq_all_ndcg@10"]
     assert {"hr@10", "ndcg@10", "popularity_hr@10", "popularity_ndcg@10", "cpu",
             "git_commit", "wall_seconds", "chosen"} <= r.keys()  # fmt: skip
     assert r["bundle"]["reused"] is False
-    assert "| bundle alone | 0.0000 |" in out.with_suffix(".md").read_text()
+    markdown = out.with_suffix(".md").read_text()
+    assert "| bundle alone | 0.0000 |" in markdown
+    assert "| softmax (l2 " in markdown and "| least squares (ridge " in markdown
     # a second run with the same settings reuses the bundle
     assert main(argv) == 0
     assert json.loads(out.read_text())["bundle"]["reused"] is True
