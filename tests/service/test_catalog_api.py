@@ -68,9 +68,9 @@ def test_unavailable_items_leave_every_answer_and_come_back(client, admin_header
 
 
 def test_availability_holds_across_swap_rollback_and_restart(
-    client_for, make_settings, v1_dir, v2_archive, admin_headers
+    client_for, make_settings, v1_dir, v2_archive, admin_headers, store_settings
 ):
-    settings = make_settings(bootstrap_bundle=v1_dir)
+    settings = make_settings(bootstrap_bundle=v1_dir, **store_settings)
     client = client_for(settings)
     gone = answer(client)[:2]
     unavailable(client, gone, admin_headers)
@@ -80,7 +80,7 @@ def test_availability_holds_across_swap_rollback_and_restart(
     assert client.post("/admin/rollback", headers=admin_headers).status_code == 200
     assert f.answered_version(client) == "v1" and not set(gone).intersection(answer(client))
     client.__exit__(None, None, None)
-    restarted = client_for(settings)  # the same model directory: the embedded store's files
+    restarted = client_for(settings)  # the same model directory and store
     assert not set(gone).intersection(answer(restarted))
 
 
