@@ -158,6 +158,7 @@ class AnnIndex:
         self.build_s = time.perf_counter() - t0
 
     _blocked: npt.NDArray[np.bool_] | None = None  # rows never returned by `top_k`
+    _n_blocked = 0
 
     def with_blocked(self, rows: I64) -> AnnIndex:
         """This index (shared, not copied) never returning `rows` from `top_k`: each search
@@ -165,6 +166,7 @@ class AnnIndex:
         other = copy.copy(self)
         other._blocked = np.zeros(self.n_items + 1, dtype=bool)
         other._blocked[rows] = True
+        other._n_blocked = int(other._blocked.sum())
         return other
 
     @property
@@ -256,8 +258,7 @@ class AnnIndex:
         width = max(0, min(k, self.n_items))
         ban = banned_matrix(banned)  # padded with 0: never a search result
         blocked = self._blocked
-        extra = 0 if blocked is None else int(blocked.sum())
-        idx, scores = self.search(users, width + ban.shape[1] + extra)
+        idx, scores = self.search(users, width + ban.shape[1] + self._n_blocked)
         drop = idx < 1
         if ban.size:
             drop |= (idx[:, :, None] == ban[:, None, :]).any(axis=2)

@@ -220,32 +220,20 @@ class LoadedModel:
         another layer; shares the encoder (and the scorers when no vectors are added)."""
         base = self.base
         stored = layer.vectors_of(self.version)
-        if not stored:
-            return LoadedModel(
-                manifest=base.manifest,
-                encoder=base._encoder,
-                items=base._items,
-                scales=base._scales,
-                vocab=base._vocab,
-                popularity=base._popularity,
-                scorer=base._scorer,
-                ann=base._ann,
-                pq=base.pq,
-                options=base.options,
-                catalog=layer,
-                base=base,
-            )
-        added, skipped = decode_rows(base.manifest, base.pq, stored)
-        if skipped:
-            log.warning(
-                "%s: %d stored item vectors do not fit this bundle and are ignored, e.g. %r",
-                self.version,
-                len(skipped),
-                skipped[0],
-            )
-        items, scales, vocab, popularity = base._merged(added)
-        pq = None if base.pq is None else PQTable(items, base.pq.codebooks)
-        scorer, ann = build_scorers(items, scales, pq, base.options)
+        items, scales, vocab, popularity = base._items, base._scales, base._vocab, base._popularity
+        scorer, ann, pq = base._scorer, base._ann, base.pq
+        if stored:
+            added, skipped = decode_rows(base.manifest, base.pq, stored)
+            if skipped:
+                log.warning(
+                    "%s: %d stored item vectors do not fit this bundle and are ignored, e.g. %r",
+                    self.version,
+                    len(skipped),
+                    skipped[0],
+                )
+            items, scales, vocab, popularity = base._merged(added)
+            pq = None if base.pq is None else PQTable(items, base.pq.codebooks)
+            scorer, ann = build_scorers(items, scales, pq, base.options)
         model = LoadedModel(
             manifest=base.manifest,
             encoder=base._encoder,
@@ -260,7 +248,8 @@ class LoadedModel:
             catalog=layer,
             base=base,
         )
-        model.warm_up()
+        if stored:
+            model.warm_up()  # its scorer is new: the first request pays no setup cost
         return model
 
     def _merged(self, added: Rows) -> tuple[npt.NDArray[Any], F32 | None, list[str], I64]:
