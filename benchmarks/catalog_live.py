@@ -69,6 +69,7 @@ from benchmarks.swap import (
     LoadRun,
     _table,
     _target,
+    add_fleet_arguments,
     replica_env,
     retag,
     summarize,
@@ -995,14 +996,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.catalog_live", description=__doc__.split("\n")[0]
     )
+    add_fleet_arguments(p, bundle_help="bundle dir to serve (default: as bench-swap)")
     a = p.add_argument
-    a("--data", type=Path, default=Path("../shared/data/amazon-beauty.txt"))
-    a("--bundle", type=Path, default=None, help="bundle dir to serve (default: as bench-swap)")
-    a("--out", type=Path, default=Path("benchmarks/results"))
-    a("--work", type=Path, default=Path("benchmarks/work"))
-    a("--load", type=float, default=0.7, help="share of the probed capacity (default 0.7)")
-    a("--probe-rps", type=float, default=4000.0, help="offered rate of the capacity probe")
-    a("--probe", type=float, default=15.0, help="seconds of the capacity probe")
     a("--warmup", type=float, default=10.0, help="seconds of the traced warm-up")
     a("--items", type=int, default=1000, help="items made unavailable, and items added")
     a("--probe-bodies", type=int, default=4, help="full-catalog probe bodies per round")
@@ -1010,9 +1005,6 @@ def _parser() -> argparse.ArgumentParser:
     a("--new-items-run", type=float, default=20.0, help="seconds of the new-items run")
     a("--flush-run", type=float, default=30.0, help="seconds of the flush run")
     a("--timeout", type=float, default=10.0, help="seconds to wait for a change to propagate")
-    a("--user-rps", type=float, default=10.0)
-    a("--server-cpu", default="0")
-    a("--load-cpu", default="1")
     return p
 
 

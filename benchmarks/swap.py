@@ -652,18 +652,28 @@ def render_plot(r: dict[str, Any], trace: list[Answer], path: Path) -> None:
 
 
 # --- command line ----------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.swap", description=__doc__.split("\n")[0]
-    )
+def add_fleet_arguments(p: argparse.ArgumentParser, *, bundle_help: str) -> None:
+    """The flags of a benchmark on a two-replica fleet under load (this one and
+    `benchmarks.catalog_live`): data, bundle, outputs, the capacity probe, the load, pinning."""
     a = p.add_argument
     a("--data", type=Path, default=Path("../shared/data/amazon-beauty.txt"))
-    a("--bundle", type=Path, default=None, help="bundle dir to serve (default: as bench-serve)")
+    a("--bundle", type=Path, default=None, help=bundle_help)
     a("--out", type=Path, default=Path("benchmarks/results"))
     a("--work", type=Path, default=Path("benchmarks/work"))
     a("--load", type=float, default=0.7, help="share of the probed capacity (default 0.7)")
     a("--probe-rps", type=float, default=4000.0, help="offered rate of the capacity probe")
     a("--probe", type=float, default=15.0, help="seconds of the capacity probe")
+    a("--user-rps", type=float, default=10.0)
+    a("--server-cpu", default="0")
+    a("--load-cpu", default="1")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.swap", description=__doc__.split("\n")[0]
+    )
+    add_fleet_arguments(p, bundle_help="bundle dir to serve (default: as bench-serve)")
+    a = p.add_argument
     a("--steady", type=float, default=30.0, help="seconds of the steady run")
     a("--duration", type=float, default=60.0, help="seconds of the swap run")
     a("--swaps", type=int, default=20)
@@ -671,9 +681,6 @@ def _parser() -> argparse.ArgumentParser:
     a("--outage-run", type=float, default=40.0, help="seconds of the Redis outage run")
     a("--outage", type=float, default=10.0, help="seconds Redis stays down")
     a("--fuzz-examples", type=int, default=25, help="fuzzer examples per operation and mode")
-    a("--user-rps", type=float, default=10.0)
-    a("--server-cpu", default="0")
-    a("--load-cpu", default="1")
     a("--no-plot", action="store_true")
     return p
 
