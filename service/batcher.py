@@ -19,9 +19,9 @@ Like Triton's dynamic batcher
 
 Why not a worker thread: the batch's Python work (ID lookups, building answers) and the event
 loop's (HTTP parsing) then fight over the GIL, and each hand-over can wait for the
-interpreter's 5 ms switch interval. Measured once by hand on one pinned core (wrk, 10
-connections, one /recommend body; not a repository command): 855 requests/s with a worker
-thread, 4,356 inline. `make bench-serve` measures the result end to end.
+interpreter's 5 ms switch interval (`docs/decisions/2026-12-06-batching-waits-only-for-
+requests-in-flight.md` keeps the measurement). `make bench-serve` measures the result end to
+end.
 
 A request carries the model it started with (read once by the route): if a swap happens while
 requests are queued, one batch holds several model objects and is split into one call per
