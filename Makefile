@@ -10,17 +10,19 @@ DEMO_BUNDLE := $(DEMO_DIR)/demo.tar.gz
 
 export HOST PORT
 
-.PHONY: help venv demo serve test lint format clean bench-compress bench-serve bench-swap \
-	bench-catalog bench-scoring bench-int8-activations
+.PHONY: help venv demo serve test check-tools lint format clean bench-compress bench-serve bench-swap \
+	bench-catalog bench-scoring bench-int8-activations bench-model-cost
 
 help:
 	@echo "make serve   build the demo bundle if needed and serve on $$HOST:$$PORT (default 0.0.0.0:8000)"
 	@echo "make test    set up and run lint, type checks and the whole test suite"
+	@echo "             (needs redis-server, nginx, docker-compose, chromium: sudo .ci/tools installs them)"
 	@echo "make bench-compress DATA=../shared/data/amazon-beauty.txt   compression benchmark (long)"
 	@echo "make bench-serve [DATA=...] [SERVE_ARGS='--bundle DIR']        serving benchmark (~16 min)"
 	@echo "make bench-swap [DATA=...] [SWAP_ARGS='--cycles 100']          swap / fault benchmark (~10 min)"
 	@echo "make bench-catalog [DATA=...] [CATALOG_ARGS='--items 1000']    live catalog under load (~3 min)"
 	@echo "make bench-scoring                                              int8 rows vs pq4 codes, top 10 (~1 min)"
+	@echo "make bench-model-cost                                            model CPU per request by batch size (~2 min)"
 	@echo "make bench-int8-activations                                     float, static and dynamic INT8 encoder (~2 min)"
 
 # The environment: serving deps + the offline pipeline (CPU torch, pinned) + dev and bench tools.
@@ -45,8 +47,14 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
-test: venv lint
+# The programs the suite runs (redis-server, nginx, docker-compose, chromium): stop in the
+# first second, naming the command that installs the missing ones (`sudo .ci/tools`).
+check-tools:
+	@PYTHON=$(PYTHON) .ci/tools --check
+
+test: check-tools venv lint
 	$(PY) -m pytest
 
 format: venv
@@ -74,6 +82,10 @@ bench-scoring: venv
 # Static vs dynamic INT8 activations of the served encoder (speed, batch independence), pinned.
 bench-int8-activations: venv
 	taskset -c 1 $(PY) -m benchmarks.int8_activations --out benchmarks/results/int8-activations.json
+
+# The model's CPU time per served request by batch size (the speed-only Beauty bundle), pinned.
+bench-model-cost: venv
+	taskset -c 1 $(PY) -m benchmarks.model_cost --data $(DATA) --out benchmarks/results/model-cost.json
 
 # The serving benchmark (issue 4), never part of `make test`: each variant's server pinned to
 # core 0, locust on core 1, a ladder of offered loads.

@@ -46,6 +46,7 @@ from onnx import TensorProto, numpy_helper
 from bundle import (
     ITEMS_FILE,
     SCALES_FILE,
+    Manifest,
     PQTable,
     decode_items,
     encode_items,
@@ -86,8 +87,7 @@ def grow_bundle(
     `<source version>-x<n_items>`.
     """
     source = read_bundle(src)
-    m = source.manifest
-    n_src = m.n_items
+    m, n_src = source.manifest, source.manifest.n_items
     if n_items < n_src:
         raise ValueError(f"cannot grow {n_src} items to fewer ({n_items})")
     if noise < 0:
@@ -108,21 +108,62 @@ def grow_bundle(
     model = onnx.load(str(source.model_path), load_external_data=False)
     grow_item_tables(model, n_src=n_src, new_rows=matrix[n_src + 1 :], stored=stored, scales=scales)
     runnable = _with_item_tables(model, stored=stored, scales=scales)
+    golden_in, golden_out = _golden_pairs(runnable, m, n_items, rng)
 
-    golden_in = np.array([g.input for g in m.golden], dtype=np.int64)
-    extra = np.zeros((N_GROWN_GOLDEN, m.max_len), dtype=np.int64)
-    for row in range(N_GROWN_GOLDEN):
-        length = int(rng.integers(1, m.max_len + 1))
-        extra[row, m.max_len - length :] = rng.integers(n_src + 1, n_items + 1, size=length)
-        extra[row, -1] = n_items  # the last row, so the end of the grown table is read
-    golden_in = np.concatenate([golden_in, extra]) if n_new else golden_in
-    golden_out = _run(runnable, golden_in, input_name=m.onnx_input, output_name=m.onnx_output)
+    write_bundle(
+        dst,
+        model_version=version or f"{m.model_version}-x{n_items}",
+        onnx_model=model.SerializeToString(),
+        item_matrix=matrix,
+        vocab=vocab,
+        popularity=popularity,
+        max_len=m.max_len,
+        golden_inputs=golden_in,
+        golden_outputs=golden_out,
+        item_encoding=m.item_encoding,
+        golden_atol=m.golden_atol,
+        architecture=_grown_architecture(m.architecture, n_items),
+        recipe={**m.recipe, "grown_by": "benchmarks/catalog.py grow_bundle"},
+        metrics={},
+        dataset={
+            **m.dataset,
+            "synthetic_growth": _growth_record(m, n_items, noise=noise, seed=seed),
+        },
+    )
+    return dst
 
-    architecture = dict(m.architecture)
-    config = architecture.get("config")
+
+def _grown_architecture(architecture: dict[str, Any], n_items: int) -> dict[str, Any]:
+    """The manifest's architecture with the model config's catalog size grown."""
+    out = dict(architecture)
+    config = out.get("config")
     if isinstance(config, dict) and "n_items" in config:
-        architecture["config"] = {**config, "n_items": n_items}
-    growth = {
+        out["config"] = {**config, "n_items": n_items}
+    return out
+
+
+def _golden_pairs(
+    runnable: bytes, m: Manifest, n_items: int, rng: np.random.Generator
+) -> tuple[I64, F32]:
+    """The source's golden inputs plus, when the catalog grew, `N_GROWN_GOLDEN` over grown
+    items (each ending on the last row, so the end of the grown table is read); the grown
+    encoder's outputs for them."""
+    golden_in = np.array([g.input for g in m.golden], dtype=np.int64)
+    if n_items > m.n_items:
+        extra = np.zeros((N_GROWN_GOLDEN, m.max_len), dtype=np.int64)
+        for row in range(N_GROWN_GOLDEN):
+            length = int(rng.integers(1, m.max_len + 1))
+            extra[row, m.max_len - length :] = rng.integers(m.n_items + 1, n_items + 1, size=length)
+            extra[row, -1] = n_items
+        golden_in = np.concatenate([golden_in, extra])
+    golden_out = _run(runnable, golden_in, input_name=m.onnx_input, output_name=m.onnx_output)
+    return golden_in, golden_out
+
+
+def _growth_record(m: Manifest, n_items: int, *, noise: float, seed: int) -> dict[str, Any]:
+    """The manifest's `dataset.synthetic_growth`: how the catalog was made from `m`'s."""
+    n_src = m.n_items
+    return {
         "source_version": m.model_version,
         "source_n_items": n_src,
         "n_items": n_items,
@@ -136,24 +177,6 @@ def grow_bundle(
             "source's test metrics do not apply to this catalog and are left out."
         ),
     }
-    write_bundle(
-        dst,
-        model_version=version or f"{m.model_version}-x{n_items}",
-        onnx_model=model.SerializeToString(),
-        item_matrix=matrix,
-        vocab=vocab,
-        popularity=popularity,
-        max_len=m.max_len,
-        golden_inputs=golden_in,
-        golden_outputs=golden_out,
-        item_encoding=m.item_encoding,
-        golden_atol=m.golden_atol,
-        architecture=architecture,
-        recipe={**m.recipe, "grown_by": "benchmarks/catalog.py grow_bundle"},
-        metrics={},
-        dataset={**m.dataset, "synthetic_growth": growth},
-    )
-    return dst
 
 
 def grown_rows(old: F32, n_new: int, *, noise: float, rng: np.random.Generator) -> tuple[I64, F32]:
@@ -323,8 +346,8 @@ def serving_recall(
 
     Both sides rank every item (seen ones included) so the comparison is the search alone."""
     from service.ann import AnnConfig
-    from service.registry import load_model
-    from service.runner import ModelOptions, RecRequest
+    from service.loading import load_model
+    from service.model import ModelOptions, RecRequest
     from service.settings import Settings
 
     values: dict[str, Any] = {key.lower(): v for key, v in (env or {}).items()}
@@ -485,48 +508,54 @@ def pq_ann_report(
     import faiss
 
     from benchmarks.provenance import cpu_model
-    from service.ann import AnnConfig, AnnIndex
-    from service.code_ann import CodeAnnIndex
-    from service.code_scorer import CodeScorer
     from service.encoder import OnnxEncoder
 
     faiss.omp_set_num_threads(1)
     b = read_bundle(bundle_dir)
     m = b.manifest
-    own = b.pq
-    source = own.decode() if own is not None else decode_items(b.items, b.item_scales)
+    source = b.pq.decode() if b.pq is not None else decode_items(b.items, b.item_scales)
     rng = np.random.default_rng(seed)
+    encoder = OnnxEncoder(b.model_path, manifest=m)
     queries = _queries(
-        OnnxEncoder(b.model_path, manifest=m),
-        source,
-        b.popularity,
-        users=users,
-        history=history,
-        max_len=m.max_len,
-        rng=rng,
+        encoder, source, b.popularity, users=users, history=history, max_len=m.max_len, rng=rng
     )
     _, new = grown_rows(source, max(0, items - m.n_items), noise=noise, rng=rng)
     matrix = np.concatenate([source, new])
     del new
-    n = len(matrix) - 1
     print(
-        f"{m.model_version} ({m.item_encoding}, {m.n_items:,} items) grown to {n:,} items "
-        f"(noise {noise}), dim {m.dim}; {users} users per query kind; 1 thread; {cpu_model()}"
+        f"{m.model_version} ({m.item_encoding}, {m.n_items:,} items) grown to "
+        f"{len(matrix) - 1:,} items (noise {noise}), dim {m.dim}; {users} users per query "
+        f"kind; 1 thread; {cpu_model()}"
     )
-    walk = queries["model-walk histories"]
+    _int8_ann_lines(matrix, queries)
+    for n_sub in subspaces:
+        _pq4_lines(matrix, n_sub, b.pq, queries, nprobes=nprobes, refines=refines, seed=seed)
 
-    def report(name: str, top10: Search, truth: dict[str, tuple[I64, F32]], ties: bool) -> None:
-        """recall@10 per query kind (with `ties`, also `tie_recall`: the scores compare
-        exactly), then µs per row at batch 1 and 32."""
-        line = [f"  {name}:"]
-        for kind, u in queries.items():
-            (found, found_scores), (want, want_scores) = top10(u), truth[kind]
-            tied = f", ties {tie_recall(found_scores, want_scores):.4f}" if ties else ""
-            line.append(f"recall@10 {recall_at_k(found, want):.4f}{tied} ({kind})")
-        for batch in (1, 32):
-            us = _us_per_row(top10, walk, batch, 200 // batch + 20)
-            line.append(f"{us:.0f} µs/row b{batch}")
-        print("  ".join(line))
+
+def _report_line(
+    name: str,
+    top10: Search,
+    queries: dict[str, F32],
+    truth: dict[str, tuple[I64, F32]],
+    *,
+    ties: bool,
+) -> None:
+    """Print recall@10 per query kind (with `ties`, also `tie_recall`: the scores compare
+    exactly), then µs per row at batch 1 and 32 on the model-walk queries."""
+    line = [f"  {name}:"]
+    for kind, u in queries.items():
+        (found, found_scores), (want, want_scores) = top10(u), truth[kind]
+        tied = f", ties {tie_recall(found_scores, want_scores):.4f}" if ties else ""
+        line.append(f"recall@10 {recall_at_k(found, want):.4f}{tied} ({kind})")
+    for batch in (1, 32):
+        us = _us_per_row(top10, queries["model-walk histories"], batch, 200 // batch + 20)
+        line.append(f"{us:.0f} µs/row b{batch}")
+    print("  ".join(line))
+
+
+def _int8_ann_lines(matrix: F32, queries: dict[str, F32]) -> None:
+    """The service's int8 ANN path on int8 rows of `matrix`, against exact int8 scoring."""
+    from service.ann import AnnConfig, AnnIndex
 
     stored, scales = encode_items(matrix, "int8")
     t0 = time.perf_counter()
@@ -537,25 +566,43 @@ def pq_ann_report(
     )
     truth = {kind: exact_top_k(u, stored, scales, 10) for kind, u in queries.items()}
     name = f"ANN nprobe {ann.nprobe} refine {ann.config.refine} (service defaults)"
-    report(name, partial(_ann_top10, ann), truth, ties=False)  # fp32 vs int8 arithmetic
-    for n_sub in subspaces:
-        t0 = time.perf_counter()
-        table = _pq4_table(matrix, n_sub, own, seed=seed)
-        origin = "the bundle's" if own is not None and own.m == n_sub else "trained"
-        print(
-            f"pq4 M = {n_sub}, {table.nbytes:,} bytes ({origin} codebooks, coded in "
-            f"{time.perf_counter() - t0:.1f} s)"
-        )
-        scorer = CodeScorer(table)
-        truth = {kind: _scan_top10(scorer, u) for kind, u in queries.items()}
-        report("CodeScorer, exhaustive", partial(_scan_top10, scorer), truth, ties=True)
-        index = CodeAnnIndex(table, AnnConfig())
-        print(f"  IVF over the codes: nlist {index.nlist}, built in {index.build_s:.1f} s")
-        for nprobe in nprobes:
-            for refine in refines:
-                probed = index.with_nprobe(nprobe, refine=refine)
-                name = f"nprobe {probed.nprobe:4d} refine {refine:4d}"
-                report(name, partial(_ann_top10, probed), truth, ties=True)
+    # fp32 against int8 arithmetic: scores do not compare exactly, so no tie recall
+    _report_line(name, partial(_ann_top10, ann), queries, truth, ties=False)
+
+
+def _pq4_lines(
+    matrix: F32,
+    n_sub: int,
+    own: PQTable | None,
+    queries: dict[str, F32],
+    *,
+    nprobes: Sequence[int],
+    refines: Sequence[int],
+    seed: int,
+) -> None:
+    """`matrix` in pq4 codes of M = `n_sub`: the exhaustive scan, then the IVF index over the
+    codes at every nprobe x refine, against the scan's exact top 10."""
+    from service.ann import AnnConfig
+    from service.code_ann import CodeAnnIndex
+    from service.code_scorer import CodeScorer
+
+    t0 = time.perf_counter()
+    table = _pq4_table(matrix, n_sub, own, seed=seed)
+    origin = "the bundle's" if own is not None and own.m == n_sub else "trained"
+    print(
+        f"pq4 M = {n_sub}, {table.nbytes:,} bytes ({origin} codebooks, coded in "
+        f"{time.perf_counter() - t0:.1f} s)"
+    )
+    scorer = CodeScorer(table)
+    truth = {kind: _scan_top10(scorer, u) for kind, u in queries.items()}
+    _report_line("CodeScorer, exhaustive", partial(_scan_top10, scorer), queries, truth, ties=True)
+    index = CodeAnnIndex(table, AnnConfig())
+    print(f"  IVF over the codes: nlist {index.nlist}, built in {index.build_s:.1f} s")
+    for nprobe in nprobes:
+        for refine in refines:
+            probed = index.with_nprobe(nprobe, refine=refine)
+            name = f"nprobe {probed.nprobe:4d} refine {refine:4d}"
+            _report_line(name, partial(_ann_top10, probed), queries, truth, ties=True)
 
 
 def _ann_top10(index: Any, users: F32) -> tuple[I64, F32]:

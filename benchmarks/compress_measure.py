@@ -55,8 +55,8 @@ from benchmarks.stats import bootstrap_ci, gains
 from models.evaluate import item_array, measure_latency, metrics_from_ranks, onnx_encoder
 from models.sasrec import SASRec, encoder_flops, encoder_params
 from models.split import EvalSet
-from service.registry import load_model
-from service.runner import LoadedModel
+from service.loading import load_model
+from service.model import LoadedModel
 from service.scorer import CatalogScorer, Scorer
 
 I64 = npt.NDArray[np.int64]
@@ -94,9 +94,13 @@ def served_timer(bundle_dir: Path) -> StageTimer:
 def _times(timer: StageTimer, timing: TimingInputs) -> dict[str, float]:
     encoder = measure_latency(timer.encode, timing.inputs, budget_s=timing.budget_s)
     e2e = measure_e2e(
-        timer.encode, timer.scorer, timing.inputs, timing.banned, k=E2E_K,
+        timer.encode,
+        timer.scorer,
+        timing.inputs,
+        timing.banned,
+        k=E2E_K,
         budget_s=timing.budget_s,
-    )  # fmt: skip
+    )
     return {
         "encoder_us_b1": encoder["latency_us_b1"],
         "encoder_us_b32": encoder["latency_us_per_row_b32"],

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 import bundle
-from benchmarks.compress import build_config, teacher_for
+from benchmarks.compress_recipes import build_config
+from benchmarks.compress_seeds import teacher_for
 from benchmarks.provenance import cpu_model, git
 from bundle.io import sha256_file
 from models.compress import (
@@ -73,19 +74,24 @@ def train_student(
     cached = cache_teacher(config, teacher.model, prep)
     torch.save(cached, work / "trials-teacher-top-k.pt")
     student, fit = distill_student(
-        teacher.model, config.student_config(prep.data.n_items), prep.train_split,
+        teacher.model,
+        config.student_config(prep.data.n_items),
+        prep.train_split,
         config.train_config(config.student_epochs, config.student_lr_schedule),
-        config.distill_config(), cached=cached,
-    )  # fmt: skip
+        config.distill_config(),
+        cached=cached,
+    )
     save_checkpoint(student.cpu().eval(), work / "trials-student.pt")
     return {"teacher_val": teacher.fit.best_ndcg, "student_val": fit.best_ndcg}
 
 
 def load_start(config: CompressConfig, prep: PreparedData, work: Path, data: Path) -> Start:
     teacher = load_teacher(
-        work / f"teacher-seed{config.seed}.pt", config, n_items=prep.data.n_items,
+        work / f"teacher-seed{config.seed}.pt",
+        config,
+        n_items=prep.data.n_items,
         data_sha256=sha256_file(data),
-    )  # fmt: skip
+    )
     cached = torch.load(work / "trials-teacher-top-k.pt", weights_only=False)
     return Start(config, prep, teacher.model, cached)
 
@@ -95,12 +101,16 @@ def prune_trial(
 ) -> dict[str, Any]:
     c = s.config
     pruned, info, fit = prune_and_finetune(
-        base, s.teacher, s.prep.train_split,
-        prune_config=PruneConfig(ratio=ratio, prune_heads=not ffn_only,
-                                 importance_batches=c.importance_batches),
+        base,
+        s.teacher,
+        s.prep.train_split,
+        prune_config=PruneConfig(
+            ratio=ratio, prune_heads=not ffn_only, importance_batches=c.importance_batches
+        ),
         train_config=c.train_config(epochs, c.finetune_lr_schedule),
-        distill_config=c.distill_config(), cached=s.cached,
-    )  # fmt: skip
+        distill_config=c.distill_config(),
+        cached=s.cached,
+    )
     return {
         "val": _validation(pruned, s.prep),
         "encoder_params": encoder_params(pruned),
@@ -117,9 +127,12 @@ def pq_trial(
     table = train_pq(item_array(base), m=subspaces, seed=s.config.seed)
     posthoc = _validation(decoded_copy(with_pq_items(base, table)), s.prep)
     c = dataclasses.replace(
-        s.config, item_encoding="pq4", pq_subspaces=subspaces, pq_finetune_epochs=epochs,
+        s.config,
+        item_encoding="pq4",
+        pq_subspaces=subspaces,
+        pq_finetune_epochs=epochs,
         pq_reassign=reassign,
-    )  # fmt: skip
+    )
     _, model, info = product_quantize(c, base, s.teacher, s.prep.train_split, s.cached)
     return {"posthoc_val": posthoc, "val": _validation(model, s.prep), "item_table": info}
 
@@ -141,8 +154,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--recipe", default="beauty")
     p.add_argument("--work", type=Path, default=Path("benchmarks/work"))
-    p.add_argument("--base", default="trials-student.pt",
-                   help="checkpoint (in the work dir) the trial starts from, e.g. a pruned one")  # fmt: skip
+    p.add_argument(
+        "--base",
+        default="trials-student.pt",
+        help="checkpoint (in the work dir) the trial starts from, e.g. a pruned one",
+    )
     p.add_argument("--save", default="", help="save the trial's model as this checkpoint")
     p.add_argument("--results", type=Path, default=RESULTS, help="where the JSONL goes")
     sub = p.add_subparsers(dest="trial", required=True)
@@ -162,12 +178,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     work = args.work / args.data.stem
-    config = build_config(data=str(args.data), work=work, recipe=args.recipe,
-                          overrides={"progress": False})  # fmt: skip
+    config = build_config(
+        data=str(args.data), work=work, recipe=args.recipe, overrides={"progress": False}
+    )
     prep = prepare_data(config)
     t0 = time.perf_counter()
-    record: dict[str, Any] = {"trial": args.trial, "args": {k: v for k, v in vars(args).items()
-                              if k not in ("data", "work", "results")}}  # fmt: skip
+    record: dict[str, Any] = {
+        "trial": args.trial,
+        "args": {k: v for k, v in vars(args).items() if k not in ("data", "work", "results")},
+    }
     if args.trial == "student":
         record.update(train_student(config, prep, work, args.data))
     else:
@@ -175,18 +194,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = load_checkpoint(work / args.base)
         record.update(base_val=_validation(base, prep), base_encoder_params=encoder_params(base))
         if args.trial == "prune":
-            record.update(prune_trial(start, base, ratio=args.ratio, epochs=args.epochs,
-                                      ffn_only=args.ffn_only))  # fmt: skip
+            record.update(
+                prune_trial(
+                    start, base, ratio=args.ratio, epochs=args.epochs, ffn_only=args.ffn_only
+                )
+            )
         elif args.trial == "int4":
             record.update(int4_trial(start, base))
         else:
-            record.update(pq_trial(start, base, subspaces=args.subspaces, epochs=args.epochs,
-                                   reassign=args.reassign))  # fmt: skip
+            record.update(
+                pq_trial(
+                    start,
+                    base,
+                    subspaces=args.subspaces,
+                    epochs=args.epochs,
+                    reassign=args.reassign,
+                )
+            )
     model = record.pop("model", None)
     if args.save and model is not None:
         save_checkpoint(model.cpu().eval(), work / args.save)
-    record.update(seconds=round(time.perf_counter() - t0), cpu=cpu_model(),
-                  git_commit=git("rev-parse", "HEAD"))  # fmt: skip
+    record.update(
+        seconds=round(time.perf_counter() - t0),
+        cpu=cpu_model(),
+        git_commit=git("rev-parse", "HEAD"),
+    )
     args.results.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, default=str)
     with (args.results / f"compress-trials-{args.data.stem}.jsonl").open(

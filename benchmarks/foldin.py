@@ -4,8 +4,8 @@ through the service's own catalog layer, loader and request path.
     python -m benchmarks.foldin --data ../shared/data/amazon-beauty.txt \\
         --out benchmarks/results/catalog-foldin.json [--held-out 0.1] [--seed 0] [--epochs 5]
 
-About 15 minutes on 2 cores, 8 of them training the bundle and most of the rest the softmax
-fits (6.5 minutes with the bundle reused). Protocol:
+Most of its time goes to training the bundle (kept and reused by a rerun with the same
+settings) and to the softmax fits. Protocol:
 
 1. Leave-one-out per user, as `models.split`: the training period is seq[:-2], the validation
    event seq[-2] after seq[:-2], the test event seq[-1] after seq[:-1].
@@ -25,7 +25,7 @@ fits (6.5 minutes with the bundle reused). Protocol:
 5. Events: the validation and test events whose target is a held-out item, and to see what
    the new items cost, the others. Each is answered
    as `POST /recommend` {"history": h, "k": 10} is (`benchmarks.service_eval`), by the bundle
-   loaded as the service loads it (`service.registry.load_model`): with the fold-in vectors
+   loaded as the service loads it (`service.loading.load_model`): with the fold-in vectors
    encoded by the model (`encode_vectors`) and merged by `with_catalog` (fold-in), or without
    them (the bundle alone, which cannot answer a held-out item). Popularity ranks every item,
    held-out ones included, by its training-period count, the history excluded, ties by first
@@ -49,9 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import shlex
 import shutil
 import sys
 import time
@@ -64,8 +62,10 @@ import numpy as np
 import numpy.typing as npt
 
 import bundle
-from benchmarks.compress import build_config
-from benchmarks.provenance import cpu_model, git, python_exe
+from benchmarks.compress_recipes import build_config
+from benchmarks.foldin_report import K, render_markdown
+from benchmarks.harness.log import logger
+from benchmarks.provenance import run_provenance
 from benchmarks.service_eval import (
     default_settings,
     ranks_from_answers,
@@ -74,6 +74,7 @@ from benchmarks.service_eval import (
 )
 from benchmarks.stats import bootstrap_ci, gains, paired_test
 from bundle.io import sha256_file
+from bundle.shared_items import check_linked_bundle, link_item_table, share_item_table
 from models.compress import (
     CompressConfig,
     calibration_inputs,
@@ -91,23 +92,16 @@ from models.foldin import (
     fit_vectors,
     gather_evidence,
 )
-from models.quantize import (
-    QuantizeConfig,
-    check_linked_bundle,
-    link_item_table,
-    quantize_onnx,
-    share_item_table,
-)
+from models.quantize import QuantizeConfig, quantize_onnx
 from models.readers import read_interactions
 from models.sasrec import SASRec
 from models.split import Split, pad_left
 from service.catalog import CatalogLayer
-from service.registry import load_model
-from service.runner import LoadedModel
+from service.loading import load_model
+from service.model import LoadedModel
 
 I64 = npt.NDArray[np.int64]
 
-K = 10
 RIDGES: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 TARGET_RANKS: tuple[int, ...] = (1, 3, 10, 30)
 L2S: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
@@ -115,6 +109,8 @@ L2S: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
 # what new items cost the other answers, in a few seconds per setting.
 KNOWN_SAMPLE = 10_000
 BUNDLE_VERSION = "foldin-base"
+
+log = logger("foldin")
 
 
 @dataclass
@@ -204,8 +200,15 @@ def train_bundle(c: CompressConfig, bundle_dir: Path, settings: dict[str, Any]) 
         "bf16": c.bf16,
         "quantization": "static INT8 (models.quantize), int8 item rows shared with the encoder",
     }
-    write_int8_bundle(bundle_dir, model.cpu().eval(), prep.split, c, prep.data.vocab,
-                      prep.data.popularity(), recipe=recipe)  # fmt: skip
+    write_int8_bundle(
+        bundle_dir,
+        model.cpu().eval(),
+        prep.split,
+        c,
+        prep.data.vocab,
+        prep.data.popularity(),
+        recipe=recipe,
+    )
     return recipe
 
 
@@ -233,12 +236,20 @@ def write_int8_bundle(
     encode = onnx_encoder(served)
     atol, _ = golden_tolerance(encode, golden)
     bundle.write_bundle(
-        bundle_dir, model_version=bundle_dir.name, onnx_model=link_item_table(served),
-        item_matrix=items, vocab=vocab, popularity=popularity, max_len=c.max_len,
-        golden_inputs=golden, golden_outputs=encode(golden), item_encoding="int8",
-        golden_atol=atol, architecture={"type": "SASRec", "config": model.config.to_dict()},
+        bundle_dir,
+        model_version=bundle_dir.name,
+        onnx_model=link_item_table(served),
+        item_matrix=items,
+        vocab=vocab,
+        popularity=popularity,
+        max_len=c.max_len,
+        golden_inputs=golden,
+        golden_outputs=encode(golden),
+        item_encoding="int8",
+        golden_atol=atol,
+        architecture={"type": "SASRec", "config": model.config.to_dict()},
         recipe=recipe,
-    )  # fmt: skip
+    )
     check_linked_bundle(bundle_dir, served)
 
 
@@ -282,8 +293,10 @@ def popularity_ranks(
     np.add.at(counts, [index[i] for s in train_period for i in s], 1)
     out: list[I64] = []
     for start in range(0, len(events), 256):
-        hist = [np.array([index[i] for i in h], dtype=np.int64)
-                for h in events.histories[start : start + 256]]  # fmt: skip
+        hist = [
+            np.array([index[i] for i in h], dtype=np.int64)
+            for h in events.histories[start : start + 256]
+        ]
         targets = np.array([index[t] for t in events.targets[start : start + 256]])
         scores = np.broadcast_to(counts, (len(hist), len(catalog)))
         out.append(ranks_from_scores(scores, targets, hist))
@@ -340,12 +353,19 @@ def tune(
         held = gains(answer_ranks(served, split.valid), K, "ndcg").mean()
         other = gains(answer_ranks(served, known), K, "ndcg").mean()
         overall = (n_held * held + n_known * other) / (n_held + n_known)
-        rows.append({**setting(config), f"valid_ndcg@{K}": float(held),
-                     f"valid_known_ndcg@{K}": float(other),
-                     f"valid_all_ndcg@{K}": float(overall),
-                     "fit_seconds": round(fit_seconds, 2)})  # fmt: skip
-        _log(f"{setting(config)}: valid NDCG@{K} all {overall:.4f}, held-out targets {held:.4f}"
-             f" (fit {fit_seconds:.1f} s)")  # fmt: skip
+        rows.append(
+            {
+                **setting(config),
+                f"valid_ndcg@{K}": float(held),
+                f"valid_known_ndcg@{K}": float(other),
+                f"valid_all_ndcg@{K}": float(overall),
+                "fit_seconds": round(fit_seconds, 2),
+            }
+        )
+        log(
+            f"{setting(config)}: valid NDCG@{K} all {overall:.4f}, held-out targets {held:.4f}"
+            f" (fit {fit_seconds:.1f} s)"
+        )
     return rows, fits
 
 
@@ -363,8 +383,11 @@ def service_ranks(model: LoadedModel, split: HeldOutSplit) -> tuple[I64, I64, fl
     held, known = answers(model, split.test), answers(model, split.test_known)
     slots = [item for answer in (*held, *known) for item in answer]
     share = sum(item in split.held_out for item in slots) / max(len(slots), 1)
-    return (ranks_from_answers(held, split.test.targets),
-            ranks_from_answers(known, split.test_known.targets), share)  # fmt: skip
+    return (
+        ranks_from_answers(held, split.test.targets),
+        ranks_from_answers(known, split.test_known.targets),
+        share,
+    )
 
 
 def by_events(held: I64, known: I64, *, seed: int) -> dict[str, Any]:
@@ -373,6 +396,51 @@ def by_events(held: I64, known: I64, *, seed: int) -> dict[str, Any]:
         **summary(held, prefix="held_out_targets_", seed=seed),
         **summary(known, prefix="known_targets_", seed=seed),
         **summary(np.concatenate([held, known]), prefix="all_", seed=seed),
+    }
+
+
+def _test_choices(
+    model: LoadedModel,
+    split: HeldOutSplit,
+    grid: Sequence[FoldInConfig],
+    rows: Sequence[dict[str, Any]],
+    fits: dict[FoldInConfig, FoldIn],
+) -> tuple[dict[str, tuple[I64, I64, float]], dict[str, Any]]:
+    """Each method's setting chosen on all validation events ("chosen") and on the
+    held-out-target ones alone ("held_out_choice"), answered on the test events; the test
+    ranks by name and each method's choices."""
+    test: dict[str, tuple[I64, I64, float]] = {}
+    answered: dict[FoldInConfig, tuple[I64, I64, float]] = {}
+    methods: dict[str, Any] = {}
+    for method in dict.fromkeys(c.method for c in grid):
+        methods[method] = {}
+        for name, key in (
+            ("chosen", f"valid_all_ndcg@{K}"),
+            ("held_out_choice", f"valid_ndcg@{K}"),
+        ):
+            config = best(grid, rows, key, method)
+            if config not in answered:  # both choices are often the same
+                answered[config] = service_ranks(folded(model, fits[config]), split)
+            test[method if name == "chosen" else f"{method}_{name}"] = answered[config]
+            methods[method][name] = {**rows[grid.index(config)], "on": key}
+    return test, methods
+
+
+def _paired(a: I64, b: I64, seed: int) -> dict[str, Any]:
+    """`paired_test` of the per-event NDCG@K gains of ranks `b` against `a`."""
+    return paired_test(gains(a, K, "ndcg"), gains(b, K, "ndcg"), seed=seed)
+
+
+def _softmax_vs_lsq(test: dict[str, tuple[I64, I64, float]], seed: int) -> dict[str, Any]:
+    """The two methods' choices against each other, when both ran."""
+    if not {"lsq", "softmax"} <= test.keys():
+        return {}
+    lsq, soft = test["lsq"], test["softmax"]
+    return {
+        f"softmax_vs_lsq_held_out_targets_ndcg@{K}": _paired(lsq[0], soft[0], seed),
+        f"softmax_vs_lsq_all_ndcg@{K}": _paired(
+            np.concatenate(lsq[:2]), np.concatenate(soft[:2]), seed
+        ),
     }
 
 
@@ -389,27 +457,16 @@ def measure(
     method's choices, popularity and the bundle alone on the test events."""
     model = load_model(bundle_dir, service_options())
     t0 = time.perf_counter()
-    negatives = max((c.negatives for c in grid if c.method == "softmax"), default=0)
     evidence = gather_evidence(
-        bundle.read_bundle(bundle_dir), split.train_period, negatives=negatives, seed=seed,
+        bundle.read_bundle(bundle_dir),
+        split.train_period,
+        negatives=max((c.negatives for c in grid if c.method == "softmax"), default=0),
+        seed=seed,
         max_rank=max((c.target_rank for c in grid if c.method == "lsq"), default=1),
-    )  # fmt: skip
+    )
     evidence_seconds = time.perf_counter() - t0
     rows, fits = tune(model, evidence, split, grid, known_sample=known_sample, seed=seed)
-    test: dict[str, tuple[I64, I64, float]] = {}
-    answered: dict[FoldInConfig, tuple[I64, I64, float]] = {}
-    methods: dict[str, Any] = {}
-    for method in dict.fromkeys(c.method for c in grid):
-        methods[method] = {}
-        for name, key in (
-            ("chosen", f"valid_all_ndcg@{K}"),
-            ("held_out_choice", f"valid_ndcg@{K}"),
-        ):
-            config = best(grid, rows, key, method)
-            if config not in answered:  # both choices are often the same
-                answered[config] = service_ranks(folded(model, fits[config]), split)
-            test[method if name == "chosen" else f"{method}_{name}"] = answered[config]
-            methods[method][name] = {**rows[grid.index(config)], "on": key}
+    test, methods = _test_choices(model, split, grid, rows, fits)
     # The default: the method whose choice is best on all validation events.
     chosen = max(methods, key=lambda m: methods[m]["chosen"][f"valid_all_ndcg@{K}"])
     config = best(grid, rows, f"valid_all_ndcg@{K}", chosen)
@@ -417,39 +474,27 @@ def measure(
     popular = popularity_ranks(split.train_period, catalog, split.test)
     fold_held, fold_known, _ = test[chosen]
     bundle_held, bundle_known, _ = test["bundle"]
-    out: dict[str, Any] = {
+    return {
         **counts(split, evidence, fits[config]),
         "chosen": {**setting(config), "on": f"valid_all_ndcg@{K}"},
         "methods": methods,
         **summary(fold_held, seed=seed),
         **summary(popular, prefix="popularity_", seed=seed),
         **summary(bundle_held, prefix="bundle_", seed=seed),
-        f"foldin_vs_popularity_ndcg@{K}": paired_test(
-            gains(popular, K, "ndcg"), gains(fold_held, K, "ndcg"), seed=seed
-        ),
+        f"foldin_vs_popularity_ndcg@{K}": _paired(popular, fold_held, seed),
         "by_events": {
             name: {**by_events(held, known, seed=seed), "new_item_slot_share": share}
             for name, (held, known, share) in test.items()
         },
-        f"foldin_vs_bundle_all_ndcg@{K}": paired_test(
-            gains(np.concatenate([bundle_held, bundle_known]), K, "ndcg"),
-            gains(np.concatenate([fold_held, fold_known]), K, "ndcg"),
-            seed=seed,
+        f"foldin_vs_bundle_all_ndcg@{K}": _paired(
+            np.concatenate([bundle_held, bundle_known]),
+            np.concatenate([fold_held, fold_known]),
+            seed,
         ),
         "grid": rows,
         "evidence_seconds": round(evidence_seconds, 2),
+        **_softmax_vs_lsq(test, seed),
     }
-    if {"lsq", "softmax"} <= methods.keys():
-        lsq, soft = test["lsq"], test["softmax"]
-        out[f"softmax_vs_lsq_held_out_targets_ndcg@{K}"] = paired_test(
-            gains(lsq[0], K, "ndcg"), gains(soft[0], K, "ndcg"), seed=seed
-        )
-        out[f"softmax_vs_lsq_all_ndcg@{K}"] = paired_test(
-            gains(np.concatenate(lsq[:2]), K, "ndcg"),
-            gains(np.concatenate(soft[:2]), K, "ndcg"),
-            seed=seed,
-        )
-    return out
 
 
 def counts(split: HeldOutSplit, evidence: Evidence, result: FoldIn) -> dict[str, Any]:
@@ -469,129 +514,6 @@ def counts(split: HeldOutSplit, evidence: Evidence, result: FoldIn) -> dict[str,
         "test_known_events": len(split.test_known),
         "test_events_with_vector": sum(t in with_vector for t in split.test.targets),
     }
-
-
-# --- the report ------------------------------------------------------------------------------
-def _name(s: dict[str, Any]) -> str:
-    if s["method"] == "lsq":
-        return f"least squares (ridge {s['ridge']:g}, target rank {s['target_rank']})"
-    return f"softmax (l2 {s['l2']:g})"
-
-
-def render_markdown(r: dict[str, Any]) -> str:
-    b, methods = r["bundle"], r["methods"]
-    names: dict[str, str] = {}
-    for method, m in methods.items():
-        default = " **default**" if method == r["chosen"]["method"] else ""
-        names[method] = f"{_name(m['chosen'])}{default}"
-        names[f"{method}_held_out_choice"] = f"{_name(m['held_out_choice'])}, held-out choice"
-    ranked = list(names)
-    names["bundle"] = "bundle alone"
-    trained = "reused" if b["reused"] else f"trained in {b['train_seconds']:.0f} s"
-    lines = [
-        f"# Item fold-in: {r['dataset']}",
-        "",
-        f"{r['held_out_items']:,} items held out ({r['held_out_share']:.0%} of "
-        f"{r['items']:,}, drawn uniformly among items with seed {r['seed']}) and removed "
-        f"from the data; the bundle (`{b['settings']['recipe']}` student shape, plain "
-        f"cross-entropy, {b['epochs']} epochs, static INT8) never saw them. "
-        f"{r['held_out_items_in_training_period']:,} of them occur in the training "
-        f"period; {r['held_out_items_with_vector']:,} after a known item, and got a vector "
-        f"({r['usable_occurrences']:,} such occurrences, with those of "
-        f"{r['other_items_with_vector']:,} items only users dropped from the bundle's data "
-        f"had). The softmax method's negatives: {r['negative_positions']:,} positions "
-        f"sampled from those whose next item is known, each weighing "
-        f"{r['negative_weight']:.1f}. Test events whose target is held out: "
-        f"{r['test_events']:,} ({r['test_events_with_vector']:,} of them with a vector); "
-        f"other test events: {r['test_known_events']:,}.",
-        "",
-        f"Answers through the service (`load_model`, `encode_vectors`, `with_catalog`, "
-        f"`recommend_batch`), top {K}; 95% bootstrap intervals over events. Per method: the "
-        f"setting chosen on all validation events, and the one chosen on the held-out-target "
-        f'validation events alone ("held-out choice"); the default is the method whose '
-        f"choice is best on all validation events.",
-        "",
-        "Test events whose target is held out:",
-        "",
-        f"| ranking | HR@{K} | 95% CI | NDCG@{K} | 95% CI |",
-        "|---|---|---|---|---|",
-        *(_row(names[n], r["by_events"][n], "held_out_targets_") for n in ranked),
-        _row("popularity (training counts)", r, "popularity_"),
-        _row("bundle alone", r, "bundle_"),
-        "",
-        f"What the new items cost the other answers: NDCG@{K} by test event (the bundle alone "
-        f"has {r['held_out_share']:.0%} fewer items to rank known targets against), and the "
-        f"share of all test answers' slots that held-out items take:",
-        "",
-        "| ranking | held-out targets | known targets | all events | new-item slots |",
-        "|---|---|---|---|---|",
-        *(_by_events_row(names[n], r["by_events"][n]) for n in names),
-        "",
-    ]
-    for kind, label in (("held_out_targets", "held-out-target"), ("all", "all")):
-        test = r.get(f"softmax_vs_lsq_{kind}_ndcg@{K}")
-        if test:
-            lo, hi = test["ci95"]
-            lines.append(
-                f"Softmax minus least squares (each chosen on all validation events), NDCG@{K} "
-                f"on {label} test events: {test['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}], "
-                f"p = {test['p_value']:.3g}."
-            )
-            lines.append("")
-    lines += [
-        f"Validation NDCG@{K} on all events (the held-out-target events and a sample of the "
-        f"others, weighted to their numbers: {r['valid_events']:,} and "
-        f"{r['valid_known_events']:,}); in brackets: on the held-out-target events alone.",
-        "",
-        *_grid_table(r["grid"]),
-        "",
-        f"CPU: {r['cpu']}; wall time {r['wall_seconds']:.0f} s (bundle {trained}); "
-        f"commit {r['git_commit']}{' (dirty)' if r['git_dirty'] else ''}.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _row(name: str, values: dict[str, Any], prefix: str) -> str:
-    cells = [name]
-    for metric in (f"hr@{K}", f"ndcg@{K}"):
-        lo, hi = values[f"{prefix}{metric}_ci95"]
-        cells += [f"{values[prefix + metric]:.4f}", f"[{lo:.4f}, {hi:.4f}]"]
-    return "| " + " | ".join(cells) + " |"
-
-
-def _by_events_row(name: str, values: dict[str, Any]) -> str:
-    cells = [name]
-    for kind in ("held_out_targets_", "known_targets_", "all_"):
-        lo, hi = values[f"{kind}ndcg@{K}_ci95"]
-        cells.append(f"{values[f'{kind}ndcg@{K}']:.4f} [{lo:.4f}, {hi:.4f}]")
-    cells.append(f"{values['new_item_slot_share']:.1%}")
-    return "| " + " | ".join(cells) + " |"
-
-
-def _cell(g: dict[str, Any]) -> str:
-    return f"{g[f'valid_all_ndcg@{K}']:.4f} ({g[f'valid_ndcg@{K}']:.4f})"
-
-
-def _grid_table(grid: Sequence[dict[str, Any]]) -> list[str]:
-    lines: list[str] = []
-    lsq = [g for g in grid if g["method"] == "lsq"]
-    if lsq:
-        ridges = sorted({g["ridge"] for g in lsq})
-        lines += ["Least squares:", "",
-                  f"| target rank \\ ridge | {' | '.join(f'{x:g}' for x in ridges)} |",
-                  "|---|" + "---|" * len(ridges)]  # fmt: skip
-        for rank in sorted({g["target_rank"] for g in lsq}):
-            cells = {g["ridge"]: g for g in lsq if g["target_rank"] == rank}
-            lines.append(f"| {rank} | " + " | ".join(_cell(cells[x]) for x in ridges) + " |")
-    softmax = sorted((g for g in grid if g["method"] == "softmax"), key=lambda g: g["l2"])
-    if softmax:
-        lines += [*([""] if lines else []), "Softmax:", "",
-                  "| l2 | " + " | ".join(f"{g['l2']:g}" for g in softmax) + " |",
-                  "|---|" + "---|" * len(softmax),
-                  f"| NDCG@{K} | " + " | ".join(_cell(g) for g in softmax) + " |",
-                  "| fit (s) | " + " | ".join(f"{g['fit_seconds']:.0f}" for g in softmax) + " |"]  # fmt: skip
-    return lines
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -616,71 +538,110 @@ def _parser() -> argparse.ArgumentParser:
         help="positions with a known next item sampled as softmax negatives",
     )
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--known-sample", type=int, default=KNOWN_SAMPLE,
-                   help="validation events with known targets answered per setting")  # fmt: skip
+    p.add_argument(
+        "--known-sample",
+        type=int,
+        default=KNOWN_SAMPLE,
+        help="validation events with known targets answered per setting",
+    )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return p
 
 
-def _log(msg: str) -> None:
-    print(f"[foldin] {msg}", file=sys.stderr, flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    t_start = time.perf_counter()
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.data.is_file():
         parser.error(f"no such data file: {args.data}")
     if not 0 < args.held_out < 1:
         parser.error("--held-out must lie in (0, 1)")
-    dirty = git("status", "--porcelain")  # the code that runs is the code at the start
-    provenance = {
-        "command": shlex.join([python_exe(), "-m", "benchmarks.foldin", *argv]),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(dirty) if dirty is not None else None,
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
+    return args
+
+
+def _train(
+    args: argparse.Namespace, split: HeldOutSplit, user_ids: Sequence[str]
+) -> tuple[dict[str, Any], float]:
+    """The bundle trained on the data without the held-out items (reused when its settings
+    match), and the seconds that took."""
+    reduced = args.work / "reduced.txt"
+    write_interactions(reduced, user_ids, split.reduced)
+    settings = {
+        "data_sha256": sha256_file(args.data),
+        "held_out": args.held_out,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "recipe": args.recipe,
     }
+    overrides = {
+        "student_epochs": args.epochs,
+        "seed": args.seed,
+        "version": BUNDLE_VERSION,
+        "progress": args.progress,
+    }
+    config = build_config(
+        data=str(reduced), work=args.work, recipe=args.recipe, overrides=overrides
+    )
+    log(f"{len(split.held_out):,} items held out; training the bundle on the rest")
+    t0 = time.perf_counter()
+    trained = bundle_for(config, args.work / BUNDLE_VERSION, settings)
+    return trained, time.perf_counter() - t0
+
+
+def _grid(args: argparse.Namespace) -> list[FoldInConfig]:
+    return configs(
+        ridges=args.ridges if "lsq" in args.methods else [],
+        target_ranks=args.target_ranks,
+        l2s=args.l2s if "softmax" in args.methods else [],
+        negatives=args.negatives,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    t_start = time.perf_counter()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(argv)
+    # the code that runs is the code at the start
+    provenance = {**run_provenance("benchmarks.foldin", argv), "python": platform.python_version()}
     data = read_interactions(args.data, min_interactions=3)
     sequences = [[data.vocab[i] for i in s] for s in data.sequences]
     split = hold_out(sequences, share=args.held_out, seed=args.seed)
-    reduced = args.work / "reduced.txt"
-    write_interactions(reduced, data.user_ids, split.reduced)
-    settings = {"data_sha256": sha256_file(args.data), "held_out": args.held_out,
-                "seed": args.seed, "epochs": args.epochs, "recipe": args.recipe}  # fmt: skip
-    config = build_config(data=str(reduced), work=args.work, recipe=args.recipe, overrides={
-        "student_epochs": args.epochs, "seed": args.seed, "version": BUNDLE_VERSION,
-        "progress": args.progress})  # fmt: skip
-    _log(f"{len(split.held_out):,} items held out; training the bundle on the rest")
+    trained, bundle_seconds = _train(args, split, data.user_ids)
+    log("folding in and answering through the service")
     t0 = time.perf_counter()
-    trained = bundle_for(config, args.work / BUNDLE_VERSION, settings)
-    bundle_seconds = time.perf_counter() - t0
-    _log("folding in and answering through the service")
-    t0 = time.perf_counter()
-    grid = configs(ridges=args.ridges if "lsq" in args.methods else [],
-                   target_ranks=args.target_ranks,
-                   l2s=args.l2s if "softmax" in args.methods else [], negatives=args.negatives)  # fmt: skip
-    measured = measure(args.work / BUNDLE_VERSION, split, data.vocab, grid=grid,
-                       known_sample=args.known_sample, seed=args.seed)  # fmt: skip
+    measured = measure(
+        args.work / BUNDLE_VERSION,
+        split,
+        data.vocab,
+        grid=_grid(args),
+        known_sample=args.known_sample,
+        seed=args.seed,
+    )
+    timings = {
+        "bundle": round(bundle_seconds, 2),
+        "evidence": measured["evidence_seconds"],
+        "measure": round(time.perf_counter() - t0, 2),
+    }
     results = {
-        "dataset": args.data.stem, "data": str(args.data), **provenance,
+        "dataset": args.data.stem,
+        "data": str(args.data),
+        **provenance,
         "protocol": __doc__.split("Protocol:")[1].split("Writes the JSON")[0].strip(),
-        "held_out_share": args.held_out, "seed": args.seed, "items": data.n_items,
-        "users": data.n_users, "k": K, **measured, "bundle": trained,
-        "timings_s": {"bundle": round(bundle_seconds, 2),
-                      "evidence": measured.pop("evidence_seconds"),
-                      "measure": round(time.perf_counter() - t0, 2)},
+        "held_out_share": args.held_out,
+        "seed": args.seed,
+        "items": data.n_items,
+        "users": data.n_users,
+        "k": K,
+        **measured,
+        "bundle": trained,
+        "timings_s": timings,
         "wall_seconds": round(time.perf_counter() - t_start, 2),
-    }  # fmt: skip
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     markdown = render_markdown(results)
     args.out.with_suffix(".md").write_text(markdown, encoding="utf-8")
     print(markdown)
-    _log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 import hypothesis
 import hypothesis.errors
@@ -42,20 +43,66 @@ def _load(target: Any) -> Any:
     return schemathesis.openapi.from_asgi("/openapi.json", target)
 
 
-def run_fuzz(target: Any, examples: int = 50, *, token: str | None = None) -> dict[str, Any]:
-    """Fuzz every operation of `target` (a base URL or an ASGI app) with `examples` cases."""
-    schema = _load(target)
-    base_url = target.rstrip("/") if isinstance(target, str) else None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    counts: Counter[str] = Counter()
-    failures: list[dict[str, Any]] = []
-    operations = []
-    statuses: dict[str, Counter[int]] = {}
+class FuzzFailure(TypedDict):
+    operation: str
+    status: int
+    request: str  # as a curl command
+    error: str
+    body: str
 
-    def fuzz(label: str, strategy: Any, seen: Counter[int]) -> None:
+
+class FuzzResult(TypedDict):
+    cases: int
+    server_errors: int
+    schema_violations: int  # answers below 500 that do not match the documented schema
+    operations: list[str]
+    statuses: dict[str, dict[int, int]]  # per operation, answers per status code
+    failures: list[FuzzFailure]  # the first MAX_FAILURES
+
+
+CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
+MAX_FAILURES = 50  # failures recorded in full; the counts cover every case
+
+
+@dataclass
+class _Run:
+    """What a fuzz run found so far."""
+
+    base_url: str | None
+    headers: dict[str, str]
+    examples: int
+    counts: Counter[str] = field(default_factory=Counter)
+    failures: list[FuzzFailure] = field(default_factory=list)
+
+    def check(self, label: str, case: Any, seen: Counter[int]) -> None:
+        """Send one case, count its status, check the answer against the schema."""
+        self.counts["cases"] += 1
+        response = case.call(base_url=self.base_url, headers=self.headers)
+        seen[response.status_code] += 1
+        if response.status_code >= 500:
+            self.counts[SERVER_ERROR] += 1
+        try:
+            case.validate_response(response, checks=CHECKS, headers=self.headers)
+        except (Failure, FailureGroup) as e:
+            if response.status_code < 500:
+                self.counts[SCHEMA_VIOLATION] += 1
+            if len(self.failures) < MAX_FAILURES:
+                self.failures.append(
+                    {
+                        "operation": label,
+                        "status": response.status_code,
+                        "request": case.as_curl_command(headers=self.headers),
+                        "error": str(e).strip()[:500],
+                        "body": response.text[:300],
+                    }
+                )
+
+    def fuzz(self, label: str, strategy: Any, seen: Counter[int]) -> None:
+        """`examples` derandomized cases of `strategy`, each checked."""
+
         @hypothesis.given(case=strategy)
         @hypothesis.settings(
-            max_examples=examples,
+            max_examples=self.examples,
             derandomize=True,
             deadline=None,
             database=None,
@@ -63,37 +110,21 @@ def run_fuzz(target: Any, examples: int = 50, *, token: str | None = None) -> di
             suppress_health_check=list(HealthCheck),
         )
         def one(case: Any) -> None:
-            counts["cases"] += 1
-            response = case.call(base_url=base_url, headers=headers)
-            seen[response.status_code] += 1
-            if response.status_code >= 500:
-                counts[SERVER_ERROR] += 1
-            try:
-                case.validate_response(
-                    response,
-                    checks=[
-                        not_a_server_error,
-                        response_schema_conformance,
-                        status_code_conformance,
-                    ],
-                    headers=headers,
-                )
-            except (Failure, FailureGroup) as e:
-                if response.status_code < 500:
-                    counts[SCHEMA_VIOLATION] += 1
-                if len(failures) < 50:
-                    failures.append(
-                        {
-                            "operation": label,
-                            "status": response.status_code,
-                            "request": case.as_curl_command(headers=headers),
-                            "error": str(e).strip()[:500],
-                            "body": response.text[:300],
-                        }
-                    )
+            self.check(label, case, seen)
 
         one()
 
+
+def run_fuzz(target: Any, examples: int = 50, *, token: str | None = None) -> FuzzResult:
+    """Fuzz every operation of `target` (a base URL or an ASGI app) with `examples` cases."""
+    schema = _load(target)
+    run = _Run(
+        base_url=target.rstrip("/") if isinstance(target, str) else None,
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+        examples=examples,
+    )
+    operations = []
+    statuses: dict[str, Counter[int]] = {}
     for result in schema.get_all_operations():
         operation = result.ok()
         operations.append(operation.label)
@@ -102,13 +133,12 @@ def run_fuzz(target: Any, examples: int = 50, *, token: str | None = None) -> di
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             # Unsatisfiable: nothing to break in an operation without parameters or body.
             with contextlib.suppress(hypothesis.errors.Unsatisfiable):
-                fuzz(operation.label, operation.as_strategy(mode), seen)
-
+                run.fuzz(operation.label, operation.as_strategy(mode), seen)
     return {
-        "cases": counts["cases"],
-        "server_errors": counts[SERVER_ERROR],
-        "schema_violations": counts[SCHEMA_VIOLATION],
+        "cases": run.counts["cases"],
+        "server_errors": run.counts[SERVER_ERROR],
+        "schema_violations": run.counts[SCHEMA_VIOLATION],
         "operations": operations,
         "statuses": {op: dict(sorted(c.items())) for op, c in statuses.items()},
-        "failures": failures,
+        "failures": run.failures,
     }

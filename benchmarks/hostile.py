@@ -4,7 +4,7 @@
     report = run_malicious_corpus("http://localhost:8000", os.environ["ADMIN_TOKEN"],
                                   gates=("accuracy", "latency"))
 
-The corpus (`tests.factories.hostile_corpus`: unsafe archives, checksum / signature /
+The corpus (`testkit.hostile.hostile_corpus`: unsafe archives, checksum / signature /
 vocabulary / NaN / golden / pickle / popularity cases, and one case per optional gate) is
 built in a temporary directory with fresh version names, so a run never collides with an
 earlier one. The optional-gate cases are only tried for the gates named in `gates`, i.e. the
@@ -24,13 +24,32 @@ import tempfile
 import uuid
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 
-from tests.factories import hostile_corpus
+from testkit.hostile import HostileCase, hostile_corpus
 
 DEFAULT_METRIC = "test_ndcg@10"
+
+
+class CaseResult(TypedDict):
+    name: str
+    gate: str
+    status: int
+    reason: str  # the answer's detail, cut to 500 characters
+    expected: str  # what the refusal must name
+    matched: bool  # a 4xx naming it
+
+
+class CorpusResult(TypedDict):
+    tried: int
+    rejected: int  # answered 4xx
+    reason_matched: int
+    serving_version_changed: bool
+    installed_changed: bool
+    skipped: list[str]
+    cases: list[CaseResult]
 
 
 def _state(client: httpx.Client, headers: dict[str, str]) -> tuple[str | None, dict[str, Any]]:
@@ -46,6 +65,44 @@ def _installed(client: httpx.Client, headers: dict[str, str]) -> list[str]:
     return sorted(v["version"] for v in r.json()["versions"])
 
 
+def _corpus(
+    gates: Collection[str], metric: str, manifest: dict[str, Any]
+) -> tuple[list[HostileCase], list[str]]:
+    """The corpus under fresh version names, and the names of the cases left out: the
+    optional-gate cases of gates the service does not have on."""
+    value = (manifest.get("metrics") or {}).get(metric)
+    serving_metric = (metric, float(value)) if "accuracy" in gates and value else None
+    with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
+        corpus = hostile_corpus(
+            Path(tmp), prefix=f"hostile-{uuid.uuid4().hex[:8]}", serving_metric=serving_metric
+        )
+    skipped = [c.name for c in corpus if c.gate != "mandatory" and c.gate not in gates]
+    if serving_metric is None:  # the corpus then has no accuracy case at all
+        skipped.append("accuracy_gate")
+    return corpus, skipped
+
+
+def _upload(http: httpx.Client, headers: dict[str, str], case: HostileCase) -> CaseResult:
+    """Upload one case; its answer, and whether it was a 4xx naming the expected reason."""
+    r = http.post(
+        "/admin/bundles",
+        content=case.archive,
+        headers={**headers, "Content-Type": "application/gzip"},
+    )
+    try:
+        reason = str(r.json().get("detail", r.text))
+    except ValueError:
+        reason = r.text
+    return {
+        "name": case.name,
+        "gate": case.gate,
+        "status": r.status_code,
+        "reason": reason[:500],
+        "expected": case.reason,
+        "matched": 400 <= r.status_code < 500 and case.reason in reason,
+    }
+
+
 def run_malicious_corpus(
     base_url: str,
     token: str,
@@ -54,7 +111,7 @@ def run_malicious_corpus(
     metric: str = DEFAULT_METRIC,
     client: httpx.Client | None = None,
     timeout_s: float = 300.0,
-) -> dict[str, Any]:
+) -> CorpusResult:
     """Upload every case of the corpus to `base_url`'s admin API; see the module docstring.
 
     `client` (e.g. a started `fastapi.testclient.TestClient`) replaces the HTTP client; the
@@ -65,38 +122,8 @@ def run_malicious_corpus(
     try:
         before, manifest = _state(http, headers)
         installed_before = _installed(http, headers)
-        value = (manifest.get("metrics") or {}).get(metric)
-        serving_metric = (metric, float(value)) if "accuracy" in gates and value else None
-        with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
-            corpus = hostile_corpus(
-                Path(tmp), prefix=f"hostile-{uuid.uuid4().hex[:8]}", serving_metric=serving_metric
-            )
-        skipped = [c.name for c in corpus if c.gate != "mandatory" and c.gate not in gates]
-        if serving_metric is None:  # the corpus then has no accuracy case at all
-            skipped.append("accuracy_gate")
-        cases: list[dict[str, Any]] = []
-        for case in corpus:
-            if case.name in skipped:
-                continue
-            r = http.post(
-                "/admin/bundles",
-                content=case.archive,
-                headers={**headers, "Content-Type": "application/gzip"},
-            )
-            try:
-                reason = str(r.json().get("detail", r.text))
-            except ValueError:
-                reason = r.text
-            cases.append(
-                {
-                    "name": case.name,
-                    "gate": case.gate,
-                    "status": r.status_code,
-                    "reason": reason[:500],
-                    "expected": case.reason,
-                    "matched": 400 <= r.status_code < 500 and case.reason in reason,
-                }
-            )
+        corpus, skipped = _corpus(gates, metric, manifest)
+        cases = [_upload(http, headers, case) for case in corpus if case.name not in skipped]
         after, _ = _state(http, headers)
         installed_after = _installed(http, headers)
     finally:

@@ -26,9 +26,10 @@ import numpy.typing as npt
 import torch
 
 from benchmarks.provenance import cpu_model
+from bundle.shared_items import share_item_table
 from models.evaluate import item_array, measure_latency, onnx_encoder
 from models.export import export_onnx
-from models.quantize import QuantizeConfig, quantize_onnx, share_item_table
+from models.quantize import QuantizeConfig, quantize_onnx
 from models.sasrec import SASRec, SASRecConfig
 
 BEAUTY_ITEMS = 54_542
@@ -57,9 +58,15 @@ def encoders(n_items: int) -> dict[str, bytes]:
     for shape, (heads, ffn) in SHAPES.items():
         torch.manual_seed(0)
         config = SASRecConfig(
-            n_items=n_items, max_len=MAX_LEN, dim=64, n_blocks=2, head_dim=32,
-            n_heads=[heads, heads], ffn_hidden=[ffn, ffn], dropout=0.0,
-        )  # fmt: skip
+            n_items=n_items,
+            max_len=MAX_LEN,
+            dim=64,
+            n_blocks=2,
+            head_dim=32,
+            n_heads=[heads, heads],
+            ffn_hidden=[ffn, ffn],
+            dropout=0.0,
+        )
         model = SASRec(config).eval()
         fp32 = export_onnx(model)
         items = item_array(model)
@@ -110,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     speed = latencies(models, timing)
     results = {name: {**speed[name], **batch_behaviour(m, rows)} for name, m in models.items()}
     report = {
-        "cpu": cpu_model(), "threads": 1, "max_len": MAX_LEN, "rounds": ROUNDS,
+        "cpu": cpu_model(),
+        "threads": 1,
+        "max_len": MAX_LEN,
+        "rounds": ROUNDS,
         "encoders": results,
-    }  # fmt: skip
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -1,22 +1,50 @@
-"""Where a benchmark result came from: the git commit, the CPU, the Python that ran it.
+"""Where a benchmark result came from: the command, the git commit, the CPU, the Python
+that ran it, and how fast the host was while it ran.
 
-Machines of one kind can report the same CPU model and still differ a lot: on this project's
-2-core "AMD EPYC" machines the serving ceiling measured 3,134-3,427 requests/s on one host and
-917-964 on another (with an L3 of 32 and of 8 MiB). `host_info` records what tells such hosts
-apart: clock, cache sizes, and a timed pure-Python probe on the core under test, at the start
-and at the end of a run (it also shows the host slowing down or speeding up during one).
+    results = {**run_provenance("benchmarks.serve", argv), "host": host_info(prefix), ...}
+
+Machines that report the same CPU model can still differ a lot in speed; `host_info`
+records what tells such hosts apart: clock, cache sizes, and a timed pure-Python probe on the
+core under test, at the start and at the end of a run (it also shows the host slowing down
+or speeding up during one).
 """
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class ProbeMs(TypedDict):
+    start: float | None
+    end: float | None
+
+
+class HostInfo(TypedDict):
+    cpu_mhz: float | None
+    caches: dict[str, str]
+    python_probe: str  # what the probe times
+    python_probe_ms: ProbeMs
+
+
+class GitState(TypedDict):
+    git_commit: str | None
+    git_dirty: bool | None
+
+
+class RunProvenance(GitState):
+    command: str
+    cpu: str
+    cpu_count: int | None
 
 
 def git(*args: str) -> str | None:
@@ -89,14 +117,17 @@ def python_probe_ms(prefix: Sequence[str] = (), *, n: int = PROBE_N) -> float | 
     try:
         r = subprocess.run(
             [*prefix, sys.executable, "-c", code],
-            capture_output=True, text=True, timeout=120, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         return round(float(r.stdout.strip()), 1)
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
 
 
-def host_info(probe_prefix: Sequence[str] = ()) -> dict[str, Any]:
+def host_info(probe_prefix: Sequence[str] = ()) -> HostInfo:
     """Clock, caches, and the Python probe now (a run adds its end with `python_probe_ms`)."""
     return {
         "cpu_mhz": cpu_mhz(),
@@ -114,3 +145,38 @@ def python_exe() -> str:
         return str(exe.relative_to(Path.cwd()))
     except ValueError:
         return str(exe)
+
+
+def git_state() -> GitState:
+    """The commit checked out and whether the working tree differs from it (None: no git).
+    Taken at the start of a long run: the code that runs is the code of that moment."""
+    dirty = git("status", "--porcelain")
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(dirty) if dirty is not None else None,
+    }
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """How to run it again: `.venv/bin/python -m <module> <argv>`."""
+    return shlex.join([python_exe(), "-m", module, *argv])
+
+
+def run_provenance(module: str, argv: Sequence[str]) -> RunProvenance:
+    """The command, the commit (see `git_state`), the CPU model and its core count."""
+    git_commit = git_state()
+    return {
+        "command": command_line(module, argv),
+        "git_commit": git_commit["git_commit"],
+        "git_dirty": git_commit["git_dirty"],
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of `package`, None when it is not installed."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

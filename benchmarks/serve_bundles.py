@@ -1,5 +1,7 @@
 """The bundles the serving benchmark serves, found or made (`benchmarks/serve.py`).
 
+- `resolve_inputs`: the data and the bundle a serving or fleet benchmark uses, with the
+  fallbacks it took (recorded in its results).
 - `newest_bundle`: the shipped bundle `make bench-compress` left under benchmarks/work/.
 - `build_sasrec_bundle`: a bundle from a SASRec model, fp32 (the `student_fp32` variant) or
   INT8 exactly as `models.compress` ships it (item table shared with items.npy).
@@ -14,45 +16,42 @@ Everything here imports torch: the offline side of the project, never the servic
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 import bundle
+from benchmarks.compress_recipes import BEAUTY_ITEMS, recipe_shapes
+from benchmarks.harness.log import logger
 from bundle.io import MANIFEST_FILE
+from bundle.shared_items import check_linked_bundle, link_item_table, share_item_table
 from models.compress import golden_tolerance
 from models.evaluate import onnx_encoder
 from models.export import export_onnx
-from models.quantize import (
-    QuantizeConfig,
-    check_linked_bundle,
-    link_item_table,
-    quantize_onnx,
-    share_item_table,
-)
+from models.quantize import QuantizeConfig, quantize_onnx
 from models.readers import read_interactions
 from models.sasrec import SASRec, SASRecConfig, build_model
 from models.synthetic import SyntheticConfig, write_synthetic
 
-BEAUTY_ITEMS = 54_542
 BEAUTY_USERS = 40_226
 RANDOM_INIT = "random-init (speed only)"
-# The Beauty recipe's teacher and student (benchmarks/compress.py RECIPES["beauty"]) and what
-# its pruning left in the last `make bench-compress` run (25% of the FFN units; heads and the
-# hidden width kept): the shapes used when a manifest does not record them, and for the
-# speed-only bundle.
-BEAUTY_TEACHER: dict[str, Any] = {
-    "dim": 256, "n_blocks": 2, "head_dim": 128, "n_heads": [2, 2], "ffn_hidden": [256, 256],
-}  # fmt: skip
-BEAUTY_STUDENT: dict[str, Any] = {
-    "dim": 64, "n_blocks": 2, "head_dim": 32, "n_heads": [2, 2], "ffn_hidden": [128, 128],
-}  # fmt: skip
-BEAUTY_PRUNED: dict[str, Any] = {
-    "dim": 64, "n_blocks": 2, "head_dim": 32, "n_heads": [2, 2], "ffn_hidden": [96, 96],
-}  # fmt: skip
+# The Beauty recipe's teacher, student and pruned student: the shapes used when a manifest
+# does not record them, and the speed-only bundle's (the pruned one, as the recipe ships it).
+_SHAPES = recipe_shapes("beauty")
+BEAUTY_TEACHER, BEAUTY_STUDENT, BEAUTY_PRUNED = (
+    _SHAPES["teacher"],
+    _SHAPES["student"],
+    _SHAPES["pruned"],
+)
+
+if TYPE_CHECKING:
+    from benchmarks.serve_variants import VariantInfo
+
+log = logger("bench-serve")
 
 
 def newest_bundle(work: Path) -> Path | None:
@@ -163,13 +162,13 @@ def build_sasrec_bundle(
 
 def fp32_student_bundle(
     shipped: Path, out_dir: Path, *, which: Literal["student", "pruned"], checkpoint: Path | None
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, VariantInfo]:
     """The `student_fp32` variant's bundle: the shipped catalog, a student in fp32."""
     b = bundle.read_bundle(shipped)
     manifest = b.manifest.model_dump(mode="json")
     config, arch_source = architecture_for(manifest, which)
     model, weights = model_for(config, checkpoint)
-    info = {
+    info: VariantInfo = {
         "architecture": config,
         "architecture_source": arch_source,
         "weights": weights,
@@ -178,10 +177,22 @@ def fp32_student_bundle(
         "onnx": "models.export.export_onnx (fp32, item embedding inside model.onnx)",
     }
     build_sasrec_bundle(
-        out_dir, model, version=f"{b.version}-student-fp32", vocab=b.vocab,
-        popularity=b.popularity, encoding="fp32", recipe={"made_by": "benchmarks/serve.py", **info},
-    )  # fmt: skip
+        out_dir,
+        model,
+        version=f"{b.version}-student-fp32",
+        vocab=b.vocab,
+        popularity=b.popularity,
+        encoding="fp32",
+        recipe={"made_by": "benchmarks/serve.py", **info},
+    )
     return out_dir, info
+
+
+def _has_shape(bundle_dir: Path, shape: dict[str, Any]) -> bool:
+    if not (bundle_dir / MANIFEST_FILE).is_file():
+        return False
+    config = read_manifest_dict(bundle_dir).get("architecture", {}).get("config", {})
+    return all(config.get(k) == v for k, v in shape.items())
 
 
 def speed_only_bundle(
@@ -190,21 +201,26 @@ def speed_only_bundle(
     """An INT8 bundle for the items of `data` (or for `catalog`, popularity from `data`)
     whose model is a random-init SASRec of the pruned Beauty student's shape, quantized and
     packed exactly as `models.compress` ships it: right size and speed, meaningless answers.
-    Reused when `out_dir` already holds one."""
-    if (out_dir / MANIFEST_FILE).is_file():
+    Reused when `out_dir` already holds one of that shape, else rebuilt."""
+    if _has_shape(out_dir, BEAUTY_PRUNED):
         return out_dir
+    shutil.rmtree(out_dir, ignore_errors=True)
     read = read_interactions(data, min_interactions=1)
     counts = dict(zip(read.vocab, read.popularity().tolist(), strict=True))
     vocab = ["", *catalog] if catalog is not None else list(read.vocab)
     popularity = np.array([counts.get(v, 0) if v else 0 for v in vocab], dtype=np.int64)
     config = {**BEAUTY_PRUNED, "n_items": len(vocab) - 1, "max_len": max_len}
     model, weights = model_for(config, None)
+    recipe = {"made_by": "benchmarks/serve.py (speed-only bundle)", "weights": weights}
     build_sasrec_bundle(
-        out_dir, model, version=out_dir.name, vocab=vocab, popularity=popularity,
+        out_dir,
+        model,
+        version=out_dir.name,
+        vocab=vocab,
+        popularity=popularity,
         encoding="int8",
-        recipe={"made_by": "benchmarks/serve.py (speed-only bundle)", "weights": weights,
-                "data": str(data)},
-    )  # fmt: skip
+        recipe={**recipe, "data": str(data)},
+    )
     return out_dir
 
 
@@ -215,9 +231,39 @@ def synthetic_catalog(
     "i1".."iN", Beauty's user count) and a speed-only bundle over all `n_items` items."""
     data = work / f"synthetic-{n_items}.txt"
     if not data.is_file():
-        # Beauty-like: at least 5 items per user, 8.8 on average.
-        config = SyntheticConfig(n_users=n_users, n_items=n_items, n_topics=min(64, n_items // 4),
-                                 min_len=5, max_len=13, seed=0)  # fmt: skip
+        # Beauty-like histories: at least 5 items per user.
+        topics = min(64, n_items // 4)
+        config = SyntheticConfig(n_users, n_items, n_topics=topics, min_len=5, max_len=13, seed=0)
         write_synthetic(data, config)
     catalog = [f"i{i}" for i in range(1, n_items + 1)]
     return data, speed_only_bundle(data, work / f"synthetic-{n_items}-speed-only", catalog=catalog)
+
+
+def resolve_inputs(
+    data: Path, bundle_arg: Path | None, work: Path
+) -> tuple[Path | None, Path, dict[str, Any]]:
+    """(data file or None, shipped bundle, provenance): the fallbacks, recorded."""
+    info: dict[str, Any] = {"data_given": str(data), "data_found": data.is_file()}
+    if not data.is_file():
+        log(f"{data} not found: synthetic catalog of 54,542 items (models.synthetic)")
+        synth_data, synth_bundle = synthetic_catalog(work / "synthetic")
+        info["histories_from"] = f"{synth_data} (synthetic, models.synthetic)"
+        if bundle_arg is None:
+            info["bundle_source"] = "speed-only bundle (random-init pruned student, INT8)"
+            return synth_data, synth_bundle, info
+        info["bundle_source"] = "--bundle"
+        return synth_data, bundle_arg, info
+    info["histories_from"] = str(data)
+    if bundle_arg is not None:
+        info["bundle_source"] = "--bundle"
+        return data, bundle_arg, info
+    found = newest_bundle(work / data.stem)
+    if found is not None:
+        info["bundle_source"] = f"newest bundle under {work / data.stem} (make bench-compress)"
+        return data, found, info
+    log(f"no bundle under {work / data.stem}: building a speed-only one (random weights)")
+    info["bundle_source"] = (
+        f"speed-only bundle: no `make bench-compress` bundle under {work / data.stem}; "
+        "random-init pruned student of the Beauty recipe's shape, INT8, the data's catalog"
+    )
+    return data, speed_only_bundle(data, work / "speed-only" / data.stem), info

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
-# --- report ----------------------------------------------------------------------------------
-def _f(x: Any, fmt: str = ".1f") -> str:
-    return "-" if x is None else format(x, fmt)
+from benchmarks.harness.report import Results, dirty_note, fmt, table, targets_section
+from benchmarks.harness.targets import Target
 
 
 def _pin_note(pin: dict[str, Any]) -> str:
@@ -17,17 +16,10 @@ def _pin_note(pin: dict[str, Any]) -> str:
     return "**not pinned**: taskset missing or those cores not available"
 
 
-def flags(level: dict[str, Any]) -> str:
-    flags = (("short", level.get("short_of_offered")), ("locust-limited", level["locust_limited"]))
-    return ", ".join(name for name, on in flags if on)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
+def flags(level: Mapping[str, Any]) -> str:
+    """ "short, locust-limited": who limited a level, when someone did."""
+    on = (("short", level.get("short_of_offered")), ("locust-limited", level["locust_limited"]))
+    return ", ".join(name for name, flag in on if flag)
 
 
 def _host_line(host: dict[str, Any] | None) -> list[str]:
@@ -43,28 +35,23 @@ def _host_line(host: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def render_markdown(results: dict[str, Any]) -> str:
-    variants: list[dict[str, Any]] = results["variants"]
-    b = results["bundle"]
-    load = results["load"]
-    pin = results["pinning"]
-    out = [
+def _header(results: Results) -> list[str]:
+    """Title, command, commit, host, pinning, bundle and load."""
+    b, load, pin = results["bundle"], results["load"], results["pinning"]
+    workers = (
+        f" (shipped_2w: 2 workers on cores {pin['workers_cpu']}, see Workers)."
+        if pin.get("workers_cpu")
+        else "."
+    )
+    return [
         "# Serving benchmark",
         "",
         f"Command: `{results['command']}`  ",
-        f"Commit: `{results['git_commit']}`"
-        + (" (uncommitted changes)" if results.get("git_dirty") else "")
-        + f"; CPU {results['cpu']} ({results['cpu_count']} cores); wall time "
-        f"{results['wall_seconds']:.0f} s  ",
+        f"Commit: `{results['git_commit']}`{dirty_note(results)}; CPU {results['cpu']} "
+        f"({results['cpu_count']} cores); wall time {results['wall_seconds']:.0f} s  ",
         *_host_line(results.get("host")),
         f"Servers on core {pin['server_cpu']}, load generator on core {pin['load_cpu']} "
-        f"({_pin_note(pin)}); uvicorn, 1 "
-        "worker, uvloop, httptools, no access log"
-        + (
-            f" (shipped_2w: 2 workers on cores {pin['workers_cpu']}, see Workers)."
-            if pin.get("workers_cpu")
-            else "."
-        ),
+        f"({_pin_note(pin)}); uvicorn, 1 worker, uvloop, httptools, no access log{workers}",
         "",
         f"Bundle: `{b['path']}` (version `{b['version']}`, {b['n_items']:,} items, dim "
         f"{b['dim']}, {b['item_encoding']} items; {results['inputs']['bundle_source']}).  ",
@@ -74,80 +61,152 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{load['workload']['histories']} ({results['inputs']['histories_from']}), mean length "
         f"{load['workload']['mean_history_len']}. Ladder stops {load['stop_rule']}.",
         "",
-        "## Summary",
-        "",
     ]
+
+
+def _summary_section(variants: list[dict[str, Any]]) -> list[str]:
+    """One row per variant: its max rps at p99 <= 50 ms, the p99 there, RSS, weights."""
     rows = []
     for v in variants:
         best = v["max_rps_at_p99_50ms"]
         at = [lv for lv in v["levels"] if lv.get("rps") == best]
-        shown = _f(best, ",.0f") + (" (≥, ladder exhausted)" if v.get("ladder_exhausted") else "")
+        shown = fmt(best, ",.0f") + (" (≥, ladder exhausted)" if v.get("ladder_exhausted") else "")
         if v.get("locust_limited"):
             shown += " (locust-limited)"
-        rows.append([
-            f"**{v['name']}**", v["description"], shown,
-            _f(at[0]["p99_ms"], ".0f") if at else "-",
-            _f(v.get("rss_mb"), ",.0f"), v.get("weights", "-"),
-        ])  # fmt: skip
-    out += _table(
-        ["variant", "what", "max rps at p99 ≤ 50 ms", "p99 there (ms)", "RSS (MiB)", "weights"],
-        rows,
-    )
-    out += ["", "## Levels", ""]
+        p99 = fmt(at[0]["p99_ms"], ".0f") if at else "-"
+        rss = fmt(v.get("rss_mb"), ",.0f")
+        rows.append([f"**{v['name']}**", v["description"], shown, p99, rss, v.get("weights", "-")])
+    header = ["variant", "what", "max rps at p99 ≤ 50 ms", "p99 there (ms)", "RSS (MiB)", "weights"]
+    return ["## Summary", "", *table(header, rows)]
+
+
+LEVEL_HEADER = [
+    "offered rps",
+    "rps",
+    "p50 ms",
+    "p99 ms",
+    "failures",
+    "server cpu",
+    "locust cpu",
+    "flags",
+]
+
+
+def _level_row(lv: dict[str, Any]) -> list[str]:
+    return [
+        fmt(lv["offered_rps"], ",.0f"),
+        fmt(lv["rps"], ",.1f"),
+        fmt(lv["p50_ms"], ".0f"),
+        fmt(lv["p99_ms"], ".0f"),
+        f"{lv['failures']:.2%}",
+        fmt(lv["server_cpu"], ".2f"),
+        fmt(lv["locust_cpu"], ".2f"),
+        flags(lv),
+    ]
+
+
+def _levels_section(variants: list[dict[str, Any]]) -> list[str]:
+    """Every variant's levels, its level at 70% of its max and its wrk run, when it has them."""
+    out = ["## Levels", ""]
     for v in variants:
-        out += [f"### {v['name']}", ""]
-        lrows = [
-            [_f(lv["offered_rps"], ",.0f"), _f(lv["rps"], ",.1f"), _f(lv["p50_ms"], ".0f"),
-             _f(lv["p99_ms"], ".0f"), f"{lv['failures']:.2%}", _f(lv["server_cpu"], ".2f"),
-             _f(lv["locust_cpu"], ".2f"), flags(lv)]
-            for lv in v["levels"]
-        ]  # fmt: skip
-        out += _table(
-            ["offered rps", "rps", "p50 ms", "p99 ms", "failures", "server cpu", "locust cpu",
-             "flags"],
-            lrows,
-        )  # fmt: skip
+        out += [
+            f"### {v['name']}",
+            "",
+            *table(LEVEL_HEADER, [_level_row(lv) for lv in v["levels"]]),
+        ]
         if v.get("p99_at_70pct"):
             a = v["p99_at_70pct"]
-            out += ["", f"At 70% of its max ({_f(a['offered_rps'], ',.0f')} rps offered): "
-                    f"{_f(a['rps'], ',.1f')} rps, p50 {_f(a['p50_ms'], '.0f')} ms, p99 "
-                    f"{_f(a['p99_ms'], '.0f')} ms."]  # fmt: skip
+            out += [
+                "",
+                f"At 70% of its max ({fmt(a['offered_rps'], ',.0f')} rps offered): "
+                f"{fmt(a['rps'], ',.1f')} rps, p50 {fmt(a['p50_ms'], '.0f')} ms, p99 "
+                f"{fmt(a['p99_ms'], '.0f')} ms.",
+            ]
         if v.get("wrk"):
             out += ["", _wrk_line(v["wrk"])]
         out.append("")
-    out += _sequential_section(results.get("sequential"))
-    out += _p50_section(results.get("p50_vs_ceiling"))
-    out += _workers_section(results.get("workers"))
-    t = results["targets"]
-    trows = []
-    for key, v in t.items():
-        if key == "all_passed":
-            continue
-        trows.append([key, v["what"], _f(v["value"], ".3g"), f"{v['op']} {v['threshold']:g}",
-                      "PASS" if v["passed"] else "**FAIL**"])  # fmt: skip
-    out += ["## Targets", "", *_table(["target", "measured as", "value", "required", "result"],
-                                      trows), "",
-            f"All targets: {'PASS' if t['all_passed'] else 'FAIL'}.", ""]  # fmt: skip
-    limited = [v["name"] for v in variants if v.get("locust_limited")]
+    return out
+
+
+def _target_cells(name: str, t: Target) -> tuple[str, str]:
+    return fmt(t["value"], ".3g"), f"{t['threshold']:g}"
+
+
+def _limits_section(results: Results) -> list[str]:
+    """Which variants locust limited, and the ceiling's closed-loop figure."""
+    out = []
+    limited = [v["name"] for v in results["variants"] if v.get("locust_limited")]
     if limited:
-        out += [f"**Locust was the limit** for {', '.join(limited)}: its core was saturated (or "
-                "it fell short of the offered rate while the server had room); wrk's figures "
-                "are given above.", ""]  # fmt: skip
+        out += [
+            f"**Locust was the limit** for {', '.join(limited)}: its core was saturated (or "
+            "it fell short of the offered rate while the server had room); wrk's figures "
+            "are given above.",
+            "",
+        ]
     if results.get("ceiling_wrk"):
         out += ["Ceiling with wrk: " + _wrk_line(results["ceiling_wrk"]), ""]
-    if results["scale"]:
-        srows = [
-            [s["label"], f"{s['items']:,}", s["item_encoding"], _f(s["offered_rps"], ",.0f"),
-             _f(s["rps"], ",.1f"), _f(s["p50_ms"], ".0f"), _f(s["p99_ms"], ".0f"),
-             _f(s["recall@10"], ".3f"), _f(s["rss_mb"], ",.0f")]
-            for s in results["scale"]
-        ]  # fmt: skip
-        out += ["## Scale", "",
-                "The real service (micro-batching on), one offered load; RSS: VmRSS of the "
-                "server after the level; recall@10 as supplied with the bundle.", "",
-                *_table(["catalog", "items", "items as", "offered rps", "rps", "p50 ms",
-                         "p99 ms", "recall@10", "RSS MiB"], srows), ""]  # fmt: skip
-    out += ["## Notes", "", *(f"- {n}" for n in results["notes"]), ""]
+    return out
+
+
+SCALE_HEADER = [
+    "catalog",
+    "items",
+    "items as",
+    "offered rps",
+    "rps",
+    "p50 ms",
+    "p99 ms",
+    "recall@10",
+    "RSS MiB",
+]
+
+
+def _scale_section(scale: list[dict[str, Any]]) -> list[str]:
+    if not scale:
+        return []
+    rows = [
+        [
+            s["label"],
+            f"{s['items']:,}",
+            s["item_encoding"],
+            fmt(s["offered_rps"], ",.0f"),
+            fmt(s["rps"], ",.1f"),
+            fmt(s["p50_ms"], ".0f"),
+            fmt(s["p99_ms"], ".0f"),
+            fmt(s["recall@10"], ".3f"),
+            fmt(s["rss_mb"], ",.0f"),
+        ]
+        for s in scale
+    ]
+    return [
+        "## Scale",
+        "",
+        "The real service (micro-batching on), one offered load; RSS: VmRSS of the "
+        "server after the level; recall@10 as supplied with the bundle.",
+        "",
+        *table(SCALE_HEADER, rows),
+        "",
+    ]
+
+
+def render_markdown(results: Results) -> str:
+    variants: list[dict[str, Any]] = results["variants"]
+    out = [
+        *_header(results),
+        *_summary_section(variants),
+        "",
+        *_levels_section(variants),
+        *_sequential_section(results.get("sequential")),
+        *_p50_section(results.get("p50_vs_ceiling")),
+        *_workers_section(results.get("workers")),
+        *targets_section(results["targets"], _target_cells),
+        *_limits_section(results),
+        *_scale_section(results["scale"]),
+        "## Notes",
+        "",
+        *(f"- {n}" for n in results["notes"]),
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -158,7 +217,7 @@ def _sequential_section(seq: dict[str, Any] | None) -> list[str]:
     rows = []
     for label, s in (("all", seq), *sorted(seq.get("by_kind", {}).items())):
         for side, what in (("server", "server (Server-Timing)"), ("client", "round trip")):
-            pcts = [_f(s[f"{side}_p{q}_ms"], ".2f") for q in (50, 90, 99)]
+            pcts = [fmt(s[f"{side}_p{q}_ms"], ".2f") for q in (50, 90, 99)]
             rows.append([label, what, str(s["n"]), *pcts])
     pinned = "pinned" if seq.get("client_pinned") else "**not pinned**"
     return [
@@ -168,10 +227,10 @@ def _sequential_section(seq: dict[str, Any] | None) -> list[str]:
         f"unrecorded ({seq['mix']['full_catalog']:.0%} full catalog, "
         f"{seq['mix']['rerank']:.0%} rerank, the locust workload's bodies), before its ladder; "
         f"client {seq['client']}, on core {seq['client_cpu']} ({pinned}). Achieved "
-        f"{_f(seq.get('achieved_rps'), ',.0f')} rps; failures {seq['failures']}, reconnects "
+        f"{fmt(seq.get('achieved_rps'), ',.0f')} rps; failures {seq['failures']}, reconnects "
         f"{seq['reconnects']}, answers without Server-Timing {seq['server_timing_missing']}.",
         "",
-        *_table(["requests", "time", "n", "p50 ms", "p90 ms", "p99 ms"], rows),
+        *table(["requests", "time", "n", "p50 ms", "p90 ms", "p99 ms"], rows),
         "",
         f"Server time: {seq['server_time']}. Round trip: {seq['client_time']}.",
         "",
@@ -186,8 +245,8 @@ def _p50_section(cmp: dict[str, Any] | None) -> list[str]:
         "## p50 against the ceiling, same offered load",
         "",
         f"Every level of shipped's ladder up to {cmp['share']:.0%} of its max rps "
-        f"({_f(cmp['shipped_max_rps'], ',.0f')} rps, so offered ≤ "
-        f"{_f(cmp['up_to_offered'], ',.0f')}); target: shipped p50 - ceiling p50 ≤ "
+        f"({fmt(cmp['shipped_max_rps'], ',.0f')} rps, so offered ≤ "
+        f"{fmt(cmp['up_to_offered'], ',.0f')}); target: shipped p50 - ceiling p50 ≤ "
         f"{cmp['target_excess_ms']:g} ms. locust's p50 is in whole ms. A level the ceiling did "
         "not run is not compared (no interpolation).",
         "",
@@ -195,13 +254,29 @@ def _p50_section(cmp: dict[str, Any] | None) -> list[str]:
     if not cmp["levels"]:
         return [*head, cmp.get("note", "No level to compare."), ""]
     rows = [
-        [_f(r["offered"], ",.0f"), _f(r["shipped_p50_ms"], ".0f"), _f(r["ceiling_p50_ms"], ".0f"),
-         _f(r["excess_ms"], "+.0f"),
-         {True: "PASS", False: "**FAIL**"}.get(r["passed"], r.get("note", "not compared"))]
+        [
+            fmt(r["offered"], ",.0f"),
+            fmt(r["shipped_p50_ms"], ".0f"),
+            fmt(r["ceiling_p50_ms"], ".0f"),
+            fmt(r["excess_ms"], "+.0f"),
+            {True: "PASS", False: "**FAIL**"}.get(r["passed"], r.get("note", "not compared")),
+        ]
         for r in cmp["levels"]
-    ]  # fmt: skip
-    return [*head, *_table(["offered rps", "shipped p50 ms", "ceiling p50 ms", "excess ms",
-                            "result"], rows), ""]  # fmt: skip
+    ]
+    header = ["offered rps", "shipped p50 ms", "ceiling p50 ms", "excess ms", "result"]
+    return [*head, *table(header, rows), ""]
+
+
+WORKERS_HEADER = [
+    "variant",
+    "workers",
+    "server cores",
+    "max rps at p99 ≤ 50 ms",
+    "p99 there (ms)",
+    "server cores busy",
+    "locust cores busy",
+    "both",
+]
 
 
 def _workers_section(w: dict[str, Any] | None) -> list[str]:
@@ -212,22 +287,22 @@ def _workers_section(w: dict[str, Any] | None) -> list[str]:
     for s in (w["one_worker"], w["two_workers"]):
         if s is None:
             continue
-        shown = _f(s["max_rps_at_p99_50ms"], ",.0f")
+        shown = fmt(s["max_rps_at_p99_50ms"], ",.0f")
         if s.get("ladder_exhausted"):
             shown += " (≥, ladder exhausted)"
-        rows.append([s["variant"], str(s["workers"]), str(s["server_cpu"]), shown,
-                     _f(s["p99_ms_at_max"], ".0f"), _f(s["server_cores_busy_at_max"], ".2f"),
-                     _f(s["locust_cores_busy_at_max"], ".2f"),
-                     _f(s["cores_busy_at_max"], ".2f")])  # fmt: skip
+        busy = [
+            fmt(s[k], ".2f")
+            for k in ("server_cores_busy_at_max", "locust_cores_busy_at_max", "cores_busy_at_max")
+        ]
+        p99 = fmt(s["p99_ms_at_max"], ".0f")
+        rows.append([s["variant"], str(s["workers"]), str(s["server_cpu"]), shown, p99, *busy])
     cores = w.get("machine_cores")
-    header = ["variant", "workers", "server cores", "max rps at p99 ≤ 50 ms", "p99 there (ms)",
-              "server cores busy", "locust cores busy", "both"]  # fmt: skip
     return [
         "## Workers: 1 against 2 (no target)",
         "",
-        *_table(header, rows),
+        *table(WORKERS_HEADER, rows),
         "",
-        f"2 workers / 1: **{_f(w['ratio'], '.2f')}**"
+        f"2 workers / 1: **{fmt(w['ratio'], '.2f')}**"
         + (f" on a {cores}-core machine" if cores else "")
         + f". {w['note']}",
         "",
@@ -239,28 +314,27 @@ def _wrk_line(w: dict[str, Any]) -> str:
         return f"wrk: {w['error']}"
     return (
         f"wrk ({w['threads']} thread, {w['connections']} connections, closed loop, "
-        f"{w['duration_s']} s, one fixed full-catalog body): {_f(w['rps'], ',.0f')} rps, p50 "
-        f"{_f(w['p50_ms'], '.2f')} ms, p99 {_f(w['p99_ms'], '.2f')} ms, non-2xx "
+        f"{w['duration_s']} s, one fixed full-catalog body): {fmt(w['rps'], ',.0f')} rps, p50 "
+        f"{fmt(w['p50_ms'], '.2f')} ms, p99 {fmt(w['p99_ms'], '.2f')} ms, non-2xx "
         f"{w['non_2xx']}."
     )
 
 
-def render_plot(results: dict[str, Any], path: Path) -> None:
-    """p50 (dashed) and p99 (solid) against offered load per variant, log y; achieved rps."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
+COLORS = {
+    "ceiling": "tab:gray",
+    "naive": "tab:red",
+    "student_fp32": "tab:orange",
+    "shipped": "tab:blue",
+    "shipped_2w": "tab:cyan",
+}
 
-    limit = float(results["load"]["p99_limit_ms"])
-    stop = float(results["load"]["stop_p99_ms"])
-    fig = Figure(figsize=(13, 5.4), dpi=110)
-    FigureCanvasAgg(fig)
-    ax_lat, ax_rps = fig.subplots(1, 2)
-    colors = {"ceiling": "tab:gray", "naive": "tab:red", "student_fp32": "tab:orange",
-              "shipped": "tab:blue", "shipped_2w": "tab:cyan"}  # fmt: skip
+
+def _plot_variants(results: Results, ax_lat: Any, ax_rps: Any) -> float:
+    """Each variant's p99 (solid), p50 (dashed) and achieved rps against offered load, and its
+    p99 at 70% of its max (a star); the highest p99 drawn."""
     top = 1.0
     for v in results["variants"]:
-        c = colors.get(v["name"], "tab:green")
+        c = COLORS.get(v["name"], "tab:green")
         lv = [x for x in v["levels"] if x.get("p99_ms") is not None]
         xs = [x["offered_rps"] for x in lv]
         p50 = [max(x["p50_ms"] or 0.0, 0.5) for x in lv]  # locust rounds to whole ms
@@ -271,35 +345,57 @@ def render_plot(results: dict[str, Any], path: Path) -> None:
         ax_rps.plot(xs, [x["rps"] or 0 for x in lv], "-o", color=c, label=v["name"], markersize=4)
         a = v.get("p99_at_70pct")
         if a and a.get("p99_ms") is not None:
-            ax_lat.scatter([a["offered_rps"]], [max(a["p99_ms"], 0.5)], marker="*", s=160,
-                           color=c, zorder=4, label=f"{v['name']} p99 at 70% of max")  # fmt: skip
+            label = f"{v['name']} p99 at 70% of max"
+            y = max(a["p99_ms"], 0.5)
+            ax_lat.scatter(
+                [a["offered_rps"]], [y], marker="*", s=160, color=c, zorder=4, label=label
+            )
+    return top
+
+
+def _latency_axes(ax: Any, *, limit: float, stop: float, top: float) -> None:
     for y, ls, label in ((limit, ":", f"{limit:g} ms"), (stop, "-.", f"{stop:g} ms (stop)")):
-        ax_lat.axhline(y, color="black", linestyle=ls, linewidth=1, label=label)
-    ax_lat.set_yscale("log")
-    ax_lat.set_xscale("log")
-    ax_lat.set_ylim(0.4, max(top * 1.5, stop * 2))
-    ax_lat.set_xlabel("offered load (requests/s)")
-    ax_lat.set_ylabel("latency (ms, log)")
-    ax_lat.set_title("latency percentiles vs offered load")
-    ax_lat.grid(True, which="both", alpha=0.3)
-    ax_lat.legend(fontsize=7, ncol=2)
-    offered = [x["offered_rps"] for v in results["variants"] for x in v["levels"]] or [1.0]
-    lo, lim = min(offered), max(offered)
-    ax_rps.plot(
-        [lo, lim],
-        [lo, lim],
-        color="black",
-        linewidth=0.8,
-        linestyle=":",
-        label="achieved = offered",
+        ax.axhline(y, color="black", linestyle=ls, linewidth=1, label=label)
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_ylim(0.4, max(top * 1.5, stop * 2))
+    ax.set_xlabel("offered load (requests/s)")
+    ax.set_ylabel("latency (ms, log)")
+    ax.set_title("latency percentiles vs offered load")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _throughput_axes(ax: Any, offered: list[float]) -> None:
+    lo, hi = min(offered), max(offered)
+    ax.plot(
+        [lo, hi], [lo, hi], color="black", linewidth=0.8, linestyle=":", label="achieved = offered"
     )
-    ax_rps.set_xscale("log")
-    ax_rps.set_yscale("log")
-    ax_rps.set_xlabel("offered load (requests/s)")
-    ax_rps.set_ylabel("achieved (requests/s)")
-    ax_rps.set_title("throughput")
-    ax_rps.grid(True, which="both", alpha=0.3)
-    ax_rps.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (requests/s)")
+    ax.set_ylabel("achieved (requests/s)")
+    ax.set_title("throughput")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def render_plot(results: Results, path: Path) -> None:
+    """p50 (dashed) and p99 (solid) against offered load per variant, log y; achieved rps."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    fig = Figure(figsize=(13, 5.4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax_lat, ax_rps = fig.subplots(1, 2)
+    top = _plot_variants(results, ax_lat, ax_rps)
+    load = results["load"]
+    _latency_axes(
+        ax_lat, limit=float(load["p99_limit_ms"]), stop=float(load["stop_p99_ms"]), top=top
+    )
+    offered = [x["offered_rps"] for v in results["variants"] for x in v["levels"]] or [1.0]
+    _throughput_axes(ax_rps, offered)
     plain = FuncFormatter(lambda x, _: f"{x:g}")
     for ax in (ax_lat, ax_rps):
         ax.xaxis.set_major_formatter(plain)

@@ -1,7 +1,7 @@
 """What a shopper gets: answers and their cost measured through the service's own code.
 
 Offline metrics score the exported encoder against the item matrix in a harness of their own;
-this module instead runs the service's loader (`service.registry.load_model`, with the options
+this module instead runs the service's loader (`service.loading.load_model`, with the options
 the service derives from its default `Settings`) and its request path
 (`LoadedModel.recommend_batch`, in micro-batches of the service's size), so a benchmark
 measures exactly the item lists `POST /recommend` returns, popularity fallback, banned seen
@@ -28,8 +28,8 @@ import numpy.typing as npt
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from service.registry import load_model
-from service.runner import LoadedModel, ModelOptions, RecRequest
+from service.loading import load_model
+from service.model import LoadedModel, ModelOptions, RecRequest
 from service.schemas import RecommendRequest
 from service.scorer import CatalogScorer
 from service.settings import Settings

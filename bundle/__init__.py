@@ -6,7 +6,7 @@ A bundle is a flat directory (or the same files in a .tar.gz for upload):
 
     model.onnx        user encoder: int64 [batch, max_len] (left-padded with 0) -> float32 [batch, dim]
                       (its item embedding may read items.npy / item_scales.npy as ONNX external
-                      data, so the tied item matrix is stored once: see `npy_data_offset`)
+                      data, so the tied item matrix is stored once: see `bundle.shared_items`)
     items.npy         item scoring matrix, row i = item index i (row 0 = padding), int8/fp16/fp32,
                       or int4: uint8 (rows, dim / 2), two values + 8 per byte, low nibble first
     item_scales.npy   float32 per-row scales when items.npy is int8 or int4

@@ -27,7 +27,7 @@ VOCAB_FILE = "vocab.json"
 POPULARITY_FILE = "popularity.npy"
 MANIFEST_FILE = "manifest.json"
 PAD_ID = ""
-MAX_GOLDEN = 256  # golden pairs a reader accepts (the pipeline writes 4)
+MAX_GOLDEN = 256  # golden pairs a reader accepts (the pipeline writes a handful)
 # onnxruntime session settings every runner of a bundle's model.onnx uses (the pipeline's
 # evaluation and golden outputs, the service): DequantizeLinear of constant int8 weights is
 # folded to fp32 once at load instead of run per call (models.quantize, "float" activations).
@@ -98,7 +98,7 @@ def npy_data_offset(array: npt.NDArray[Any]) -> int:
     `np.save` writes a header, then the array's bytes in C order. An ONNX initializer stored
     as external data at (offset = this, length = array.nbytes) therefore reads the file's array
     unchanged: that is how `model.onnx` shares the item matrix with `items.npy` (see
-    `models.quantize.link_item_table`).
+    `bundle.shared_items.link_item_table`).
     """
     a = np.asarray(array)
     if not a.flags.c_contiguous:
@@ -150,6 +150,40 @@ def write_bundle(
     packed 4-bit rows (`bundle.items.pack_int4`) and their scales.
     """
     vocab = list(vocab)
+    n_rows, dim = _table_shape(item_matrix, item_encoding, vocab, popularity)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / MANIFEST_FILE).exists():
+        raise BundleError(f"{out_dir} already holds a bundle")
+    (out_dir / MODEL_FILE).write_bytes(onnx_model)
+    _write_item_table(out_dir, item_matrix, item_encoding)
+    _write_vocab(out_dir, vocab)
+    _write_popularity(out_dir, popularity)
+    manifest = Manifest(
+        model_version=model_version,
+        created_at=datetime.now(UTC),
+        dim=dim,
+        max_len=max_len,
+        n_items=n_rows - 1,
+        item_encoding=item_encoding,
+        architecture=architecture or {},
+        recipe=recipe or {},
+        metrics=metrics or {},
+        dataset=dataset or {},
+        files=_file_infos(out_dir),
+        golden=_golden_pairs(golden_inputs, golden_outputs),
+        golden_atol=golden_atol,
+    )
+    (out_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    return manifest
+
+
+def _table_shape(
+    item_matrix: npt.NDArray[np.floating] | PQTable,
+    item_encoding: ItemEncoding,
+    vocab: list[str],
+    popularity: npt.NDArray[np.integer],
+) -> tuple[int, int]:
+    """(rows, dim) of the item table, once it agrees with the encoding, vocab and popularity."""
     if isinstance(item_matrix, PQTable) != (item_encoding == "pq4"):
         raise BundleError('item_encoding "pq4" goes with a PQTable item table, and only with one')
     n_rows, dim = (
@@ -164,24 +198,32 @@ def write_bundle(
             f"vocab ({len(vocab)}), popularity ({len(popularity)}) and item matrix ({n_rows}) "
             "must have the same number of rows"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / MANIFEST_FILE).exists():
-        raise BundleError(f"{out_dir} already holds a bundle")
+    return n_rows, dim
 
-    (out_dir / MODEL_FILE).write_bytes(onnx_model)
+
+def _write_item_table(
+    out_dir: Path, item_matrix: npt.NDArray[np.floating] | PQTable, item_encoding: ItemEncoding
+) -> None:
+    """`items.npy` and, by encoding, `item_scales.npy` or `codebooks.npy`."""
     if isinstance(item_matrix, PQTable):
         item_matrix.check()
         _save_npy(out_dir / ITEMS_FILE, item_matrix.packed)
         _save_npy(out_dir / CODEBOOKS_FILE, item_matrix.codebooks)
-    else:
-        stored, scales = encode_items(item_matrix, item_encoding)
-        _save_npy(out_dir / ITEMS_FILE, stored)
-        if scales is not None:
-            _save_npy(out_dir / SCALES_FILE, scales)
-    # Compact JSON: on a 54k-item catalog the separators alone would be 100 KB.
+        return
+    stored, scales = encode_items(item_matrix, item_encoding)
+    _save_npy(out_dir / ITEMS_FILE, stored)
+    if scales is not None:
+        _save_npy(out_dir / SCALES_FILE, scales)
+
+
+def _write_vocab(out_dir: Path, vocab: list[str]) -> None:
+    # Compact JSON: the default separators add a space per ID, which a large catalog pays for.
     (out_dir / VOCAB_FILE).write_text(
         json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8"
     )
+
+
+def _write_popularity(out_dir: Path, popularity: npt.NDArray[np.integer]) -> None:
     counts = np.asarray(popularity, dtype=np.int64)
     if counts.size and counts.min() < 0:
         raise BundleError("popularity counts must not be negative")
@@ -190,31 +232,21 @@ def write_bundle(
         counts = counts.astype(np.int32)
     np.save(out_dir / POPULARITY_FILE, counts, allow_pickle=False)
 
-    files = {
+
+def _file_infos(out_dir: Path) -> dict[str, FileInfo]:
+    """Size and sha256 of every file written so far (all but the manifest)."""
+    return {
         p.name: FileInfo(bytes=p.stat().st_size, sha256=sha256_file(p))
         for p in sorted(out_dir.iterdir())
         if p.name != MANIFEST_FILE
     }
-    manifest = Manifest(
-        model_version=model_version,
-        created_at=datetime.now(UTC),
-        dim=dim,
-        max_len=max_len,
-        n_items=n_rows - 1,
-        item_encoding=item_encoding,
-        architecture=architecture or {},
-        recipe=recipe or {},
-        metrics=metrics or {},
-        dataset=dataset or {},
-        files=files,
-        golden=[
-            Golden(input=[int(x) for x in i], output=[float(x) for x in o])
-            for i, o in zip(golden_inputs, golden_outputs, strict=True)
-        ],
-        golden_atol=golden_atol,
-    )
-    (out_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-    return manifest
+
+
+def _golden_pairs(inputs: npt.NDArray[np.int64], outputs: npt.NDArray[np.float32]) -> list[Golden]:
+    return [
+        Golden(input=[int(x) for x in i], output=[float(x) for x in o])
+        for i, o in zip(inputs, outputs, strict=True)
+    ]
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -276,13 +308,36 @@ def read_bundle(path: Path) -> Bundle:
 
     `model.onnx` may read external data (the shared item matrix). This reader does not parse
     ONNX; what makes that safe is that the directory then holds only the listed, regular,
-    sha256-verified files, and onnxruntime (>= 1.17, checked with 1.32), given the model's
-    *path*, refuses external data outside the model's directory (absolute paths, `..`,
-    symlinks leading out), in missing files, or beyond a file's end. Create the session
-    from `Bundle.model_path`, never from the bytes: from bytes, onnxruntime resolves
-    locations against the working directory.
+    sha256-verified files, and onnxruntime (>= 1.17), given the model's *path*, refuses
+    external data outside the model's directory (absolute paths, `..`, symlinks leading
+    out), in missing files, or beyond a file's end. Create the session from
+    `Bundle.model_path`, never from the bytes: from bytes, onnxruntime resolves locations
+    against the working directory.
     """
     manifest = read_manifest(path)
+    _check_listing(path, manifest)
+    _check_files(path, manifest)
+    items, scales, codebooks = _read_item_table(path, manifest)
+    vocab = _read_vocab(path, manifest.n_items + 1)
+    popularity = _read_popularity(path, manifest.n_items + 1)
+    _check_golden(manifest)
+    bad_metrics = sorted(k for k, v in manifest.metrics.items() if not np.isfinite(v))
+    if bad_metrics:
+        raise BundleError(f"manifest metrics {bad_metrics} are NaN or Inf")
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        items=items,
+        item_scales=scales,
+        vocab=vocab,
+        popularity=popularity.astype(np.int64),
+        codebooks=codebooks,
+    )
+
+
+def _check_listing(path: Path, manifest: Manifest) -> None:
+    """The manifest lists every file the encoding needs, by plain name, and the directory
+    holds nothing else."""
     required = {MODEL_FILE, ITEMS_FILE, VOCAB_FILE, POPULARITY_FILE}
     if manifest.item_encoding in _SCALED:
         required.add(SCALES_FILE)
@@ -298,6 +353,10 @@ def read_bundle(path: Path) -> Bundle:
     unexpected = present - manifest.files.keys()
     if unexpected:
         raise BundleError(f"files not listed in the manifest: {', '.join(sorted(unexpected))}")
+
+
+def _check_files(path: Path, manifest: Manifest) -> None:
+    """Every listed file is a regular file of the listed size and sha256."""
     for name, info in manifest.files.items():
         file = path / name
         if not file.is_file() or file.is_symlink():
@@ -307,7 +366,11 @@ def read_bundle(path: Path) -> Bundle:
         if sha256_file(file) != info.sha256:
             raise BundleError(f"{name} does not match its sha256 in the manifest")
 
-    rows = manifest.n_items + 1
+
+def _read_item_table(
+    path: Path, manifest: Manifest
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None]:
+    """(items, scales of an int8 / int4 table, codebooks of a pq4 one), checked."""
     items = _load_npy(path / ITEMS_FILE)
     codebooks = None
     if manifest.item_encoding == "pq4":
@@ -319,13 +382,17 @@ def read_bundle(path: Path) -> Bundle:
     scales = None
     if manifest.item_encoding in _SCALED:
         scales = _read_scales(path, manifest)
+    return items, scales, codebooks
 
+
+def _read_vocab(path: Path, rows: int) -> list[str]:
+    """`vocab.json`: `rows` distinct, non-blank string IDs after the padding entry ''."""
     try:
         vocab = json.loads((path / VOCAB_FILE).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BundleError(f"{VOCAB_FILE} is not valid JSON (or nested too deeply): {e}") from e
-    # map() over builtins: these checks run on every activation, holding the GIL while
-    # requests are served, and a generator over 54k IDs costs several ms each.
+    # map() over builtins, not generators: these checks run on every activation, holding
+    # the GIL while requests are being served.
     if not isinstance(vocab, list) or not set(map(type, vocab)) <= {str}:
         raise BundleError(f"{VOCAB_FILE} must be a list of strings")
     if len(vocab) != rows:
@@ -343,7 +410,11 @@ def read_bundle(path: Path) -> Bundle:
             counts[v] = counts.get(v, 0) + 1
         dupes = sorted(v for v, n in counts.items() if n > 1)
         raise BundleError(f"{VOCAB_FILE} has duplicate item IDs: {dupes[:5]}")
+    return vocab
 
+
+def _read_popularity(path: Path, rows: int) -> npt.NDArray[Any]:
+    """`popularity.npy`: int32 or int64 (rows,), no negative counts."""
     popularity = _load_npy(path / POPULARITY_FILE)
     if popularity.dtype not in (np.int32, np.int64) or popularity.shape != (rows,):
         raise BundleError(
@@ -351,7 +422,11 @@ def read_bundle(path: Path) -> Bundle:
         )
     if popularity.min() < 0:
         raise BundleError(f"{POPULARITY_FILE} holds negative counts")
+    return popularity
 
+
+def _check_golden(manifest: Manifest) -> None:
+    """At least one and at most MAX_GOLDEN golden pairs, each shaped for this encoder."""
     if not manifest.golden:
         raise BundleError("manifest has no golden input/output pairs")
     if len(manifest.golden) > MAX_GOLDEN:
@@ -366,19 +441,6 @@ def read_bundle(path: Path) -> Bundle:
             raise BundleError("golden input holds an item index outside the vocabulary")
         if not np.isfinite(np.asarray(g.output, dtype=np.float64)).all():
             raise BundleError("golden output contains NaN or Inf")
-    bad_metrics = sorted(k for k, v in manifest.metrics.items() if not np.isfinite(v))
-    if bad_metrics:
-        raise BundleError(f"manifest metrics {bad_metrics} are NaN or Inf")
-
-    return Bundle(
-        path=path,
-        manifest=manifest,
-        items=items,
-        item_scales=scales,
-        vocab=vocab,
-        popularity=popularity.astype(np.int64),
-        codebooks=codebooks,
-    )
 
 
 _ITEM_DTYPES = {"int8": np.int8, "int4": np.uint8, "fp16": np.float16, "fp32": np.float32}

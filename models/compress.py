@@ -38,6 +38,7 @@ import torch
 import bundle
 from bundle.manifest import ItemEncoding
 from bundle.pq import PQ_MAX_CENTROIDS, PQTable
+from bundle.shared_items import check_linked_bundle, link_item_table, share_item_table
 from models.distill import (
     DistillConfig,
     StudentInit,
@@ -60,15 +61,9 @@ from models.evaluate import (
 from models.export import check_parity, export_onnx
 from models.pq import decoded_copy, pq_table_of, train_pq, with_pq_items
 from models.prune import PruneConfig, prune_and_finetune
-from models.quantize import (
-    Activations,
-    QuantizeConfig,
-    check_linked_bundle,
-    link_item_table,
-    quantize_onnx,
-    share_item_table,
-)
+from models.quantize import Activations, QuantizeConfig, quantize_onnx
 from models.readers import InteractionData, read_interactions
+from models.report import StageResult, format_table, markdown_report
 from models.sasrec import SASRec, SASRecConfig, build_model
 from models.split import EvalSet, Split, leave_one_out, pad_left
 from models.train import FitResult, LrSchedule, TrainConfig, fit, mm_dtype, train_teacher
@@ -112,8 +107,8 @@ class CompressConfig:
     finetune_lr_schedule: LrSchedule = "constant"
     loss: Literal["full", "sampled"] = "full"
     bf16: bool = False  # catalog-wide products of the training losses in bfloat16
-    # ... in the teacher's training too (False: the teacher trains in fp32, the student
-    # phases in bf16; bf16 cost the Beauty teacher 1.4% validation NDCG@10)
+    # ... in the teacher's training too. False keeps the teacher in fp32, whose accuracy
+    # bf16 costs (docs/compression.md, "How training stays affordable on a 2-core CPU").
     bf16_teacher: bool = True
     n_negatives: int = 256
     max_valid_users: int = 10_000  # early stopping looks at a seeded sample of this many users
@@ -214,16 +209,6 @@ QUANTIZE_METHODS = {
 
 
 @dataclass
-class StageResult:
-    stage: str
-    params: int
-    size_bytes: int
-    size_kind: str
-    metrics: dict[str, float]
-    latency: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
 class CompressResult:
     bundle_dir: Path
     archive: Path
@@ -287,39 +272,6 @@ def golden_tolerance(encode: Encoder, inputs: npt.NDArray[np.int64]) -> tuple[fl
     spread = max(spread, float(np.abs(encode(trimmed) - ref).max()))
     scale = float(np.abs(ref).max())
     return max(2.0 * spread, 1e-2 * scale, 1e-4), spread
-
-
-def _format_size(n: int) -> str:
-    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
-
-
-def format_table(
-    stages: list[StageResult], popularity: dict[str, float], *, markdown: bool = False
-) -> str:
-    header = ["stage", "params", "size", "size of", "HR@10", "NDCG@10", "MRR@10"]
-    header += ["µs b1", "µs/row b32"]
-    rows = [["popularity", "-", "-", "-"] + [f"{popularity[k]:.4f}" for k in _K10] + ["-", "-"]]
-    for s in stages:
-        rows.append(
-            [s.stage, f"{s.params:,}", _format_size(s.size_bytes), s.size_kind]
-            + [f"{s.metrics[k]:.4f}" for k in _K10]
-            + [
-                f"{s.latency.get('latency_us_b1', float('nan')):.0f}",
-                f"{s.latency.get('latency_us_per_row_b32', float('nan')):.1f}",
-            ]
-        )
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 4 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*r) for r in rows]
-    return "\n".join(lines)
-
-
-_K10 = ("hr@10", "ndcg@10", "mrr@10")
 
 
 def checkpoint_dir(out: Path, version: str) -> Path:
@@ -477,126 +429,202 @@ def run_compress(
     `prep`, `trained_teacher` and `cached` (its top-K summary) may come from an earlier call with the
     same data and teacher settings: the benchmark trains one teacher for several student seeds.
     """
-    c = config
-    if 10 not in c.ks:
-        c = dataclasses.replace(c, ks=(10, *c.ks))
+    c = config if 10 in config.ks else dataclasses.replace(config, ks=(10, *config.ks))
     version = c.version or default_version()
     out = Path(c.out)
-    bundle_dir = out / version
-    if bundle_dir.exists():
-        raise FileExistsError(f"{bundle_dir} already exists; choose another --version")
-    timings: dict[str, float] = {}
+    if (out / version).exists():
+        raise FileExistsError(f"{out / version} already exists; choose another --version")
     t_start = time.perf_counter()
-
-    def phase(name: str, t0: float) -> None:
-        timings[name] = round(time.perf_counter() - t0, 2)
-
     prep = prep or prepare_data(c)
-    data, split, train_split, pop_eval = prep.data, prep.split, prep.train_split, prep.pop_eval
-    timings["read"] = round(prep.read_seconds, 2)
-    test_inputs = split.test.inputs(max_len=c.max_len)
-    ks = tuple(c.ks)
-    sampled = None if c.sampled_metrics == "none" else c.sampled_metrics
-    ranks: dict[str, npt.NDArray[np.int64]] = {}
-
-    def measure(encode: Encoder, items: npt.NDArray[np.float32], stage: str) -> dict[str, float]:
-        metrics, stage_ranks = evaluate_ranks(
-            encode, items, split.test, max_len=c.max_len, ks=ks, sampled=sampled,
-            popularity=pop_eval, seed=c.seed,
-        )  # fmt: skip
-        ranks[stage] = stage_ranks
-        return metrics
-
-    pop_enc, pop_items = popularity_stage(pop_eval)
-    popularity_metrics = measure(pop_enc, pop_items, "popularity")
+    run = _Run(c, prep, out, version, test_inputs=prep.split.test.inputs(max_len=c.max_len))
+    run.timings["read"] = round(prep.read_seconds, 2)
+    popularity_metrics = run.measure(*popularity_stage(prep.pop_eval), "popularity")
 
     trained = trained_teacher or fit_teacher(c, prep)
-    teacher, teacher_fit = trained.model, trained.fit
-    timings["teacher"] = round(trained.seconds, 2)
+    run.timings["teacher"] = round(trained.seconds, 2)
+    students = _train_students(run, trained, cached)
+    table = _served_table(run, students)
+    # A pq4 table adds its own fp32 stage; otherwise the served stage is already listed.
+    evaluated = _evaluate_stages(run, students.models() | {table.fp32_name: table.fp32_model})
+    shipped = _ship(run, students, table, evaluated, popularity_metrics)
+    run.timings["total"] = round(time.perf_counter() - t_start, 2)
+    return _report(run, evaluated, shipped, popularity_metrics)
 
+
+@dataclass
+class _Run:
+    """What the stages of one `run_compress` call share: its settings, data and output
+    place, and what it records as it goes (phase timings, per-user test ranks)."""
+
+    c: CompressConfig
+    prep: PreparedData
+    out: Path
+    version: str
+    test_inputs: npt.NDArray[np.int64]  # the test histories, padded to max_len
+    timings: dict[str, float] = field(default_factory=dict)
+    ranks: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.out / self.version
+
+    def phase(self, name: str, t0: float) -> None:
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+
+    def measure(
+        self, encode: Encoder, items: npt.NDArray[np.float32], stage: str
+    ) -> dict[str, float]:
+        """`encode`'s test metrics over `items`; its per-user ranks are kept under `stage`."""
+        c = self.c
+        sampled = None if c.sampled_metrics == "none" else c.sampled_metrics
+        metrics, self.ranks[stage] = evaluate_ranks(
+            encode, items, self.prep.split.test, max_len=c.max_len, ks=tuple(c.ks),
+            sampled=sampled, popularity=self.prep.pop_eval, seed=c.seed,
+        )  # fmt: skip
+        return metrics
+
+
+@dataclass
+class _Students:
+    """The teacher, the students trained from it, and how each was trained."""
+
+    teacher: SASRec
+    teacher_fit: FitResult
+    student: SASRec
+    student_fit: FitResult
+    pruned: SASRec  # the student itself when the recipe prunes nothing
+    pruning: dict[str, Any]  # the report's account: {"ran": False, "ratio": ...} when skipped
+    cached: TeacherTopK | None  # the teacher's top-K per position, when distillation uses it
+
+    def models(self) -> dict[str, SASRec]:
+        """The fp32 stages, in pipeline order."""
+        models = {"teacher": self.teacher, "student": self.student}
+        if self.pruning["ran"]:
+            models["pruned"] = self.pruned
+        return models
+
+
+@dataclass
+class _ServedTable:
+    """The item table the bundle serves and the fp32 stage its encoder is quantized from."""
+
+    items: npt.NDArray[np.float32] | PQTable
+    info: dict[str, Any]  # the report's account (`row_table_info`, `product_quantize`)
+    fp32_name: str
+    fp32_model: SASRec
+
+
+@dataclass
+class _Evaluated:
+    """The fp32 stages, exported to ONNX and measured."""
+
+    models: dict[str, SASRec]
+    onnx: dict[str, bytes]
+    parity: dict[str, float]  # max abs diff of each ONNX file against PyTorch
+    stages: list[StageResult]
+
+
+@dataclass
+class _Shipped:
+    """The served bundle and what the report says about it."""
+
+    stage: StageResult
+    archive: Path
+    shipped_onnx_bytes: int
+    golden_atol: float
+    architecture: dict[str, Any]
+    recipe: dict[str, Any]
+
+
+def _train_students(run: _Run, trained: TrainedTeacher, cached: TeacherTopK | None) -> _Students:
+    """Distil the student from the teacher, then prune and fine-tune it (if the recipe does)."""
+    c, teacher = run.c, trained.model
     t0 = time.perf_counter()
     _log(c, "distilling student")
-    distill_cfg = c.distill_config()
     if cached is None and c.distill_top_k > 0:
         t1 = time.perf_counter()
-        cached = cache_teacher(c, teacher, prep)
-        phase("teacher_top_k", t1)
-    student_train = c.train_config(c.student_epochs, c.student_lr_schedule)
+        cached = cache_teacher(c, teacher, run.prep)
+        run.phase("teacher_top_k", t1)
     student, student_fit = distill_student(
-        teacher, c.student_config(data.n_items), train_split, student_train, distill_cfg,
+        teacher, c.student_config(run.prep.data.n_items), run.prep.train_split,
+        c.train_config(c.student_epochs, c.student_lr_schedule), c.distill_config(),
         cached=cached,
     )  # fmt: skip
-    phase("student", t0)
+    run.phase("student", t0)
+    pruned, pruning = _prune(run, student, teacher, cached)
+    return _Students(teacher, trained.fit, student, student_fit, pruned, pruning, cached)
 
+
+def _prune(
+    run: _Run, student: SASRec, teacher: SASRec, cached: TeacherTopK | None
+) -> tuple[SASRec, dict[str, Any]]:
+    """The pruned, fine-tuned student and the report's account of it; the student itself
+    when the recipe prunes nothing."""
+    c = run.c
+    if not prunes(c):
+        return student, {"ran": False, "ratio": c.prune_ratio}
     t0 = time.perf_counter()
-    pruning: dict[str, Any] = {"ran": False, "ratio": c.prune_ratio}
-    pruned = student
-    if prunes(c):
-        _log(
-            c,
-            f"pruning {c.prune_ratio:.0%} of heads/FFN units, {c.prune_hidden_ratio:.0%} of "
-            "hidden channels, and fine-tuning",
-        )
-        pruned, prune_info, finetune_fit = prune_and_finetune(
-            student,
-            teacher,
-            train_split,
-            prune_config=PruneConfig(
-                ratio=c.prune_ratio,
-                importance_batches=c.importance_batches,
-                prune_heads=c.prune_heads,
-                prune_ffn=c.prune_ffn,
-                hidden_ratio=c.prune_hidden_ratio,
-            ),
-            train_config=c.train_config(c.finetune_epochs, c.finetune_lr_schedule),
-            distill_config=distill_cfg,
-            cached=cached,
-        )
-        pruning = {
-            "ran": True,
-            **asdict(prune_info),
-            "ratio": c.prune_ratio,
-            "importance": "first-order Taylor |sum w*dL/dw| per head / FFN unit / hidden channel",
-            "finetune_best_epoch": finetune_fit.best_epoch,
-            "finetune_val_ndcg@10": finetune_fit.best_ndcg,
-        }
-        phase("prune_finetune", t0)
-    fp32_name = "pruned" if pruning["ran"] else "student"
-    stage_models = {"teacher": teacher, "student": student}
-    if pruning["ran"]:
-        stage_models["pruned"] = pruned
-    items: npt.NDArray[np.float32] | PQTable = item_array(pruned)
-    if c.item_encoding == "pq4":
-        t0 = time.perf_counter()
-        items, pq_model, item_table = product_quantize(c, pruned, teacher, train_split, cached)
-        fp32_name = f"{fp32_name}+pq4m{c.pq_subspaces}"
-        stage_models[fp32_name] = pq_model
-        phase("pq", t0)
-    else:
-        item_table = row_table_info(c.item_encoding, pruned.config.dim)
-    served_name = f"{fp32_name}+int8"
+    _log(
+        c,
+        f"pruning {c.prune_ratio:.0%} of heads/FFN units, {c.prune_hidden_ratio:.0%} of "
+        "hidden channels, and fine-tuning",
+    )
+    pruned, prune_info, finetune_fit = prune_and_finetune(
+        student,
+        teacher,
+        run.prep.train_split,
+        prune_config=PruneConfig(
+            ratio=c.prune_ratio,
+            importance_batches=c.importance_batches,
+            prune_heads=c.prune_heads,
+            prune_ffn=c.prune_ffn,
+            hidden_ratio=c.prune_hidden_ratio,
+        ),
+        train_config=c.train_config(c.finetune_epochs, c.finetune_lr_schedule),
+        distill_config=c.distill_config(),
+        cached=cached,
+    )
+    run.phase("prune_finetune", t0)
+    return pruned, {
+        "ran": True,
+        **asdict(prune_info),
+        "ratio": c.prune_ratio,
+        "importance": "first-order Taylor |sum w*dL/dw| per head / FFN unit / hidden channel",
+        "finetune_best_epoch": finetune_fit.best_epoch,
+        "finetune_val_ndcg@10": finetune_fit.best_ndcg,
+    }
 
+
+def _served_table(run: _Run, students: _Students) -> _ServedTable:
+    """The last stage's item rows, or (pq4) their product quantization, fine-tuned."""
+    c, base = run.c, students.pruned
+    base_name = "pruned" if students.pruning["ran"] else "student"
+    if c.item_encoding != "pq4":
+        info = row_table_info(c.item_encoding, base.config.dim)
+        return _ServedTable(item_array(base), info, base_name, base)
+    t0 = time.perf_counter()
+    table, pq_model, info = product_quantize(
+        c, base, students.teacher, run.prep.train_split, students.cached
+    )
+    run.phase("pq", t0)
+    return _ServedTable(table, info, f"{base_name}+pq4m{c.pq_subspaces}", pq_model)
+
+
+def _evaluate_stages(run: _Run, models: dict[str, SASRec]) -> _Evaluated:
+    """Export each fp32 stage to ONNX, check it against PyTorch, checkpoint it, and measure
+    its metrics and latency."""
+    c = run.c
     t0 = time.perf_counter()
     _log(c, "exporting, quantizing and evaluating every stage")
-    latency_inputs = test_inputs[:32]
-    stages: list[StageResult] = []
-    parity: dict[str, float] = {}
-    fp32_onnx: dict[str, bytes] = {}
-    for name, model in stage_models.items():
+    evaluated = _Evaluated(models, onnx={}, parity={}, stages=[])
+    for name, model in models.items():
         model.cpu().eval()
         onnx_bytes = export_onnx(model)
-        parity[name] = check_parity(onnx_bytes, model, test_inputs[:512])
-        fp32_onnx[name] = onnx_bytes
-        save_checkpoint(model, checkpoint_dir(out, version) / f"{name}.pt")
-        latency = measure_latency(
-            onnx_encoder(onnx_bytes, threads=1), latency_inputs, budget_s=c.latency_budget_s
-        )
-        with torch_threads(1):
-            torch_lat = measure_latency(
-                torch_encoder(model), latency_inputs, budget_s=c.latency_budget_s
-            )
-        latency.update({f"torch_{k}": v for k, v in torch_lat.items()})
-        stages.append(
+        evaluated.parity[name] = check_parity(onnx_bytes, model, run.test_inputs[:512])
+        evaluated.onnx[name] = onnx_bytes
+        save_checkpoint(model, checkpoint_dir(run.out, run.version) / f"{name}.pt")
+        latency = _fp32_latency(c, model, onnx_bytes, run.test_inputs[:32])
+        evaluated.stages.append(
             StageResult(
                 stage=name,
                 params=model.num_params(),
@@ -604,43 +632,114 @@ def run_compress(
                 size_kind="fp32 ONNX",
                 # Through the exported fp32 ONNX file (parity-checked against PyTorch above),
                 # so fp32 -> +int8 compares ONNX with ONNX: quantization alone.
-                metrics=measure(onnx_encoder(onnx_bytes), item_array(model), name),
+                metrics=run.measure(onnx_encoder(onnx_bytes), item_array(model), name),
                 latency=latency,
             )
         )
-    phase("export_evaluate", t0)
+    run.phase("export_evaluate", t0)
+    return evaluated
+
+
+def _fp32_latency(
+    c: CompressConfig, model: SASRec, onnx_bytes: bytes, inputs: npt.NDArray[np.int64]
+) -> dict[str, float]:
+    """One fp32 stage's latency through onnxruntime and (keys `torch_*`) PyTorch, 1 thread."""
+    latency = measure_latency(
+        onnx_encoder(onnx_bytes, threads=1), inputs, budget_s=c.latency_budget_s
+    )
+    with torch_threads(1):
+        torch_lat = measure_latency(torch_encoder(model), inputs, budget_s=c.latency_budget_s)
+    latency.update({f"torch_{k}": v for k, v in torch_lat.items()})
+    return latency
+
+
+def _ship(
+    run: _Run,
+    students: _Students,
+    table: _ServedTable,
+    evaluated: _Evaluated,
+    popularity_metrics: dict[str, float],
+) -> _Shipped:
+    """Quantize the served stage, evaluate the served artifact (the INT8 encoder over the
+    item table as the bundle stores it), then write, verify and pack the bundle."""
+    c = run.c
+    t0 = time.perf_counter()
+    int8_onnx, shipped_onnx = _served_encoder(
+        c, evaluated.onnx[table.fp32_name], table.items, run.prep.split
+    )
+    run.phase("quantize", t0)
 
     t0 = time.perf_counter()
-    int8_onnx, shipped_onnx = _served_encoder(c, fp32_onnx[fp32_name], items, split)
-    phase("quantize", t0)
-
-    # The served artifact: INT8 ONNX + the item matrix exactly as the bundle stores it.
-    t0 = time.perf_counter()
-    if isinstance(items, PQTable):
-        served_items = items.decode()
-    else:
-        stored, scales = bundle.encode_items(items, c.item_encoding)
-        served_items = bundle.decode_items(stored, scales)
+    served_name = f"{table.fp32_name}+int8"
     served = onnx_encoder(int8_onnx)
-    served_metrics = measure(served, served_items, served_name)
-    golden_inputs = pad_left(split.valid.histories[: c.n_golden], c.max_len)
+    served_metrics = run.measure(served, _stored_items(c, table.items), served_name)
+    golden_inputs = pad_left(run.prep.split.valid.histories[: c.n_golden], c.max_len)
     golden_atol, golden_spread = golden_tolerance(served, golden_inputs)
+    arch = _architecture(students)
+    recipe = _recipe(run, students, evaluated, table.info, golden_spread)
+    bundle_metrics = {f"test_{k}": v for k, v in served_metrics.items()}
+    bundle_metrics.update({f"popularity_test_{k}": v for k, v in popularity_metrics.items()})
+    archive = _write_and_pack(
+        c, run.bundle_dir, run.prep.data, int8_onnx, shipped_onnx, table.items,
+        golden_inputs=golden_inputs, golden_outputs=served(golden_inputs),
+        golden_atol=golden_atol, architecture=arch, recipe=recipe, metrics=bundle_metrics,
+    )  # fmt: skip
+    served_latency = measure_latency(
+        onnx_encoder(int8_onnx, threads=1), run.test_inputs[:32], budget_s=c.latency_budget_s
+    )
+    # The served stage's size is the archive ops upload (`POST /admin/models`): the artifact
+    # that ships. The report gives the unpacked directory's beside it.
+    stage = StageResult(
+        stage=served_name,
+        params=students.pruned.num_params(),
+        size_bytes=archive.stat().st_size,
+        size_kind="bundle archive",
+        metrics=served_metrics,
+        latency=served_latency,
+    )
+    run.phase("evaluate_bundle", t0)
+    return _Shipped(stage, archive, len(shipped_onnx), golden_atol, arch, recipe)
+
+
+def _stored_items(
+    c: CompressConfig, items: npt.NDArray[np.float32] | PQTable
+) -> npt.NDArray[np.float32]:
+    """The item matrix exactly as the bundle stores it, decoded: what the service scores."""
+    if isinstance(items, PQTable):
+        return items.decode()
+    stored, scales = bundle.encode_items(items, c.item_encoding)
+    return bundle.decode_items(stored, scales)
+
+
+def _architecture(students: _Students) -> dict[str, Any]:
+    return {
+        "type": "SASRec",
+        "config": students.pruned.config.to_dict(),
+        "params": students.pruned.num_params(),
+        "teacher": students.teacher.config.to_dict(),
+        "student": students.student.config.to_dict(),
+    }
+
+
+def _recipe(
+    run: _Run,
+    students: _Students,
+    evaluated: _Evaluated,
+    item_table: dict[str, Any],
+    golden_spread: float,
+) -> dict[str, Any]:
+    """How the served bundle was made: the manifest's `recipe` and the report's."""
+    c = run.c
     kl = {
-        name: kl_to_teacher(teacher, m, test_inputs[:1024])
-        for name, m in stage_models.items()
+        name: kl_to_teacher(students.teacher, m, run.test_inputs[:1024])
+        for name, m in evaluated.models.items()
         if name != "teacher"
     }
+    pruning = students.pruning
     if pruning["ran"]:
-        pruning["kl_to_teacher"] = kl["pruned"]
-
-    arch = {
-        "type": "SASRec",
-        "config": pruned.config.to_dict(),
-        "params": pruned.num_params(),
-        "teacher": teacher.config.to_dict(),
-        "student": student.config.to_dict(),
-    }
-    recipe: dict[str, Any] = {
+        pruning = {**pruning, "kl_to_teacher": kl["pruned"]}
+    teacher_fit, student_fit = students.teacher_fit, students.student_fit
+    return {
         "config": _jsonable(asdict(c)),
         "teacher": {"best_epoch": teacher_fit.best_epoch, "val_ndcg@10": teacher_fit.best_ndcg},
         "distillation": {
@@ -653,84 +752,75 @@ def run_compress(
             "kl_to_teacher": kl["student"],
         },
         "pruning": pruning,
-        "quantization": {
-            "method": QUANTIZE_METHODS[c.quantize_activations],
-            "activations": c.quantize_activations,
-            "calibration_users": c.calibration_users if c.quantize_activations == "static" else 0,
-            "weight_type": "QInt8",
-            "per_channel": c.quantize_per_channel,
-            "reduce_range": c.quantize_reduce_range,
-            "embeddings": c.quantize_embeddings,
-            "item_encoding": c.item_encoding,
-            "item_embedding": "shared with items.npy" if c.quantize_embeddings else "fp32",
-        },
+        "quantization": _quantization_recipe(c),
         "item_table": item_table,
-        "onnx_parity_max_abs_diff": parity,
+        "onnx_parity_max_abs_diff": evaluated.parity,
         "golden_spread": golden_spread,
     }
-    bundle_metrics = {f"test_{k}": v for k, v in served_metrics.items()}
-    bundle_metrics.update({f"popularity_test_{k}": v for k, v in popularity_metrics.items()})
-    archive = _write_and_pack(
-        c, bundle_dir, data, int8_onnx, shipped_onnx, items,
-        golden_inputs=golden_inputs, golden_outputs=served(golden_inputs),
-        golden_atol=golden_atol, architecture=arch, recipe=recipe, metrics=bundle_metrics,
-    )  # fmt: skip
-    # The served stage's size is the archive ops upload (`POST /admin/models`), the artifact
-    # that ships; the unpacked directory is reported beside it.
-    dir_bytes = sum(p.stat().st_size for p in bundle_dir.iterdir() if p.is_file())
-    served_latency = measure_latency(
-        onnx_encoder(int8_onnx, threads=1), latency_inputs, budget_s=c.latency_budget_s
-    )
-    stages.append(
-        StageResult(
-            stage=served_name,
-            params=pruned.num_params(),
-            size_bytes=archive.stat().st_size,
-            size_kind="bundle archive",
-            metrics=served_metrics,
-            latency=served_latency,
-        )
-    )
-    phase("evaluate_bundle", t0)
-    timings["total"] = round(time.perf_counter() - t_start, 2)
 
+
+def _quantization_recipe(c: CompressConfig) -> dict[str, Any]:
+    return {
+        "method": QUANTIZE_METHODS[c.quantize_activations],
+        "activations": c.quantize_activations,
+        "calibration_users": c.calibration_users if c.quantize_activations == "static" else 0,
+        "weight_type": "QInt8",
+        "per_channel": c.quantize_per_channel,
+        "reduce_range": c.quantize_reduce_range,
+        "embeddings": c.quantize_embeddings,
+        "item_encoding": c.item_encoding,
+        "item_embedding": "shared with items.npy" if c.quantize_embeddings else "fp32",
+    }
+
+
+def _report(
+    run: _Run,
+    evaluated: _Evaluated,
+    shipped: _Shipped,
+    popularity_metrics: dict[str, float],
+) -> CompressResult:
+    """Write the report (JSON and markdown) beside the bundle; the run's result."""
+    served_metrics = shipped.stage.metrics
+    stages = [*evaluated.stages, shipped.stage]
     ratio = served_metrics["ndcg@10"] / max(popularity_metrics["ndcg@10"], 1e-12)
-    table = format_table(stages, popularity_metrics)
+    bundle_dir, archive = run.bundle_dir, shipped.archive
     report: dict[str, Any] = {
-        "version": version,
+        "version": run.version,
         "bundle_dir": str(bundle_dir),
         "archive": str(archive),
         "archive_bytes": archive.stat().st_size,
-        "bundle_dir_bytes": dir_bytes,
-        "int8_onnx_bytes": len(shipped_onnx),
-        "dataset": data.counts(),
+        "bundle_dir_bytes": sum(p.stat().st_size for p in bundle_dir.iterdir() if p.is_file()),
+        "int8_onnx_bytes": shipped.shipped_onnx_bytes,
+        "dataset": run.prep.data.counts(),
         "evaluation": "leave-one-out test split, full ranking, seen items removed",
         "popularity": popularity_metrics,
         "stages": [asdict(s) for s in stages],
-        "served_stage": served_name,
+        "served_stage": shipped.stage.stage,
         "acceptance": {
             "ndcg@10_vs_popularity": ratio,
             "required": ACCEPTANCE_RATIO,
             "passed": ratio >= ACCEPTANCE_RATIO,
         },
-        "golden_atol": golden_atol,
-        "recipe": recipe,
-        "architecture": arch,
-        "timings_s": timings,
+        "golden_atol": shipped.golden_atol,
+        "recipe": shipped.recipe,
+        "architecture": shipped.architecture,
+        "timings_s": run.timings,
         "torch": torch.__version__,
     }
-    report_path = out / f"{version}-report.json"
+    report_path = run.out / f"{run.version}-report.json"
     report_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (out / f"{version}-report.md").write_text(_markdown(report, stages, popularity_metrics))
+    (run.out / f"{run.version}-report.md").write_text(
+        markdown_report(report, stages, popularity_metrics)
+    )
     return CompressResult(
         bundle_dir=bundle_dir,
         archive=archive,
         report=report,
         report_path=report_path,
-        table=table,
-        ranks=ranks,
-        models=stage_models,
-        fp32_onnx=fp32_onnx,
+        table=format_table(stages, popularity_metrics),
+        ranks=run.ranks,
+        models=evaluated.models,
+        fp32_onnx=evaluated.onnx,
     )
 
 
@@ -940,33 +1030,3 @@ def _sample(eval_set: EvalSet, n: int, *, seed: int) -> EvalSet:
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def _markdown(
-    report: dict[str, Any], stages: list[StageResult], popularity: dict[str, float]
-) -> str:
-    acc = report["acceptance"]
-    ds = report["dataset"]
-    return "\n".join(
-        [
-            f"# Compression report: {report['version']}",
-            "",
-            f"Data: `{ds['source']}` ({ds['format']}): {ds['users']} users, {ds['items']} items, "
-            f"{ds['interactions']} interactions; {ds['dropped_users']} users dropped.",
-            "",
-            "Test split, full ranking over all items with seen items removed. Sizes: fp32 "
-            f"ONNX file for the fp32 stages, the bundle archive (.tar.gz) for "
-            f"{report['served_stage']}. "
-            "Latency: onnxruntime, 1 thread.",
-            "",
-            format_table(stages, popularity, markdown=True),
-            "",
-            f"Served NDCG@10 / popularity NDCG@10 = {acc['ndcg@10_vs_popularity']:.2f} "
-            f"(required ≥ {acc['required']}: {'PASS' if acc['passed'] else 'FAIL'}).",
-            "",
-            f"ONNX parity (max abs diff vs PyTorch): {report['recipe']['onnx_parity_max_abs_diff']}",
-            f"Golden tolerance: {report['golden_atol']:.3g}",
-            f"Timings (s): {report['timings_s']}",
-            "",
-        ]
-    )

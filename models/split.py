@@ -39,9 +39,6 @@ class EvalSet:
     def inputs(self, *, max_len: int) -> IntArray:
         return pad_left(self.histories, max_len)
 
-    def subset(self, n: int) -> EvalSet:
-        return EvalSet(self.histories[:n], self.targets[:n])
-
 
 @dataclass
 class Split:

@@ -66,8 +66,9 @@ class TrainConfig:
     # "cosine": the learning rate falls from `lr` to 0 along a half cosine over `epochs`
     # (per step); the last epochs then settle into a minimum instead of hovering around it.
     lr_schedule: LrSchedule = "constant"
-    # Run the catalog-wide matrix products of the softmax losses in bfloat16 (about 3x faster
-    # on CPUs with AMX / AVX-512-BF16 and on GPUs); softmax and optimizer stay float32.
+    # Run the catalog-wide matrix products of the softmax losses in bfloat16 (faster where
+    # the hardware has native bf16: AMX / AVX-512-BF16, GPUs); softmax and optimizer stay
+    # float32. When to turn it on: docs/compression.md.
     bf16: bool = False
     device: str = "cpu"
     seed: int = 0
@@ -224,16 +225,7 @@ def fit(
     inputs = torch.from_numpy(inputs_np)
     targets = torch.from_numpy(targets_np)
     gen = torch.Generator().manual_seed(config.seed)
-    # No weight decay on embeddings, biases and LayerNorms (common Transformer practice).
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-    )
+    opt = _optimizer(model, config)
     steps = config.epochs * -(-len(inputs) // config.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=_lr_factor(config.lr_schedule, steps))
     best_state = copy.deepcopy(model.state_dict())
@@ -243,27 +235,14 @@ def fit(
     for epoch in bar:
         model.train()
         order = torch.randperm(len(inputs), generator=gen)
-        total = 0.0
-        n_batches = 0
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            x, y = inputs[idx], targets[idx]
-            keep = max(int((x > 0).sum(1).max()), 1)  # drop all-padding columns
-            x, y = x[:, -keep:].to(device), y[:, -keep:].to(device)
-            loss = loss_fn(model, x, y, idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
-            n_batches += 1
+        loss = _train_epoch(
+            model, inputs, targets, order, loss_fn=loss_fn, opt=opt, sched=sched, config=config,
+            device=device,
+        )  # fmt: skip
         ndcg = validation_ndcg(model, valid)
-        best.history.append(
-            {"epoch": epoch, "loss": total / max(n_batches, 1), "val_ndcg@10": ndcg}
-        )
+        best.history.append({"epoch": epoch, "loss": loss, "val_ndcg@10": ndcg})
         best.epochs_run = epoch
-        bar.set_postfix(loss=f"{total / max(n_batches, 1):.3f}", val_ndcg10=f"{ndcg:.4f}")
+        bar.set_postfix(loss=f"{loss:.3f}", val_ndcg10=f"{ndcg:.4f}")
         if ndcg > best.best_ndcg:
             best.best_ndcg, best.best_epoch = ndcg, epoch
             best_state = copy.deepcopy(model.state_dict())
@@ -276,6 +255,51 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return best
+
+
+def _optimizer(model: SASRec, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with no weight decay on embeddings, biases and LayerNorms (common Transformer
+    practice)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+
+
+def _train_epoch(
+    model: SASRec,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    order: torch.Tensor,
+    *,
+    loss_fn: LossFn,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    device: torch.device,
+) -> float:
+    """One pass over the training rows in `order`, a step per batch; the mean batch loss."""
+    total = 0.0
+    n_batches = 0
+    for start in range(0, len(order), config.batch_size):
+        idx = order[start : start + config.batch_size]
+        x, y = inputs[idx], targets[idx]
+        keep = max(int((x > 0).sum(1).max()), 1)  # drop all-padding columns
+        x, y = x[:, -keep:].to(device), y[:, -keep:].to(device)
+        loss = loss_fn(model, x, y, idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        opt.step()
+        sched.step()
+        total += float(loss.detach())
+        n_batches += 1
+    return total / max(n_batches, 1)
 
 
 def _lr_factor(schedule: LrSchedule, steps: int) -> Callable[[int], float]:

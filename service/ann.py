@@ -12,25 +12,14 @@ kept. So `nprobe >= nlist` with `refine >= n_items` is exhaustive: `AnnConfig.ex
 `with_nprobe(nlist, refine=n_items)` give exactly the top-k of exact scoring, which is how
 the tests prove the index's bookkeeping.
 
-Why these choices (measured single-threaded, AMD EPYC with AVX2, on a 1M x 48 int8 catalog
-grown from a random-init bundle of the Beauty student's shape the way `benchmarks/catalog.py`
-grows a bundle, noise 0.3; one-off timings, not a repository command): IVF with
-nlist = sqrt(N) = 1,000 builds in ~6 s. Scanning the lists' float32 rows (`IndexIVFFlat`,
-this module's first version) cost 531 µs per query at nprobe 64 and 150 µs at 16; the 4-bit
-codes plus exact
-rescoring of 50 candidates cost 185 and 74 µs for the same recall (the rescoring recovers what
-the codes blur), and hold 24 MB of codes instead of a 192 MB float32 copy. On the trained
-Beauty vectors grown to 1M (real histories), nprobe 64 with 100 candidates rescored: recall@10
-0.966 at ~116 µs per query (nprobe 32: 0.941 at ~71 µs). Two dimensions per code halve the scan
-again but, on the clustered test catalog, left recall@10 at 0.83 against 0.98. nlist = 4
-sqrt(N) took ~33 s to build and needed more rows scanned for the same recall; faiss HNSW (M 16)
-took 18 s for 200k items alone and had lower recall than IVF at the same cost; an L2 index of
-MIPS-augmented vectors (one extra dimension that equalizes the norms) had lower recall at the
-same nprobe on both the random-init and the trained catalog.
+Why IVF with 4-bit codes and an exact rescoring: at the same recall it scans several times
+faster than float32 lists and holds a fraction of their memory; the alternatives tried (more
+lists, HNSW, an L2 index of MIPS-augmented vectors, two dimensions per code) lost on build
+time or recall. The measurements are in docs/decisions/2026-12-06-ann-settings.md.
 Measure a real bundle with `python -m benchmarks.catalog ann`. pq4 tables are indexed over
 their own codes by `service.code_ann.CodeAnnIndex`, which shares this class's search.
 
-Wiring it into the runner (once per loaded version; the index is immutable afterwards and
+Wiring it into the served model (`service.model`) (once per loaded version; the index is immutable afterwards and
 its searches are thread-safe and release the GIL):
 
     ann = build_for_catalog(items, scales, settings)   # None below ANN_MIN_ITEMS; seconds
@@ -40,8 +29,7 @@ its searches are thread-safe and release the GIL):
     # scores, best first; banned rows and row 0 (padding) never come back; -1 / -inf pad a
     # row that has fewer results (`_finite_head` drops them)
 
-Per-row forms: `search_excluding(users, ks, banned)` -> one (indices, scores) pair per row,
-at most k long; `search(users, k)` -> (B, k) with nothing excluded but padding. Scores are
+Without banned rows: `search(users, k)` -> (B, k) with nothing excluded but padding. Scores are
 fp32 inner products with the dequantized rows, `u . (q_i * s_i)`: the scorer's
 `precision="fp32"` scores; its int8 path quantizes users too, so a candidate reranked by
 `Scorer.score` can score slightly differently from the same item found here.
@@ -77,12 +65,11 @@ KMEANS_ITERATIONS = 10
 EXHAUSTIVE = 1 << 30
 # Rows dequantized to float32 at a time while adding the catalog to the index.
 ADD_CHUNK_ROWS = 65536
-# Candidates per query that the 4-bit codes shortlist and the exact scores then rank. On the
-# trained Beauty vectors grown to 1M items (nprobe 64, real histories; one-off measurement):
-# recall@10 0.944 with 50, 0.966 with 100.
+# Candidates per query that the 4-bit codes shortlist and the exact scores then rank: the
+# exact rescoring recovers what the codes blur (docs/decisions/2026-12-06-ann-settings.md).
 REFINE = 100
-# Product quantizer: one 4-bit code per dimension (faiss fast-scan). Two dimensions per code
-# halve the scan but, on the clustered test catalog, left recall@10 at 0.83 against 0.98.
+# Product quantizer: one 4-bit code per dimension (faiss fast-scan); two dimensions per code
+# cost too much recall (same record).
 PQ_BITS = 4
 MIN_TRAIN_POINTS = 256  # k-means of the 16 codes per sub-quantizer needs a few points each
 
@@ -224,30 +211,10 @@ class AnnIndex:
         exact[~present] = -np.inf
         return exact
 
-    def search_excluding(
-        self, users: F32, k: int | Sequence[int], banned: Sequence[Rows]
-    ) -> list[tuple[I64, F32]]:
-        """Per user row, its k best catalog rows that are not in its `banned` indices.
-
-        `k` is one number or one per row. Returns per row (indices int64, scores float32),
-        best first, at most k long (shorter only when the scanned lists hold fewer items).
-        """
-        b = users.shape[0]
-        ks = [k] * b if isinstance(k, int) else list(k)
-        if len(ks) != b:
-            raise ValueError(f"{b} users, {len(ks)} k values")
-        idx, scores = self.top_k(users, banned, max(ks, default=0))
-        out: list[tuple[I64, F32]] = []
-        for row, kk in enumerate(ks):
-            found = idx[row, :kk]
-            n = int(np.count_nonzero(found >= 1))  # the found ones come first
-            out.append((found[:n], scores[row, :n]))
-        return out
-
     def top_k(self, users: F32, banned: Sequence[Rows], k: int) -> tuple[I64, F32]:
-        """The interface of `service.scorer.Scorer.top_k`, so the runner can call either:
+        """The interface of `service.scorer.Scorer.top_k`, so the served model can call either:
         (B, dim) users and banned rows per user -> (B, min(k, n_items)) indices and scores,
-        best first, padded with -1 / -inf (which the runner's `_finite_head` drops).
+        best first, padded with -1 / -inf (which `service.model._finite_head` drops).
 
         One search of k + (the most banned rows of any user) rows serves the batch, which
         leaves every user at least its k best of the lists scanned once its own banned rows

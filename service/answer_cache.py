@@ -36,7 +36,7 @@ import redis
 import redis.asyncio
 
 from service.metrics import Metrics
-from service.runner import RecRequest
+from service.model import RecRequest
 
 log = logging.getLogger(__name__)
 

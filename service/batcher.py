@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from service.metrics import Metrics
-from service.runner import LoadedModel, Recommendation, RecRequest
+from service.model import LoadedModel, Recommendation, RecRequest
 
 # Event-loop turns given to the sockets before a batch decides nobody else is coming: a
 # request in the socket buffers reaches the app (and is counted) within a turn or two.

@@ -22,7 +22,7 @@ bundle's 4-bit codes as they are. No float copy of the table is kept at any poin
    `AnnConfig.exhaustive()` answers exactly `CodeScorer.top_k`.
 
 Banned items, padding (row 0 is in no list) and the interface (`top_k`, `search`,
-`search_excluding`, `with_nprobe`) are `service.ann.AnnIndex`'s. Default `nprobe` and
+`with_nprobe`) are `service.ann.AnnIndex`'s. Default `nprobe` and
 `refine`, and what they cost, are measured in docs/decisions/2026-12-06-pq4-ann.md
 (`python -m benchmarks.catalog pq-ann`).
 """

@@ -18,8 +18,8 @@ from service.answer_cache import AnswerCache
 from service.batcher import MicroBatcher
 from service.errors import NoModelLoaded
 from service.metrics import Metrics
+from service.model import LoadedModel
 from service.registry import Registry
-from service.runner import LoadedModel
 from service.settings import Settings
 
 
@@ -58,7 +58,7 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 async def get_current_model(registry: Registry, user_id: str | None) -> LoadedModel:
     """The model for one request, read once (the whole request runs on this reference): the
     canary for the canary's share of traffic (sticky by `user_id`), else the active one. No
-    network call: the split is computed from the in-memory snapshot (`service.canary`).
+    network call: the split is computed from the in-memory snapshot (`service.serving`).
     The recommend route calls it once it has parsed the body (the user id is in it)."""
     model = registry.model_for(user_id)
     if model is None:

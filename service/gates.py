@@ -2,7 +2,7 @@
 and fast enough, before it may be installed or activated.
 
 Every other gate is mandatory and lives with the format it checks, run by
-`service.registry.load_model` on every install and activation:
+`service.loading.load_model` on every install and activation:
 
 - archive safety (absolute paths, `..`, links, devices, file count, bytes, expansion ratio):
   `bundle.archive.extract_archive`;
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from bundle import Manifest
 from service.errors import GateFailed
-from service.runner import LoadedModel, RecRequest
+from service.model import LoadedModel, RecRequest
 
 DEFAULT_METRIC = "test_ndcg@10"
 LATENCY_RUNS = 7

@@ -23,11 +23,11 @@ from service.gates import GateConfig
 from service.limits import BodySizeLimitMiddleware
 from service.logs import RequestContextMiddleware, configure_logging
 from service.metrics import Metrics, MetricsMiddleware
+from service.model import ModelOptions
 from service.registry import Registry
 from service.responses import OrjsonResponse
 from service.routes import admin, catalog, demo, docs, health, recommend
 from service.routes import metrics as metrics_routes
-from service.runner import ModelOptions
 from service.settings import Settings, get_settings
 from service.store import open_store
 

@@ -38,6 +38,12 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._add_http_metrics()
+        self._add_request_path_metrics()
+        self._add_model_metrics()
+        self._add_fleet_metrics()
+
+    def _add_http_metrics(self) -> None:
         self.requests = Counter(
             "recsys_http_requests",
             "HTTP requests by route template, method and status code.",
@@ -52,6 +58,8 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+    def _add_request_path_metrics(self) -> None:
         self.inference = Histogram(
             "recsys_inference_duration_seconds",
             "Encoder (onnxruntime) time per batch, seconds.",
@@ -76,6 +84,14 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.recommendations = Counter(
+            "recsys_recommendations",
+            "Recommendations computed by a model (answer cache hits excluded), by strategy.",
+            ["strategy"],
+            registry=self.registry,
+        )
+
+    def _add_model_metrics(self) -> None:
         self.model_info = Gauge(
             "recsys_model_info",
             "The serving model version (value 1 on the active version's series).",
@@ -99,6 +115,8 @@ class Metrics:
             "switch, seconds.",
             registry=self.registry,
         )
+
+    def _add_fleet_metrics(self) -> None:
         self.worker = Gauge(
             "recsys_worker_info",
             "The process these metrics come from (1): its replica name and process id. With "
@@ -114,12 +132,6 @@ class Metrics:
         self.catalog_revision = Gauge(
             "recsys_catalog_revision",
             "The live catalog revision this replica serves under (service.catalog).",
-            registry=self.registry,
-        )
-        self.recommendations = Counter(
-            "recsys_recommendations",
-            "Recommendations computed by a model (answer cache hits excluded), by strategy.",
-            ["strategy"],
             registry=self.registry,
         )
 

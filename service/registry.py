@@ -1,9 +1,7 @@
-"""The model registry: installed versions on disk, the active model in memory, hot swap.
+"""The model registry: installed versions, the active model in memory, hot swap, the fleet.
 
-    <model_dir>/<version>/    one verified bundle per version (name = manifest.model_version)
-    <model_dir>/.staging-*    an upload being validated; removed on failure and at start
-
-Installing validates a bundle completely before it may become a version: archive safety
+The versions live in the model directory (`service.model_dir`); models are loaded by
+`service.loading`. Installing validates a bundle completely before it may become a version: archive safety
 (`bundle.extract_archive`), sizes and sha256 sums, shapes and values (`bundle.read_bundle`),
 the ONNX signature against the manifest, the golden outputs (`bundle.verify_golden`), a
 dynamic batch axis, and one warm-up pass, then the optional accuracy and latency gates
@@ -36,8 +34,7 @@ following the fleet swaps to it by reference instead of loading it from disk. At
 standby is kept; the one it replaces is freed.
 
 Loading and validating a model (the CPU-heavy part of an install, an activation or a fleet
-sync) runs on one dedicated thread whose niceness is `ModelOptions.loader_nice`, so on a busy
-core the requests being served go first and a swap does not show in their latency.
+sync) runs on the low-priority loader thread of `service.loading.ModelLoader`.
 
 With Redis, replicas form a fleet (`service.fleet`): an admin operation takes the fleet-wide
 lock, then this registry's lock, records the new state in the store and announces it; every
@@ -53,34 +50,19 @@ import contextlib
 import gc
 import io
 import logging
-import os
-import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import ValidationError
 
-from bundle import (
-    BundleError,
-    Manifest,
-    extract_archive,
-    pack_bundle,
-    read_bundle,
-    verify_golden,
-)
-from bundle.manifest import VERSION_PATTERN
-from service.canary import Serving
+from bundle import BundleError, Manifest, extract_archive, pack_bundle
 from service.catalog import CatalogLayer
-from service.encoder import OnnxEncoder
 from service.errors import (
     AdminBusy,
     CanaryConflict,
@@ -92,15 +74,13 @@ from service.errors import (
 )
 from service.fleet import Event, Fleet, LocalFleet
 from service.gates import GateConfig, check_gates
-from service.runner import LoadedModel, ModelOptions, build_scorers
+from service.loading import ModelLoader, load_model
+from service.model import LoadedModel, ModelOptions
+from service.model_dir import ModelDir, VersionInfo, is_version_name
+from service.serving import Serving
 from service.store import ActiveState, Store
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FILE = "manifest.json"
-STAGING_PREFIX = ".staging-"
-UPLOAD_PREFIX = ".upload-"
-_VERSION_RE = re.compile(VERSION_PATTERN)
 
 # Why a replica may be unable to serve a version the fleet chose (reported, never raised).
 CANNOT_SERVE = (VersionNotFound, VersionExists, InvalidBundle, StoreUnavailable)
@@ -108,49 +88,6 @@ CANNOT_SERVE = (VersionNotFound, VersionExists, InvalidBundle, StoreUnavailable)
 # (previous version, new version, seconds from the start of the activation to the switch)
 ActivateHook = Callable[[str | None, str, float], None]
 CanaryHook = Callable[[str | None, float], None]  # (canary version or None, percent)
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    version: str
-    active: bool
-    manifest: Manifest | None
-    error: str | None = None  # why the manifest could not be read
-
-
-def load_model(path: Path, options: ModelOptions | None = None) -> LoadedModel:
-    """Load and fully validate the bundle directory `path`; raise BundleError otherwise."""
-    options = options or ModelOptions()
-    bundle = read_bundle(path)
-    m = bundle.manifest
-    encoder = OnnxEncoder(bundle.model_path, manifest=m, intra_op_threads=options.intra_op_threads)
-    verify_golden(bundle, encoder)
-    # The golden pairs run as one batch; a batch of one proves the batch axis is really dynamic.
-    single = encoder(np.asarray([m.golden[0].input], dtype=np.int64))
-    if single.shape != (1, m.dim):
-        raise BundleError(
-            f"encoder returns {single.shape} for a batch of one, expected (1, {m.dim})"
-        )
-    # int4 rows are unpacked once, here, and from then on served exactly like int8 rows.
-    items = bundle.int8_rows() if m.item_encoding == "int4" else bundle.items
-    try:
-        scorer, ann = build_scorers(items, bundle.item_scales, bundle.pq, options)
-        model = LoadedModel(
-            manifest=m,
-            encoder=encoder,
-            items=items,
-            scales=bundle.item_scales,
-            vocab=bundle.vocab,
-            popularity=bundle.popularity,
-            scorer=scorer,
-            ann=ann,
-            pq=bundle.pq,
-            options=options,
-        )
-    except ValueError as e:
-        raise BundleError(str(e)) from e
-    model.warm_up()
-    return model
 
 
 def _settle_heap() -> None:
@@ -169,21 +106,6 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
-def _staged_by_a_live_process(staging: Path) -> bool:
-    """Whether a staging directory (`.staging-<pid>-...`) belongs to a process that is still
-    running: the workers of one host share the model directory (`WORKERS`)."""
-    pid = staging.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _version(model: LoadedModel | None) -> str | None:
     return None if model is None else model.version
 
@@ -191,16 +113,6 @@ def _version(model: LoadedModel | None) -> str | None:
 def _base(model: LoadedModel | None) -> LoadedModel | None:
     """The model as loaded from its bundle, whatever catalog layer it serves under."""
     return None if model is None else model.base
-
-
-def _lower_priority(nice: int) -> None:
-    """Raise this thread's niceness by `nice` (Linux: per thread). Best effort."""
-    if nice > 0 and hasattr(os, "setpriority"):
-        try:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
-        except OSError as e:
-            log.warning("could not lower the model loader's priority: %s", e)
 
 
 @dataclass(frozen=True)
@@ -236,6 +148,7 @@ class Registry:
         gates: GateConfig | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self._dir = ModelDir(model_dir)
         self._store = store
         self._fleet: Fleet = fleet or LocalFleet()
         self._options = options or ModelOptions()
@@ -253,20 +166,15 @@ class Registry:
         self._seen = ActiveState()  # the fleet state last read: a vanished one is written back
         self._heals = 0
         self._on_heal = on_heal
-        self._loader = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="model-loader",
-            initializer=_lower_priority,
-            initargs=(self._options.loader_nice,),
-        )
+        self._loader = ModelLoader(self._options.loader_nice)
 
     def close(self) -> None:
         """Stop the loader thread (the serving model stays usable)."""
-        self._loader.shutdown(wait=True)
+        self._loader.close()
 
     def _load_model(self, path: Path) -> LoadedModel:
         """`load_model` on the loader thread (see the module docstring)."""
-        return self._loader.submit(load_model, path, self._options).result()
+        return self._loader.run(load_model, path, self._options)
 
     @property
     def current(self) -> LoadedModel | None:
@@ -295,10 +203,7 @@ class Registry:
     def start(self, *, bootstrap: Path | None = None) -> None:
         """Come back on the fleet's active version (and canary), installing them from the
         fleet if needed, or install and activate `bootstrap` when nothing is active."""
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.model_dir.glob(f"{STAGING_PREFIX}*"):
-            if not _staged_by_a_live_process(stale):  # another worker of this host may be busy
-                shutil.rmtree(stale, ignore_errors=True)
+        self._dir.remove_stale_staging()
         try:
             state = self._store.get_state()
             self._catalog = self._store.get_catalog()
@@ -372,8 +277,7 @@ class Registry:
 
     def upload_tempfile(self) -> BinaryIO:
         """An anonymous file on the model directory's filesystem to spool an upload into."""
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        return cast(BinaryIO, tempfile.TemporaryFile(dir=self.model_dir, prefix=UPLOAD_PREFIX))
+        return self._dir.upload_tempfile()
 
     def install_archive(self, src: BinaryIO) -> Manifest:
         """Validate and install a bundle .tar.gz; return its manifest. With a Redis store the
@@ -414,14 +318,10 @@ class Registry:
         expect: str | None = None,
         gated: bool = True,
     ) -> LoadedModel:
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.model_dir)
-        )
-        try:
+        with self._dir.staging() as staging:
             try:
                 fill(staging)
-                self._refuse_existing(staging)  # cheap, before the expensive checks
+                self._dir.refuse_existing(staging)  # cheap, before the expensive checks
                 model = self._load_model(staging)
             except BundleError as e:
                 raise InvalidBundle(str(e)) from e
@@ -429,35 +329,16 @@ class Registry:
                 raise InvalidBundle(f"archive of {expect!r} holds version {model.version!r}")
             if gated:  # before sharing: the fleet never holds a bundle the gates refused
                 check_gates(model, serving=self.current, config=self._gates)
-            target = self.model_dir / model.version
-            if target.exists():
+            if self._dir.bundle_path(model.version).exists():
                 raise VersionExists(model.version)
             if share is not None:
                 try:
                     self._fleet.share_archive(model.version, share)
                 except StoreUnavailable as e:  # activation shares it later
                     log.warning("could not share %s with the fleet yet: %s", model.version, e)
-            try:
-                staging.rename(target)
-            except OSError as e:  # another worker of this host installed it meanwhile
-                if target.exists():
-                    raise VersionExists(model.version) from e
-                raise InvalidBundle(f"cannot install {model.version!r}: {e}") from e
+            self._dir.install(staging, model.version)
             log.info("installed model version %s", model.version)
             return model
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-
-    def _refuse_existing(self, staging: Path) -> None:
-        try:
-            version = Manifest.model_validate_json(
-                (staging / MANIFEST_FILE).read_bytes()
-            ).model_version
-        except (OSError, ValidationError):
-            return  # read_bundle reports it properly
-        if (self.model_dir / version).exists():
-            raise VersionExists(version)
 
     def _ensure_shared_locked(self, version: str) -> None:
         """Make sure the fleet can install `version` (bootstrap bundles were never uploaded)."""
@@ -469,21 +350,7 @@ class Registry:
     # --- list / activate / rollback / canary ----------------------------------------------
 
     def versions(self) -> list[VersionInfo]:
-        current = self.current
-        active = current.version if current is not None else None
-        out: list[VersionInfo] = []
-        if not self.model_dir.is_dir():
-            return out
-        for d in sorted(self.model_dir.iterdir()):
-            if not d.is_dir() or not _VERSION_RE.match(d.name):
-                continue
-            try:
-                manifest = Manifest.model_validate_json((d / MANIFEST_FILE).read_bytes())
-            except (OSError, ValidationError) as e:
-                out.append(VersionInfo(d.name, d.name == active, None, str(e).splitlines()[0]))
-                continue
-            out.append(VersionInfo(d.name, d.name == active, manifest))
-        return out
+        return self._dir.versions(_version(self.current))
 
     def activate(self, version: str) -> LoadedModel:
         """Load, validate and warm `version`, then make it the serving model fleet-wide.
@@ -826,7 +693,7 @@ class Registry:
         if model is None or model.catalog is self._catalog:
             return model
         # Merging added vectors rebuilds the scorer: off the request path's priority.
-        return self._loader.submit(model.with_catalog, self._catalog).result()
+        return self._loader.run(model.with_catalog, self._catalog)
 
     def _load_locked(self, version: str) -> LoadedModel:
         """The model of `version`: the loaded one if it serves or stands by, else from disk,
@@ -835,9 +702,9 @@ class Registry:
         for model in warm:
             if model is not None and model.version == version:
                 return model
-        if not _VERSION_RE.match(version):
+        if not is_version_name(version):
             raise VersionNotFound(version)
-        if (self.model_dir / version / MANIFEST_FILE).is_file():
+        if self._dir.has(version):
             return self._load_installed(version)
         archive = self._fleet.fetch_archive(version)
         if archive is None:
@@ -855,11 +722,10 @@ class Registry:
             return self._load_installed(version)
 
     def _load_installed(self, version: str) -> LoadedModel:
-        path = self.model_dir / version
-        if not _VERSION_RE.match(version) or not (path / MANIFEST_FILE).is_file():
+        if not self._dir.has(version):
             raise VersionNotFound(version)
         try:
-            model = self._load_model(path)
+            model = self._load_model(self._dir.bundle_path(version))
         except BundleError as e:
             raise InvalidBundle(str(e)) from e
         if model.version != version:

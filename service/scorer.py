@@ -19,9 +19,9 @@ int32 products); the user vectors are quantized per row (symmetric, one scale pe
 user's scores never depend on who else is in the batch; that positive scale cannot change a
 row's order, so it multiplies only the k winners). Users get 7 bits
 (-63..63 stored as 1..127 with zero point 64): onnxruntime's u8 x s8 kernel on AVX2 sums
-pairs of products in 16 bits, which saturates for user bytes above 128 (measured: wrong
-products with zero point 128); 127 * 127 * 2 fits. Its s8 x s8 kernel is exact but measured
-25x slower here. fp16 and fp32 bundles are scored in fp32.
+pairs of products in 16 bits, which saturates for user bytes above 128; 127 * 127 * 2 fits.
+Its s8 x s8 kernel is exact but far slower (docs/decisions/2026-12-06-int8-scoring.md).
+fp16 and fp32 bundles are scored in fp32.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ F32 = npt.NDArray[np.float32]
 GROUP = 32  # items per group in the first top-k stage
 USER_LEVELS = 63.0  # user vectors quantized to -63..63 ...
 USER_ZERO = 64  # ... stored as uint8 1..127 (see the module docstring)
-# From this batch size on, int8 products use the fused MatMulIntegerToFloat graph: measured
-# 0.91x the unfused graph's time at 16 rows, 0.8x at 32, but 1.07x at 8 and 1.7x at 1 (Intel
-# Xeon, 54,544 items x 64; the two graphs give bit-identical scores).
+# From this batch size on, int8 products use the fused MatMulIntegerToFloat graph, faster at
+# large batches and slower at small ones; both give bit-identical scores
+# (docs/decisions/2026-12-06-int8-scoring.md).
 FUSED_MIN_BATCH = 12
 # Up to this width an int8 x 7-bit dot product, |sum| <= dim * 128 * 63 < 2**24, is exact in
 # float32 whatever the order of the additions (reranking uses that to score with BLAS).
@@ -218,8 +218,27 @@ def _const(name: str, value: npt.NDArray[Any]) -> TensorProto:
 def _build_graph(
     items: npt.NDArray[Any], scales: F32 | None, padded: int, *, fused: bool = False
 ) -> Any:
-    """int8 items with scales -> integer products times the item scales (one fused
-    MatMulIntegerToFloat with `fused`); float items -> fp32 MatMul."""
+    """The catalog top-k graph: the products (`_product_nodes`), banned rows set to -inf,
+    then the two-stage top k (`_top_k_nodes`)."""
+    inits, inputs, nodes = _product_nodes(items, scales, padded, fused=fused)
+    top_inits, top_nodes = _top_k_nodes(scaled=scales is not None)
+    outputs = [
+        helper.make_tensor_value_info("top_index", TensorProto.INT64, ["batch", "k"]),
+        helper.make_tensor_value_info("top_score", TensorProto.FLOAT, ["batch", "k"]),
+    ]
+    graph = helper.make_graph(
+        nodes + top_nodes, "catalog_top_k", inputs, outputs, inits + top_inits
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def _product_nodes(
+    items: npt.NDArray[Any], scales: F32 | None, padded: int, *, fused: bool
+) -> tuple[list[TensorProto], list[Any], list[Any]]:
+    """(initializers, inputs, nodes) computing `raw`, the (batch, padded) scores: int8 items
+    with scales -> integer products times the item scales (one fused MatMulIntegerToFloat
+    with `fused`); float items -> fp32 MatMul."""
     rows, dim = items.shape
     inits = []
     nodes = []
@@ -272,7 +291,12 @@ def _build_graph(
         inputs.append(helper.make_tensor_value_info("users", TensorProto.FLOAT, ["batch", dim]))
         nodes.append(helper.make_node("MatMul", ["users", "items_t"], ["raw"]))
 
-    inits += [
+    return inits, inputs, nodes
+
+
+def _top_k_nodes(*, scaled: bool) -> tuple[list[TensorProto], list[Any]]:
+    """(initializers, nodes) from `raw` and `banned` to `top_index` and `top_score`."""
+    inits = [
         _const("group_shape", np.array([0, -1, GROUP], dtype=np.int64)),
         _const("flat_shape", np.array([0, -1], dtype=np.int64)),
         _const("group_size", np.array([GROUP], dtype=np.int64)),
@@ -280,7 +304,7 @@ def _build_graph(
         _const("axis_2", np.array([2], dtype=np.int64)),
     ]
     neg_inf = helper.make_tensor("neg_inf", TensorProto.FLOAT, [1], [-np.inf])
-    nodes += [
+    nodes = [
         # banned rows (padding row 0 and the tail rows included) -> -inf
         helper.make_node("Shape", ["banned"], ["banned_shape"]),
         helper.make_node("ConstantOfShape", ["banned_shape"], ["minus_inf"], value=neg_inf),
@@ -298,14 +322,8 @@ def _build_graph(
         helper.make_node("TopK", ["member_scores", "k"], ["best_scores", "top_member"], axis=-1),
         helper.make_node("GatherElements", ["members", "top_member"], ["top_index"], axis=1),
     ]
-    if scales is not None:
+    if scaled:
         nodes.append(helper.make_node("Mul", ["best_scores", "users_scale"], ["top_score"]))
     else:
         nodes.append(helper.make_node("Identity", ["best_scores"], ["top_score"]))
-    outputs = [
-        helper.make_tensor_value_info("top_index", TensorProto.INT64, ["batch", "k"]),
-        helper.make_tensor_value_info("top_score", TensorProto.FLOAT, ["batch", "k"]),
-    ]
-    graph = helper.make_graph(nodes, "catalog_top_k", inputs, outputs, inits)
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets)
+    return inits, nodes

@@ -93,11 +93,9 @@ class Settings(BaseSettings):
     ann_min_items: int = Field(default=200_000, ge=1)
     # Inverted lists of the index; 0 = round(sqrt(n_items)) (1,000 lists for 1M items).
     ann_nlist: int = Field(default=0, ge=0)
-    # Lists scanned per query: the recall / latency knob (cost ~ nprobe / nlist of the catalog).
-    # 64 of 1,000 lists: recall@10 0.966 for real Beauty histories on the trained vectors
-    # grown to 1M items, ~116 µs per query at batch 4 (32 lists: 0.941, ~71 µs; a one-off
-    # measurement; `python -m benchmarks.catalog ann --nprobe 16 32 64` gives the trade-off
-    # on synthetic histories).
+    # Lists scanned per query: the recall / latency knob (cost ~ nprobe / nlist of the catalog;
+    # docs/decisions/2026-12-06-ann-settings.md; `python -m benchmarks.catalog ann --nprobe
+    # 16 32 64` measures the trade-off for a bundle).
     ann_nprobe: int = Field(default=64, ge=1)
     # faiss OpenMP threads, process-wide; one keeps latency predictable, like onnxruntime's.
     ann_threads: int = Field(default=1, ge=1)
@@ -114,18 +112,16 @@ class Settings(BaseSettings):
 
     # Dynamic micro-batching (service.batcher): at most this many requests per encoder call
     # (1 = no batching), waiting at most this long after the first one for more to arrive,
-    # and only while requests arrive faster than that (see the batcher's docstring for the
-    # measurements behind 8 ms).
+    # and only while other requests are on their way (docs/decisions/2026-12-06-batching-
+    # waits-only-for-requests-in-flight.md).
     batch_max_size: int = Field(default=32, ge=1)
     batch_max_delay_ms: float = Field(default=8.0, ge=0)
 
     # The garbage collector's thresholds (`gc.set_threshold`), set when the app starts. With
     # Python's (700, 10, 10) a young-generation collection runs whenever ~700 more objects
     # are alive than at the last one, which the requests in flight alone keep crossing: each
-    # collection walks them all, holding the GIL. Measured on the shipped server at 400
-    # requests/s on one pinned core (one-off runs, AMD EPYC): ~460 collections in a 20 s level,
-    # 0.27 s of them; at (10000, 20, 100): 1, the server's CPU 0.785 -> 0.725 of its core, p99
-    # 77-82 -> 47-63 ms. Reference cycles are still collected, after 10,000 objects at most.
+    # collection walks them all, holding the GIL (docs/decisions/2026-12-06-gc-thresholds.md).
+    # Reference cycles are still collected, after 10,000 objects at most.
     gc_threshold: tuple[int, int, int] = (10_000, 20, 100)
 
     # Answers cached in Redis for this many seconds (service.answer_cache); 0 = off.

@@ -19,6 +19,10 @@ from tests.factories import poll_until
 
 pytestmark = pytest.mark.slow
 
+# A correctness wait's limit: generous for a busy 2-core machine. How fast the fleet follows a
+# swap is measured by bench-swap (benchmarks/swap.py), not asserted here.
+WAIT_S = 30.0
+
 TINY = dict(
     max_len=20,
     teacher_dim=32,
@@ -154,15 +158,11 @@ def test_two_replica_processes_follow_each_others_swaps(
         assert up.status_code == 201, up.text
         act = httpx.post(f"{a}/admin/bundles/v2/activate", headers=auth, timeout=30)
         assert act.status_code == 200, act.text
-        assert poll_until(lambda: _served(b) == "v2", timeout_s=2.0), (
-            "b did not follow a within 2 s"
-        )
+        assert poll_until(lambda: _served(b) == "v2", timeout_s=WAIT_S), "b did not follow a"
 
         back = httpx.post(f"{b}/admin/rollback", headers=auth, timeout=30)
         assert back.status_code == 200, back.text
-        assert poll_until(lambda: _served(a) == "v1", timeout_s=2.0), (
-            "a did not follow b within 2 s"
-        )
+        assert poll_until(lambda: _served(a) == "v1", timeout_s=WAIT_S), "a did not follow b"
         status = httpx.get(f"{a}/admin/status", headers=auth, timeout=10).json()
         assert status["replica"] == "a" and status["error"] is None
         assert status["serving"] == status["fleet_active"] == "v1"

@@ -25,8 +25,8 @@ from bundle import Manifest
 from service.deps import RegistryDep, SettingsDep
 from service.errors import InvalidBundle, UploadTooLarge
 from service.json_body import UNSUPPORTED_MEDIA_TYPE_DOC, JsonBodyRoute
+from service.model import LoadedModel
 from service.registry import Registry
-from service.runner import LoadedModel
 from service.schemas import (
     ActivateIn,
     ActiveOut,

@@ -27,8 +27,8 @@ from starlette.background import BackgroundTask
 from service.deps import RequestPath, get_current_model
 from service.json_body import JSON_MEDIA_TYPE, UNSUPPORTED_MEDIA_TYPE_DOC, require_json
 from service.metrics import set_model_version
+from service.model import RecRequest
 from service.responses import OrjsonResponse
-from service.runner import RecRequest
 from service.schemas import (
     ErrorOut,
     RecommendRequest,

@@ -11,8 +11,8 @@ import pytest
 
 from benchmarks.catalog import grow_bundle, main, recall_at_k, tie_recall
 from bundle import decode_items, npy_data_offset, read_bundle
-from service.registry import load_model
-from service.runner import RecRequest
+from service.loading import load_model
+from service.model import RecRequest
 from tests import factories as f
 
 N_SRC, N_GROWN = 60, 500

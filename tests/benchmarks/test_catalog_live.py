@@ -11,34 +11,37 @@ import numpy as np
 import orjson
 import pytest
 
-from benchmarks.catalog_live import (
-    FOLDIN_COMMAND,
+from benchmarks.catalog_flush import catalog_matches
+from benchmarks.catalog_phases import items_body, new_vectors
+from benchmarks.catalog_probes import (
     MAX_CANDIDATES,
     Round,
-    TracedAnswer,
-    catalog_matches,
-    choose_items,
     convergence,
-    count_leaks,
     cover,
-    evaluate_targets,
-    failed,
-    foldin_metrics,
-    foldin_summary,
-    headline,
-    item_counts,
-    items_body,
     names_again,
     names_any,
     names_none,
-    naming,
-    new_vectors,
-    parse_trace_line,
-    read_item_trace,
-    render_markdown,
     rerank_probes,
     slowest,
 )
+from benchmarks.catalog_report import (
+    FOLDIN_COMMAND,
+    evaluate_targets,
+    foldin_metrics,
+    foldin_summary,
+    headline,
+    render_markdown,
+)
+from benchmarks.catalog_trace import (
+    TracedAnswer,
+    choose_items,
+    count_leaks,
+    item_counts,
+    naming,
+    parse_trace_line,
+    read_item_trace,
+)
+from benchmarks.harness.trace import failed
 
 
 def _a(t: float, items: tuple[str, ...], *, status: int = 200, host: int = 0) -> TracedAnswer:

@@ -15,15 +15,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from benchmarks.compress import (
-    RECIPES,
-    _clear_previous,
-    build_config,
-    main,
-    parse_sets,
-    pruning_summary,
-)
+from benchmarks.compress import _clear_previous, main, pruning_summary
 from benchmarks.compress_measure import TIMED, TIMING_ROUNDS
+from benchmarks.compress_recipes import RECIPES, build_config, parse_sets
 from benchmarks.compress_report import (
     TARGET_PRUNE_LOSS,
     TARGET_QUANT_LOSS,
@@ -362,7 +356,7 @@ def test_bad_arguments_exit_with_usage_errors(tmp_path: Path) -> None:
 def test_bf16_auto_is_decided_by_the_measured_speedup(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, speedup: float, on: bool
 ) -> None:
-    import benchmarks.compress as bench
+    import benchmarks.compress_recipes as bench
 
     monkeypatch.setattr(bench, "bf16_speedup", lambda *a, **k: speedup)
     assert RECIPES["beauty"]["bf16"] == "auto"

@@ -25,7 +25,7 @@ from benchmarks.service_eval import service_options
 from models.foldin import FoldInConfig, fold_in
 from models.readers import read_interactions
 from models.synthetic import SyntheticConfig, write_synthetic
-from service.registry import load_model
+from service.loading import load_model
 from tests.factories import make_bundle_dir
 from tests.models.test_foldin import shoppers, two_kinds
 

@@ -21,8 +21,8 @@ from benchmarks.service_eval import (
     service_options,
 )
 from bundle import read_bundle
-from service.registry import load_model
-from service.runner import LoadedModel, ModelOptions, RecRequest
+from service.loading import load_model
+from service.model import LoadedModel, ModelOptions, RecRequest
 from service.scorer import F32, Rows, Scorer
 from service.settings import Settings
 from tests.conftest import V1

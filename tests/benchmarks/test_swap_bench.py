@@ -9,18 +9,11 @@ from typing import Any
 
 import pytest
 
-from benchmarks.swap import (
-    VERSIONS,
-    Answer,
-    evaluate_targets,
-    main,
-    memory_summary,
-    percentile,
-    read_trace,
-    retag,
-    summarize,
-    swap_summary,
-)
+from benchmarks.harness.fleet import retag
+from benchmarks.harness.trace import Answer, percentile, read_trace, summarize
+from benchmarks.swap import main
+from benchmarks.swap_phases import VERSIONS
+from benchmarks.swap_report import evaluate_targets, memory_summary, swap_summary
 from bundle import read_bundle
 from models.synthetic import SyntheticConfig, write_synthetic
 from tests.factories import BundleSpec, make_bundle_dir

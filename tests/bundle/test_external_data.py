@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from bundle import BundleError, npy_data_offset, read_bundle
-from service.registry import load_model
+from service.loading import load_model
 from tests import factories as f
 
 SHARED = f.BundleSpec(shared_items=True, n_items=2000, dim=16)

@@ -4,7 +4,6 @@ redis-server where one is installed). No Docker engine is needed (none is assume
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import redis
 
 from service.main import create_app
 from service.settings import Settings
+from testkit.tools import require_tool
 from tests.factories import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,10 +49,8 @@ def assert_redis_keeps_writes_across_a_crash(argv: list[str], workdir: Path) -> 
     """Run redis-server with `argv` (its data directory moved to `workdir`, on a free local
     port), write, kill it with SIGKILL (no save on shutdown), start it again with the same
     options: the writes are back, read from the append-only file. Skipped without a local
-    redis-server."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed: persistence not tried for real")
+    redis-server (failed under CI=true: `require_tool`)."""
+    exe = require_tool("redis-server")
     port = free_port()
     # Replaced, not appended: redis-server changes into every --dir it is given, in turn.
     options = {**redis_options(argv), "dir": str(workdir), "port": str(port), "bind": "127.0.0.1"}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from service.settings import Settings
+from testkit.tools import require_tool, running_in_ci
 from tests.docker.conftest import (
     DOCKER,
     ROOT,
@@ -145,20 +145,22 @@ def test_every_build_names_a_dockerfile_that_exists():
             assert (ROOT / service["build"]["dockerfile"]).is_file(), name
 
 
+# command, what a failed `version` probe means, whether .ci/tools installs it (Debian ships
+# docker-compose, but not the docker CLI's compose plugin)
 COMPOSE_TOOLS = {
-    "docker compose": (["docker", "compose"], "the docker CLI has no compose plugin"),
-    "docker-compose": (["docker-compose"], "docker-compose (compose v1) is not installed"),
+    "docker compose": (["docker", "compose"], "the docker CLI has no compose plugin", False),
+    "docker-compose": (["docker-compose"], "docker-compose is not installed", True),
 }
 
 
 @pytest.mark.parametrize("tool", COMPOSE_TOOLS)
 def test_compose_config_validates(tool):
-    command, missing = COMPOSE_TOOLS[tool]
-    if shutil.which(command[0]) is None:
-        pytest.skip(f"{command[0]} is not installed: `{tool} config` not run")
+    command, missing, installed_in_ci = COMPOSE_TOOLS[tool]
+    command = [require_tool(command[0], in_ci=installed_in_ci), *command[1:]]
     probe = subprocess.run([*command, "version"], capture_output=True, timeout=60)
     if probe.returncode != 0:
-        pytest.skip(f"{missing}: `{tool} config` not run")
+        stop = pytest.fail if installed_in_ci and running_in_ci() else pytest.skip
+        stop(f"{missing}: `{tool} config` not run")
     env = {**os.environ, "ADMIN_TOKEN": "t" * 32}
     result = subprocess.run(
         [*command, "-f", str(COMPOSE_FILE), "--profile", "load", "config", "-q"],
@@ -172,9 +174,7 @@ def test_compose_config_validates(tool):
 
 
 def test_nginx_accepts_the_config(tmp_path: Path):
-    nginx = shutil.which("nginx")
-    if nginx is None:
-        pytest.skip("nginx is not installed: `nginx -t` not run")
+    nginx = require_tool("nginx")
     # The replicas' names resolve only inside compose's network: check against localhost.
     site = tmp_path / "site.conf"
     site.write_text(

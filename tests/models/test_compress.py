@@ -26,9 +26,12 @@ from models.compress import (
 from models.evaluate import evaluate, metrics_from_ranks, onnx_encoder
 from models.split import leave_one_out
 from models.train import FitResult
-from service.registry import load_model
-from service.runner import RecRequest
+from service.loading import load_model
+from service.model import RecRequest
 from tests.models.conftest import TINY_COMPRESS, Dataset
+
+# The fixed-seed run served NDCG@10 0.642; floor = that - 15% for BLAS/thread nondeterminism.
+SERVED_NDCG_FLOOR = 0.642 * 0.85
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +95,7 @@ def test_manifest_metrics_are_those_of_the_served_artifact(
     m = evaluate(onnx_encoder(str(b.model_path)), items, split.test, max_len=b.manifest.max_len)
     assert b.manifest.metrics["test_ndcg@10"] == pytest.approx(m["ndcg@10"], abs=1e-3)
     assert b.manifest.metrics["test_ndcg@10"] > 2 * b.manifest.metrics["popularity_test_ndcg@10"]
+    assert b.manifest.metrics["test_ndcg@10"] >= SERVED_NDCG_FLOOR  # not only vs popularity
     assert b.manifest.dataset["users"] == synthetic.data.n_users
     assert b.manifest.recipe["pruning"]["ratio"] == 0.5
     assert b.manifest.architecture["config"]["n_heads"] == [2, 2]

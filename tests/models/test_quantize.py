@@ -12,17 +12,15 @@ from onnx import TensorProto
 
 import bundle
 from bundle import PQTable
-from models.evaluate import evaluate, onnx_encoder
-from models.export import export_onnx
-from models.quantize import (
-    CalibrationError,
-    QuantizeConfig,
+from bundle.shared_items import (
     ShareError,
     check_linked_bundle,
     link_item_table,
-    quantize_onnx,
     share_item_table,
 )
+from models.evaluate import evaluate, onnx_encoder
+from models.export import export_onnx
+from models.quantize import CalibrationError, QuantizeConfig, quantize_onnx
 from models.sasrec import SASRec, SASRecConfig
 from models.split import pad_left
 from tests.factories import pq_table

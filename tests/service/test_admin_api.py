@@ -3,12 +3,16 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service import registry as registry_module
 from service.main import create_app
 from tests import factories as f
 from tests.conftest import V2
@@ -218,34 +222,126 @@ def test_active_reports_none_before_any_model_is_loaded(client_for, make_setting
     }
 
 
-def test_concurrent_requests_during_swaps_all_succeed_and_name_one_version(
-    client: TestClient, admin_headers, v2_archive
+# Bodies the traffic cycles through: histories of several lengths, an exclusion, and an
+# empty history (answered from the version's popularity).
+TRAFFIC = [
+    {"history": ["i3", "i4"], "k": 5},
+    {"history": ["i10", "i2", "i7", "i31"], "k": 8},
+    {"history": ["i5"], "k": 6, "exclude": ["i6", "i9"]},
+    {"history": [], "k": 4},
+]
+MIN_IN_SWAP_WINDOW = 20  # requests begun and answered while the activate call ran
+WAIT_S = 30.0  # correctness waits only: generous for a busy 2-core machine
+
+
+@dataclasses.dataclass(frozen=True)
+class Answered:
+    body: int  # index into TRAFFIC
+    started: float  # time.monotonic()
+    ended: float
+    status: int
+    answer: dict[str, Any]
+
+
+def answers_of(client: TestClient) -> list[dict[str, Any]]:
+    """What `client`'s serving version answers to each TRAFFIC body, one at a time."""
+    out = []
+    for body in TRAFFIC:
+        r = client.post("/recommend", json=body)
+        assert r.status_code == 200, r.text
+        out.append(r.json())
+    return out
+
+
+def assert_answers_like(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert got["model_version"] == expected["model_version"]
+    assert got["strategy"] == expected["strategy"]
+    assert [it["item_id"] for it in got["items"]] == [it["item_id"] for it in expected["items"]]
+    scores = [it["score"] for it in got["items"]]
+    assert np.allclose(scores, [it["score"] for it in expected["items"]], rtol=1e-5), got
+
+
+def test_requests_during_a_swap_that_loads_from_disk_succeed_and_each_gets_its_versions_answer(
+    client: TestClient,
+    client_for,
+    make_settings,
+    admin_headers,
+    v2_archive,
+    v3_archive,
+    model_dir,
+    tmp_path,
+    monkeypatch,
 ):
-    assert upload(client, v2_archive, admin_headers).status_code == 201
+    """Traffic runs while v2 is uploaded, then activated from disk (v3, uploaded after it, is
+    the model an upload leaves loaded), rolled back and activated again. Every request
+    succeeds, and each answer is exactly what the version it names answers alone."""
+    archive = tmp_path / "v2.tar.gz"
+    archive.write_bytes(v2_archive)
+    reference = client_for(make_settings(bootstrap_bundle=archive, model_dir=tmp_path / "ref"))
+    expected = {"v1": answers_of(client), "v2": answers_of(reference)}
+    assert {a["model_version"] for a in expected["v2"]} == {"v2"}
+    assert expected["v1"] != expected["v2"]  # the check below tells the versions apart
+
+    log: list[Answered] = []
     stop = threading.Event()
 
-    def hammer() -> list[tuple[int, str]]:
-        seen = []
+    def traffic(offset: int) -> None:
+        n = offset
         while not stop.is_set():
-            r = client.post("/recommend", json={"history": ["i3", "i4"], "k": 5})
-            seen.append((r.status_code, r.json().get("model_version", r.text)))
-        return seen
+            started = time.monotonic()
+            r = client.post("/recommend", json=TRAFFIC[n % len(TRAFFIC)])
+            log.append(
+                Answered(n % len(TRAFFIC), started, time.monotonic(), r.status_code, r.json())
+            )
+            n += 1
 
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        futures = [pool.submit(hammer) for _ in range(6)]
-        for _ in range(3):
+    def answered_since(t: float) -> int:
+        return sum(a.started >= t for a in list(log))
+
+    loads: list[tuple[Path, float]] = []
+    real = registry_module.load_model
+
+    def slow_load(path: Path, options: Any = None) -> Any:
+        """The activation's load from disk lasts until enough requests were answered
+        meanwhile: the swap window then holds them however fast the load is."""
+        entered = time.monotonic()
+        loads.append((path, entered))
+        if path == model_dir / "v2":
+            assert f.poll_until(
+                lambda: answered_since(entered) >= MIN_IN_SWAP_WINDOW, timeout_s=WAIT_S
+            ), "requests stalled while a model loaded"
+        return real(path, options)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threads = [pool.submit(traffic, n) for n in range(4)]
+        try:
+            assert upload(client, v2_archive, admin_headers).status_code == 201
+            assert upload(client, v3_archive, admin_headers).status_code == 201
+            monkeypatch.setattr(registry_module, "load_model", slow_load)
+            swap_start = time.monotonic()
+            r = client.post("/admin/bundles/v2/activate", headers=admin_headers)
+            swap_end = time.monotonic()
+            assert r.status_code == 200, r.text
+            assert client.post("/admin/rollback", headers=admin_headers).status_code == 200
             assert (
                 client.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
             )
-            assert client.post("/admin/rollback", headers=admin_headers).status_code == 200
-        assert client.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
-        stop.set()
-        results = [item for fut in futures for item in fut.result()]
+            last_swap = time.monotonic()
+            assert f.poll_until(lambda: answered_since(last_swap) >= 20, timeout_s=WAIT_S)
+        finally:
+            stop.set()
+            for t in threads:
+                t.result()
 
-    assert len(results) > 6
-    assert {status for status, _ in results} == {200}
-    assert {version for _, version in results} <= {"v1", "v2"}
-    assert recommended_version(client) == "v2"
+    assert [path for path, t in loads if swap_start <= t <= swap_end] == [model_dir / "v2"]
+    assert {a.status for a in log} == {200}, [a.answer for a in log if a.status != 200][:3]
+    in_window = [a for a in log if swap_start <= a.started and a.ended <= swap_end]
+    assert len(in_window) >= MIN_IN_SWAP_WINDOW, len(in_window)
+    assert {a.answer["model_version"] for a in log} == {"v1", "v2"}
+    for a in log:
+        assert_answers_like(a.answer, expected[a.answer["model_version"]][a.body])
+    assert {a.answer["model_version"] for a in log if a.ended < swap_start} <= {"v1"}
+    assert {a.answer["model_version"] for a in log if a.started > last_swap} == {"v2"}
 
 
 def test_a_restarted_app_comes_back_on_the_activated_version(

@@ -269,7 +269,7 @@ def test_status_shows_the_active_version_per_replica(fleet, capsys, v2_file):
         def serving() -> list[str]:
             return [s["serving"] for s in cli.json("status", replicas)]
 
-        assert f.poll_until(lambda: serving() == ["v2", "v2"], timeout_s=5.0), serving()
+        assert f.poll_until(lambda: serving() == ["v2", "v2"]), serving()
 
         code, out, _ = cli("status", "--replicas", "http://a,http://b,http://down")
         assert code == 1  # the table is incomplete

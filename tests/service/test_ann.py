@@ -96,43 +96,6 @@ def test_fewer_items_than_k_are_padded_with_minus_one_and_minus_inf() -> None:
     assert empty_idx.shape == empty_scores.shape == (2, 0)
 
 
-def test_search_excluding_never_returns_banned_items_and_fills_k(
-    catalog: tuple[np.ndarray, np.ndarray], users: np.ndarray
-) -> None:
-    stored, scales = encode_items(catalog[0], "int8")
-    index = AnnIndex(stored, scales, AnnConfig(nlist=32).exhaustive())
-    rng = np.random.default_rng(5)
-    truth = exact_top_k(users, stored, scales, N_ITEMS)
-    # Each row bans its own 7 best items and 30 random ones; one row bans nothing.
-    banned = [
-        np.unique(np.concatenate([truth[r, :7], rng.integers(1, N_ITEMS + 1, size=30)]))
-        for r in range(len(users))
-    ]
-    banned[3] = np.empty(0, dtype=np.int64)
-    ks = [10 + r % 5 for r in range(len(users))]
-    results = index.search_excluding(users, ks, banned)
-    assert len(results) == len(users)
-    for r, (idx, scores) in enumerate(results):
-        assert len(idx) == len(scores) == ks[r]
-        assert not np.isin(idx, banned[r]).any() and (idx >= 1).all()
-        allowed = truth[r][~np.isin(truth[r], banned[r])]
-        np.testing.assert_array_equal(idx, allowed[: ks[r]])
-
-
-def test_search_excluding_with_one_k_and_everything_banned(
-    catalog: tuple[np.ndarray, np.ndarray], users: np.ndarray
-) -> None:
-    items, _ = clustered_items(30, DIM, n_clusters=3, seed=4)
-    index = AnnIndex(items, None, AnnConfig().exhaustive())
-    everything = np.arange(1, 31)
-    (all_banned, some_banned) = index.search_excluding(users[:2], 5, [everything, everything[:27]])
-    assert len(all_banned[0]) == 0 and len(all_banned[1]) == 0
-    assert sorted(some_banned[0].tolist()) == [28, 29, 30]  # fewer than k are left
-    assert index.search_excluding(users[:0], 5, []) == []
-    with pytest.raises(ValueError, match="banned"):
-        index.search_excluding(users[:2], 5, [everything])
-
-
 def test_default_settings_find_the_true_top_10_on_a_clustered_catalog() -> None:
     items, topic = clustered_items(20_000, DIM, n_clusters=50, seed=7)
     stored, scales = encode_items(items, "int8")

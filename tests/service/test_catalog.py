@@ -12,8 +12,8 @@ from bundle import encode_items, unpack_int4
 from service.ann import AnnConfig
 from service.catalog import CatalogLayer, decode_rows, encode_vectors, pq_encode
 from service.errors import InvalidCatalogChange
-from service.registry import load_model
-from service.runner import LoadedModel, ModelOptions, RecRequest
+from service.loading import load_model
+from service.model import LoadedModel, ModelOptions, RecRequest
 from tests import factories as f
 
 ENCODINGS = ["int8", "int4", "fp16", "fp32", "pq4"]

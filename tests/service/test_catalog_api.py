@@ -14,7 +14,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.registry import load_model
+from service.loading import load_model
 from service.settings import Settings
 from service.store import RedisStore
 from tests import factories as f
@@ -151,8 +151,8 @@ def test_a_replica_that_missed_the_message_catches_up(pair, admin_headers, redis
     try:
         raw.client_kill_filter(_type="pubsub")  # every subscriber loses its connection ...
         store.set_availability(gone, available=False)  # ... and no message is sent at all
-        assert f.poll_until(lambda: not set(gone).intersection(answer(b)), timeout_s=3)
-        assert not set(gone).intersection(answer(a))
+        assert f.poll_until(lambda: not set(gone).intersection(answer(b)))
+        assert f.poll_until(lambda: not set(gone).intersection(answer(a)))
     finally:
         store.close()
         raw.close()
@@ -201,8 +201,8 @@ def test_a_store_that_lost_its_data_is_written_back(
             private_redis.stop()
             private_redis.start()  # the same port, nothing kept
         assert answer(a)[0] == "n1" and answer(b)[0] == "n1"  # serving never stopped
-        assert f.poll_until(lambda: _restored(raw), timeout_s=5)
-        assert f.poll_until(lambda: _heals(a, b, headers=admin_headers) == 1, timeout_s=2)
+        assert f.poll_until(lambda: _restored(raw))
+        assert f.poll_until(lambda: _heals(a, b, headers=admin_headers) == 1)
         assert raw.exists(f"{redis_prefix}:bundle:v1", f"{redis_prefix}:bundle:v2") == 2
         late = fleet_on_private_redis("c")  # no bootstrap: it follows the written-back state
         assert late.get("/readyz").status_code == 200

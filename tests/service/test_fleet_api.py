@@ -23,11 +23,12 @@ from tests import factories as f
 from tests.conftest import V2
 
 GZIP = {"Content-Type": "application/gzip"}
-FLEET_DEADLINE_S = 2.0  # a swap must reach every replica within this
+# How long a correctness wait may take before it counts as never: generous, because a busy
+# 2-core machine can stall for seconds. How fast a swap reaches the fleet is bench-swap's
+# measure (benchmarks/swap.py), not these tests'.
+WAIT_S = 30.0
 
-
-# Polls for at most the fleet's swap deadline.
-eventually = functools.partial(f.poll_until, timeout_s=FLEET_DEADLINE_S)
+eventually = functools.partial(f.poll_until, timeout_s=WAIT_S)
 
 
 def status(client: TestClient, headers: dict[str, str]) -> dict[str, Any]:
@@ -44,17 +45,15 @@ def test_a_replica_that_starts_with_nothing_serves_the_fleets_active_version(pai
     assert f.answered_version(b) == "v1"
 
 
-def test_activate_on_one_replica_reaches_the_other_within_2s(pair, admin_headers, v2_archive):
+def test_activate_on_one_replica_reaches_the_other(pair, admin_headers, v2_archive):
     a, b = pair
     assert (
         a.post("/admin/bundles", content=v2_archive, headers={**admin_headers, **GZIP}).status_code
         == 201
     )
-    start = time.monotonic()
     assert a.post("/admin/bundles/v2/activate", headers=admin_headers).status_code == 200
     assert f.answered_version(a) == "v2"
-    assert eventually(lambda: f.answered_version(b) == "v2"), "b did not follow within 2 s"
-    assert time.monotonic() - start < FLEET_DEADLINE_S + 1
+    assert eventually(lambda: f.answered_version(b) == "v2"), "b did not follow"
     # b never had v2 uploaded: it installed it from the fleet's archive.
     listed = b.get("/admin/bundles", headers=admin_headers).json()
     assert listed["active"] == "v2"
@@ -82,12 +81,15 @@ def test_the_other_replica_loads_the_new_version_while_the_activating_one_does(
         a.post("/admin/bundles", content=archive, headers={**admin_headers, **GZIP})
     assert eventually(lambda: status(b, admin_headers)["prepared"] == "v3")  # as a: v2 unloaded
     starts: list[tuple[Path, float]] = []
+    b_loading = threading.Event()
     real = registry_module.load_model
 
     def spy(path: Path, options: Any = None) -> Any:
         starts.append((path, time.monotonic()))
-        if path.is_relative_to(tmp_path / "models-a"):
-            time.sleep(0.5)  # a slow load on a: b must start its own meanwhile
+        if path.is_relative_to(tmp_path / "models-b"):
+            b_loading.set()
+        else:  # a's load lasts until b has started its own (never, if b waits for a)
+            b_loading.wait(timeout=WAIT_S)
         return real(path, options)
 
     monkeypatch.setattr(registry_module, "load_model", spy)

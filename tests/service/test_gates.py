@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from bundle import Manifest
 from service.errors import GateFailed
 from service.gates import GateConfig, check_accuracy, measure_latency_ms
-from service.registry import Registry, load_model
+from service.loading import load_model
+from service.registry import Registry
 from service.settings import Settings
 from service.store import EmbeddedStore
 from tests import factories as f

@@ -14,7 +14,7 @@ from tests.conftest import ADMIN_TOKEN, service_process
 HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def serving_by_worker(url: str, expect: str, *, timeout_s: float = 15) -> dict[int, str]:
+def serving_by_worker(url: str, expect: str, *, timeout_s: float = 60) -> dict[int, str]:
     """What each worker serves, asked over fresh connections (the kernel hands each to one
     of the workers) until two workers answered and both serve `expect`."""
     seen: dict[int, str] = {}

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from service.canary import BUCKETS, Serving, bucket, in_canary
+from service.serving import BUCKETS, Serving, bucket, in_canary
 from tests.conftest import ROOT
 
 
 def test_bucket_is_stable_across_processes():
     """sha256, not Python's salted hash(): another interpreter places users identically."""
     users = [f"user-{i}" for i in range(20)]
-    code = f"from service.canary import bucket\nprint([bucket(u) for u in {users!r}])\n"
+    code = f"from service.serving import bucket\nprint([bucket(u) for u in {users!r}])\n"
     r = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,

@@ -180,7 +180,7 @@ class LoadedModel:
         self._items = items
         self._scales = scales
         self._vocab = list(vocab)
-        # dict(zip()) builds the index about 3x faster than a dict comprehension.
+        # dict(zip()): no Python-level loop over a catalog of up to millions of IDs.
         self._index = dict(zip(self._vocab[1:], range(1, rows), strict=True))
         self._popularity = popularity
         self._scorer: CatalogScorer = scorer or Scorer(items, scales)
@@ -421,10 +421,9 @@ class LoadedModel:
         )
 
 
-# A second encoder call pays for itself when it saves at least this many padded positions.
-# One call of the pruned Beauty student costs 105-200 µs plus ~2.2 µs per batch row x
-# position (AMD EPYC, one onnxruntime thread; one-off timings): 50-90 positions. 85 errs on
-# the side of fewer calls.
+# A second encoder call pays for itself when it saves at least this many padded positions:
+# its fixed cost over the cost of one position (`make bench-model-cost` fits both; the
+# figures per machine are in docs/decisions/2026-12-06-encoder-length-groups.md).
 CALL_COST_POSITIONS = 85
 
 

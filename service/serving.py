@@ -1,4 +1,5 @@
-"""Canary traffic split: which requests a canary version answers.
+"""The serving snapshot (`Serving`: the active model, an optional canary and its share) and
+which requests the canary answers.
 
 A canary serves `percent` % of the traffic while the active version serves the rest. A request
 that names a `user_id` is placed by a stable hash of it (sha256, not Python's `hash()`, which
@@ -17,7 +18,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from service.runner import LoadedModel
+from service.model import LoadedModel
 
 BUCKETS = 10_000  # percent resolution: 0.01 %
 

@@ -7,8 +7,8 @@ import pytest
 
 from bundle import decode_items, read_bundle
 from service.ann import AnnConfig
-from service.registry import load_model
-from service.runner import LoadedModel, ModelOptions, RecRequest, length_groups
+from service.loading import load_model
+from service.model import LoadedModel, ModelOptions, RecRequest, length_groups
 from tests.factories import BundleSpec, make_bundle_dir, reference_user_vector
 
 SPEC = BundleSpec(version="r1", n_items=60, dim=8, max_len=12, seed=3)
