@@ -22,7 +22,7 @@ help:
 	@echo "make bench-swap [DATA=...] [SWAP_ARGS='--cycles 100']          swap / fault benchmark (~10 min)"
 	@echo "make bench-catalog [DATA=...] [CATALOG_ARGS='--items 1000']    live catalog under load (~3 min)"
 	@echo "make bench-scoring                                              int8 rows vs pq4 codes, top 10 (~1 min)"
-	@echo "make bench-model-cost                                            model CPU per request by batch size (~2 min)"
+	@echo "make bench-model-cost                                            model CPU per request by batch size (~30 s)"
 	@echo "make bench-int8-activations                                     float, static and dynamic INT8 encoder (~2 min)"
 
 # The environment: serving deps + the offline pipeline (CPU torch, pinned) + dev and bench tools.

@@ -37,6 +37,7 @@ from service.loading import load_model
 from service.model import LoadedModel, RecRequest, length_groups
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
+REQUESTS = 1024  # split into consecutive batches of each size
 RERANK_SHARE = 0.3  # the serving benchmark's mix
 DEFAULT_DATA = Path("../shared/data/amazon-beauty.txt")
 DEFAULT_BUNDLE = Path("benchmarks/work/speed-only/amazon-beauty")
@@ -66,7 +67,8 @@ def requests_from(bundle: Path, data: Path, n: int, seed: int = 0) -> list[RecRe
 
 
 def cpu_us(fn: Callable[[], object], reps: int) -> float:
-    """Median CPU microseconds of `fn` over `reps` rounds (one warm-up call first)."""
+    """Median CPU microseconds of `fn` over `reps` rounds (one warm-up call first): the same
+    call repeated, so its data is warm in the caches (the encoder's cost model)."""
     fn()
     times = []
     for _ in range(reps):
@@ -97,15 +99,28 @@ def top_k_call(model: LoadedModel, batch: Sequence[RecRequest]) -> Callable[[], 
     return lambda: scorer.top_k(users.astype(np.float32), banned, 10)
 
 
+def in_turn_us(calls: Sequence[Callable[[], object]], reps: int) -> float:
+    """CPU microseconds of the `calls` made one after the other (each once), the median of
+    `reps` rounds: like a server's consecutive batches, no call finds its own data in the
+    caches from a repeat of itself."""
+    for call in calls:
+        call()
+    rounds = []
+    for _ in range(reps):
+        t0 = time.process_time()
+        for call in calls:
+            call()
+        rounds.append(time.process_time() - t0)
+    return float(np.median(rounds)) * 1e6
+
+
 def measure(model: LoadedModel, requests: Sequence[RecRequest], batch: int, reps: int) -> Row:
-    """Per-request CPU time at `batch`, averaged over consecutive slices of `requests`."""
-    slices = [requests[i : i + batch] for i in range(0, len(requests) - batch + 1, batch)][:16]
-    whole = enc = top = 0.0
-    for s in slices:
-        whole += cpu_us(functools.partial(model.recommend_batch, s), reps) / batch
-        enc += cpu_us(encoder_call(model, s), reps) / batch
-        top += cpu_us(top_k_call(model, s), reps) / batch
-    n = len(slices)
+    """Per-request CPU time at `batch`, over consecutive distinct batches of `requests`."""
+    slices = [requests[i : i + batch] for i in range(0, len(requests) - batch + 1, batch)]
+    n = len(slices) * batch
+    whole = in_turn_us([functools.partial(model.recommend_batch, s) for s in slices], reps)
+    enc = in_turn_us([encoder_call(model, s) for s in slices], reps)
+    top = in_turn_us([top_k_call(model, s) for s in slices], reps)
     return Row(batch, round(whole / n, 1), round(enc / n, 1), round(top / n, 1))
 
 
@@ -131,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
-    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model-cost.json"))
     args = parser.parse_args(argv)
     if not (args.bundle / "manifest.json").is_file():
@@ -139,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         speed_only_bundle(args.data, args.bundle)
     model = load_model(args.bundle)
-    requests = requests_from(args.bundle, args.data, n=16 * max(BATCHES))
+    requests = requests_from(args.bundle, args.data, n=REQUESTS)
     rows = [measure(model, requests, b, args.reps) for b in BATCHES]
     call_cost = encoder_call_cost(model, args.reps)
     print("batch  request_us  encoder_us  top_k_us   (CPU time per request, one core)")
@@ -157,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         ),
         "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "cpu": cpu_model(),
         "bundle": str(args.bundle),
         "data": str(args.data),

@@ -32,14 +32,8 @@ from service.settings import Settings, get_settings
 from service.store import open_store
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the store, set the garbage collector's thresholds, start the registry (active
-    version or bootstrap bundle), the fleet subscriber and the batcher, then serve; on
-    shutdown answer what is queued, stop following the fleet, close the connections and
-    give the collector its thresholds back."""
-    settings: Settings = app.state.settings
-    metrics: Metrics = app.state.metrics
+def open_registry(settings: Settings, metrics: Metrics) -> Registry:
+    """The registry over the store and fleet the settings name (Redis, or embedded)."""
     redis_url = str(settings.redis_url) if settings.redis_url else None
     store = open_store(
         redis_url=redis_url,
@@ -57,7 +51,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         poll_s=settings.fleet_poll_s,
         local_lock=settings.model_dir / ADMIN_LOCK_FILE if settings.workers > 1 else None,
     )
-    registry = Registry(
+    return Registry(
         model_dir=settings.model_dir,
         store=store,
         fleet=fleet,
@@ -72,20 +66,37 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             max_latency_ms=settings.gate_max_latency_ms,
         ),
     )
+
+
+def open_answer_cache(settings: Settings, metrics: Metrics) -> AnswerCache | None:
+    """The answer cache when ANSWER_CACHE_TTL_S is on (the settings require Redis for it)."""
+    if settings.answer_cache_ttl_s <= 0 or settings.redis_url is None:
+        return None
+    return AnswerCache(
+        str(settings.redis_url),
+        prefix=settings.redis_key_prefix,
+        ttl_s=settings.answer_cache_ttl_s,
+        timeout_s=settings.redis_timeout_s,
+        metrics=metrics,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the store, set the garbage collector's thresholds, start the registry (active
+    version or bootstrap bundle), the fleet subscriber and the batcher, then serve; on
+    shutdown answer what is queued, stop following the fleet, close the connections and
+    give the collector its thresholds back."""
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    registry = open_registry(settings, metrics)
+    fleet, store = registry.fleet, registry.store
     batcher = MicroBatcher(
         max_batch_size=settings.batch_max_size,
         max_delay_s=settings.batch_max_delay_ms / 1000,
         metrics=metrics,
     )
-    answer_cache = None
-    if settings.answer_cache_ttl_s > 0 and redis_url is not None:  # settings enforce the URL
-        answer_cache = AnswerCache(
-            redis_url,
-            prefix=settings.redis_key_prefix,
-            ttl_s=settings.answer_cache_ttl_s,
-            timeout_s=settings.redis_timeout_s,
-            metrics=metrics,
-        )
+    answer_cache = open_answer_cache(settings, metrics)
     python_gc = gc.get_threshold()
     gc.set_threshold(*settings.gc_threshold)  # see Settings.gc_threshold
     try:

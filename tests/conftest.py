@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.settings import Settings
+from testkit.service_env import without_service_settings
 from tests.factories import (
     BundleSpec,
     RedisServer,
@@ -36,18 +37,6 @@ V3 = BundleSpec(version="v3", seed=2)
 
 
 ROOT = Path(__file__).resolve().parents[1]
-# Settings a test's service process must not inherit from the developer's shell.
-SERVICE_ENV_VARS = (
-    "REDIS_URL",
-    "REDIS_KEY_PREFIX",
-    "REPLICA_ID",
-    "ADMIN_TOKEN",
-    "BOOTSTRAP_BUNDLE",
-    "MODEL_DIR",
-    "HOST",
-    "PORT",
-    "WORKERS",
-)
 
 
 @contextmanager
@@ -55,7 +44,7 @@ def service_process(env: dict[str, str], *, ready_timeout_s: float = 60) -> Iter
     """Run `python -m service` as a real process on a free port; yield its base URL once
     /readyz answers 200; stop it afterwards. `env` adds to a cleaned copy of os.environ."""
     port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV_VARS}
+    full_env = without_service_settings()  # the developer's shell changes nothing
     full_env.update({"HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "warning", **env})
     proc = subprocess.Popen(
         [sys.executable, "-m", "service"],

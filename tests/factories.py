@@ -8,7 +8,9 @@ benchmarks never import tests.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import tarfile
 import time
 from collections.abc import Callable
@@ -187,3 +189,18 @@ def poll_until(condition: Callable[[], bool], *, timeout_s: float = 30.0) -> boo
             return True
         time.sleep(0.02)
     return condition()
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Everything under `root`, recursively, files included: relative path -> what it is
+    (a file's sha256, a link's target, or "dir")."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = f"link to {os.readlink(p)}"
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

@@ -25,30 +25,11 @@ from types import TracebackType
 
 from benchmarks.harness.pinning import pinned
 from benchmarks.provenance import REPO
+from testkit.service_env import without_service_settings
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# The service settings a benchmark sets itself: never inherited from the caller's shell.
-SERVICE_SETTINGS = frozenset(
-    [
-        "REDIS_URL",
-        "REDIS_KEY_PREFIX",
-        "REPLICA_ID",
-        "ADMIN_TOKEN",
-        "BOOTSTRAP_BUNDLE",
-        "MODEL_DIR",
-        "PORT",
-        "HOST",
-        "LOG_LEVEL",
-        "WORKERS",
-        "BATCH_MAX_SIZE",
-        "BATCH_MAX_DELAY_MS",
-        "ANSWER_CACHE_TTL_S",
-        "NAIVE_BUNDLE",
-        "NAIVE_CHECKPOINT",
-        "GATE_MAX_NDCG_DROP",
-        "GATE_MAX_LATENCY_MS",
-    ]
-)
+# The naive baseline's settings (benchmarks/apps.py): set by the benchmark, never inherited.
+BENCHMARK_SETTINGS = frozenset(["NAIVE_BUNDLE", "NAIVE_CHECKPOINT"])
 
 
 class ServerError(RuntimeError):
@@ -70,9 +51,9 @@ def uvicorn_command(app: str, port: int, workers: int = 1) -> list[str]:
 
 
 def service_env(settings: Mapping[str, str]) -> dict[str, str]:
-    """This process's environment without `SERVICE_SETTINGS`, plus what every benchmark
+    """This process's environment without the service's settings, plus what every benchmark
     server runs with (local host, warnings only, one OpenMP thread) and `settings`."""
-    env = {k: v for k, v in os.environ.items() if k not in SERVICE_SETTINGS}
+    env = without_service_settings(BENCHMARK_SETTINGS)
     env.update(
         {
             "HOST": "127.0.0.1",

@@ -4,8 +4,6 @@ reason, leaving the serving version and the installed versions exactly as they w
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -42,21 +40,6 @@ def gated_client(client_for, make_settings, base_dir) -> TestClient:
     )
 
 
-def tree(root: Path) -> dict[str, str]:
-    """Everything under `root`, recursively, files included: relative path -> what it is
-    (a file's sha256, a link's target, or "dir")."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink():
-            out[rel] = f"link to {os.readlink(p)}"
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def test_the_corpus_covers_every_gate(corpus):
     expected = {
         "path_traversal", "absolute_path", "symlink", "hardlink", "device_file",
@@ -86,7 +69,7 @@ def test_hostile_bundle_is_refused_and_changes_nothing(
     gated_client: TestClient, admin_headers, model_dir: Path, corpus, name: str
 ):
     case = corpus[name]
-    before = tree(model_dir)
+    before = f.tree(model_dir)
     r = gated_client.post("/admin/bundles", content=case.archive, headers={**admin_headers, **GZIP})
     assert 400 <= r.status_code < 500, r.text
     detail = r.json()["detail"]
@@ -101,7 +84,7 @@ def test_hostile_bundle_is_refused_and_changes_nothing(
     assert [v["version"] for v in listed] == ["base"]
     # An upload unpacks into <model_dir>/.staging-*, so a "../x" member would land in
     # model_dir itself: its whole tree, files included, is as it was before the upload.
-    assert tree(model_dir) == before
+    assert f.tree(model_dir) == before
 
 
 def test_the_accuracy_gate_names_both_numbers(gated_client: TestClient, admin_headers, corpus):

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 import io
 import os
 import threading
@@ -72,21 +71,6 @@ def leftovers(model_dir: Path) -> list[str]:
     return sorted(p.name for p in model_dir.iterdir() if p.name.startswith("."))
 
 
-def tree(root: Path) -> dict[str, str]:
-    """Everything under `root`, recursively, files included: relative path -> what it is
-    (a file's sha256, a link's target, or "dir")."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink():
-            out[rel] = f"link to {os.readlink(p)}"
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def test_install_archive_validates_and_installs_without_activating(registry, model_dir, v1_archive):
     manifest = registry.install_archive(io.BytesIO(v1_archive))
     assert manifest.model_version == "v1"
@@ -127,14 +111,14 @@ def test_install_rejects_bad_bundle_and_removes_partial_files(
     ids=["path_traversal", "symlink", "gzip_bomb", "not_gzip"],
 )
 def test_install_rejects_unsafe_archives(registry, model_dir, archive, reason):
-    before = tree(model_dir)
+    before = f.tree(model_dir)
     with pytest.raises(InvalidBundle) as err:
         registry.install_archive(io.BytesIO(archive))
     assert reason in err.value.reason
     assert leftovers(model_dir) == []
     # The archive unpacks into <model_dir>/.staging-*, so a "../escaped.txt" member would
     # land in model_dir itself: its whole tree, files included, is as it was before.
-    assert tree(model_dir) == before
+    assert f.tree(model_dir) == before
 
 
 def test_activate_switches_the_serving_model_and_records_the_previous(
