@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.catalog_phases import VERSION
-from benchmarks.harness.report import Results, dirty_note, table, targets_section
+from benchmarks.harness.report import (
+    Results,
+    capacity_line,
+    dirty_note,
+    table,
+    targets_section,
+)
 from benchmarks.harness.targets import Target, Verdict, target, verdict
 
 TARGET_PROPAGATION_S = 1.0
@@ -159,7 +165,6 @@ def _per_replica(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _header(r: Results) -> list[str]:
-    c = r["capacity"]
     return [
         "# Live-catalog benchmark: unavailable items, new items, a flushed Redis",
         "",
@@ -172,9 +177,7 @@ def _header(r: Results) -> list[str]:
         "Propagation: from the admin call's answer to a replica's first round of direct "
         "probes that showed the change, given as its start-end (the target uses the end).",
         "",
-        f"Capacity probe: {c['achieved_rps']:.0f} rps achieved at {c['offered_rps']:.0f} offered"
-        + (" (locust's core was the limit)" if c.get("locust_limited") else "")
-        + f"; load for the runs below: {r['load_rps']:.0f} rps ({r['load_fraction']:.0%}).",
+        capacity_line(r),
         "",
     ]
 

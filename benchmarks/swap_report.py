@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from benchmarks.harness.fleet import FLEET_WAIT_S
-from benchmarks.harness.report import Results, dirty_note, table, targets_section
+from benchmarks.harness.report import (
+    Results,
+    capacity_line,
+    dirty_note,
+    table,
+    targets_section,
+)
 from benchmarks.harness.targets import Target, Verdict, ratio, target, verdict
 from benchmarks.harness.trace import Answer, RunSummary, in_windows, percentile, summarize
 from benchmarks.swap_phases import MEMORY_VERSIONS, VERSIONS, CyclePoint, SwapRecord
@@ -186,7 +192,6 @@ def evaluate_targets(results: Results) -> Verdict:
 
 # --- report ----------------------------------------------------------------------------------
 def _header(r: Results) -> list[str]:
-    c = r["capacity"]
     return [
         "# Swap benchmark: hot swaps, faults and hostile input",
         "",
@@ -200,9 +205,7 @@ def _header(r: Results) -> list[str]:
         "when every replica held the version loaded (uploaded and announced: `prepared`; or "
         "the previous one: `standby`), cold otherwise (every memory-cycle activation).",
         "",
-        f"Capacity probe: {c['achieved_rps']:.0f} rps achieved at {c['offered_rps']:.0f} offered"
-        + (" (locust's core was the limit)" if c.get("locust_limited") else "")
-        + f"; load for the runs below: {r['load_rps']:.0f} rps ({r['load_fraction']:.0%}).",
+        capacity_line(r),
         "",
     ]
 

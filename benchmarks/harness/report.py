@@ -42,6 +42,16 @@ def dirty_note(results: Results) -> str:
     return " (uncommitted changes)" if results.get("git_dirty") else ""
 
 
+def capacity_line(r: Results) -> str:
+    """How a fleet benchmark chose its load: the capacity probe and the share of it offered."""
+    c = r["capacity"]
+    return (
+        f"Capacity probe: {c['achieved_rps']:.0f} rps achieved at {c['offered_rps']:.0f} offered"
+        + (" (locust's core was the limit)" if c.get("locust_limited") else "")
+        + f"; load for the runs below: {r['load_rps']:.0f} rps ({r['load_fraction']:.0%})."
+    )
+
+
 def _plain(name: str, t: Target) -> tuple[str, str]:
     return str(t["value"]), str(t["threshold"])
 
