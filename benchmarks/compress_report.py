@@ -244,23 +244,16 @@ def _mean_sd(s: dict[str, Any], key: str) -> str:
     return f"{s[key]:.4f}" + ("" if sd is None else f" ± {sd:.4f}")
 
 
+def _accuracy_only_row(label: str, ndcg: str, hr: str) -> list[str]:
+    """A stages-table row with only NDCG@10 and HR@10 (a baseline, a published model)."""
+    return [label, *["-"] * 6, ndcg, "-", hr, *["-"] * 5]
+
+
 def stage_rows(results: Results) -> list[list[str]]:
     served = results["served_stage"]
     pop = results["popularity"]
     rows = [
-        [
-            "popularity (baseline)",
-            "-",
-            "-",
-            "-",
-            "-",
-            "-",
-            "-",
-            f"{pop['ndcg@10']:.4f}",
-            "-",
-            f"{pop['hr@10']:.4f}",
-        ]
-        + ["-"] * 5
+        _accuracy_only_row("popularity (baseline)", f"{pop['ndcg@10']:.4f}", f"{pop['hr@10']:.4f}")
     ]
     for s in results["stages"]:
         name = f"**{s['name']}** (served)" if s["name"] == served else s["name"]
@@ -286,21 +279,8 @@ def stage_rows(results: Results) -> list[list[str]]:
         )
     if results["references"]["applies_to_this_data"]:
         for r in results["references"]["models"]:
-            rows.append(
-                [
-                    f"*{r['name']}*",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    f"*{r['ndcg@10']:.4f}*",
-                    "-",
-                    f"*{r['hr@10']:.4f}*",
-                ]
-                + ["-"] * 5
-            )
+            ndcg, hr = f"*{r['ndcg@10']:.4f}*", f"*{r['hr@10']:.4f}*"
+            rows.append(_accuracy_only_row(f"*{r['name']}*", ndcg, hr))
     return rows
 
 

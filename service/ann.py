@@ -19,8 +19,8 @@ time or recall. The measurements are in docs/decisions/2026-12-06-ann-settings.m
 Measure a real bundle with `python -m benchmarks.catalog ann`. pq4 tables are indexed over
 their own codes by `service.code_ann.CodeAnnIndex`, which shares this class's search.
 
-Wiring it into the served model (`service.model`) (once per loaded version; the index is immutable afterwards and
-its searches are thread-safe and release the GIL):
+Wiring it into the served model (`service.model`), once per loaded version; the index is
+immutable afterwards and its searches are thread-safe and release the GIL:
 
     ann = build_for_catalog(items, scales, settings)   # None below ANN_MIN_ITEMS; seconds
     # full-catalog rows of a batch, exactly like `service.scorer.Scorer.top_k`:

@@ -104,14 +104,17 @@ class ModelDir:
             ).model_version
         except (OSError, ValidationError):
             return
+        self.refuse_installed(version)
+
+    def refuse_installed(self, version: str) -> None:
+        """VersionExists when `version` has a directory here already."""
         if (self.path / version).exists():
             raise VersionExists(version)
 
     def install(self, staging: Path, version: str) -> None:
         """Rename a validated staging directory into place as `version`."""
+        self.refuse_installed(version)
         target = self.path / version
-        if target.exists():
-            raise VersionExists(version)
         try:
             staging.rename(target)
         except OSError as e:  # another worker of this host installed it meanwhile

@@ -1,12 +1,13 @@
 """The model registry: installed versions, the active model in memory, hot swap, the fleet.
 
 The versions live in the model directory (`service.model_dir`); models are loaded by
-`service.loading`. Installing validates a bundle completely before it may become a version: archive safety
-(`bundle.extract_archive`), sizes and sha256 sums, shapes and values (`bundle.read_bundle`),
-the ONNX signature against the manifest, the golden outputs (`bundle.verify_golden`), a
-dynamic batch axis, and one warm-up pass, then the optional accuracy and latency gates
-(`service.gates`, which also lists where each mandatory gate lives). Only then is the
-staging directory renamed into place, so a version directory always holds a good bundle.
+`service.loading`. Installing validates a bundle completely before it may become a version:
+archive safety (`bundle.extract_archive`), sizes and sha256 sums, shapes and values
+(`bundle.read_bundle`), the ONNX signature against the manifest, the golden outputs
+(`bundle.verify_golden`), a dynamic batch axis, and one warm-up pass, then the optional
+accuracy and latency gates (`service.gates`, which also lists where each mandatory gate
+lives). Only then is the staging directory renamed into place, so a version directory always
+holds a good bundle.
 Activation (and a canary's start) runs the same checks again, the gates against the model
 serving at that moment; a rollback skips the optional gates (it is the operator's way back,
 whatever the numbers), and so does a replica installing or following a version the fleet
@@ -329,8 +330,7 @@ class Registry:
                 raise InvalidBundle(f"archive of {expect!r} holds version {model.version!r}")
             if gated:  # before sharing: the fleet never holds a bundle the gates refused
                 check_gates(model, serving=self.current, config=self._gates)
-            if self._dir.bundle_path(model.version).exists():
-                raise VersionExists(model.version)
+            self._dir.refuse_installed(model.version)  # before sharing it with the fleet
             if share is not None:
                 try:
                     self._fleet.share_archive(model.version, share)
