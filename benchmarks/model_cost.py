@@ -9,6 +9,10 @@ core and in CPU seconds (`time.process_time`, so other processes on the machine 
 than to wall time), `LoadedModel.recommend_batch` over the serving benchmark's request mix
 (70% full catalog, 30% rerank, real users' histories) at batch sizes 1 to 64, and its two
 onnxruntime parts alone: the encoder on the batch's histories and the full-catalog top k.
+At the batch sizes a loaded server forms (`COLD_BATCHES`) each is timed twice: warm (the
+batches in turn, their data left in the caches by the rounds before) and cold (the caches
+evicted before every call, as if a server's HTTP work had run in between). A served request
+pays somewhere between the two.
 
 What it answers: how much of a served request is model work at each batch size, and how
 much is left at the largest batches, the floor that batching cannot remove. `make
@@ -31,12 +35,16 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from benchmarks.provenance import cpu_model, git
+from benchmarks.provenance import cpu_caches, cpu_model, git
 from benchmarks.workload import WorkloadConfig, build_workload, histories_from_data, read_vocab
 from service.loading import load_model
 from service.model import LoadedModel, RecRequest, length_groups
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
+COLD_BATCHES = (8, 16, 32, 64)  # what a server forms near its maximum
+# Bytes read to evict the caches: twice the last-level cache, within these bounds (a VM may
+# report its host's whole L3; past 256 MiB each eviction costs more than the call it precedes).
+EVICT_MIN, EVICT_MAX = 64 << 20, 256 << 20
 REQUESTS = 1024  # split into consecutive batches of each size
 RERANK_SHARE = 0.3  # the serving benchmark's mix
 DEFAULT_DATA = Path("../shared/data/amazon-beauty.txt")
@@ -49,6 +57,10 @@ class Row:
     request_us: float  # recommend_batch, per request
     encoder_us: float  # the encoder calls of the batch's histories, per request
     top_k_us: float  # the one full-catalog top-k call of the batch (its full-catalog rows)
+    # The same three with the caches evicted before every call (None: not a COLD_BATCHES size)
+    cold_request_us: float | None = None
+    cold_encoder_us: float | None = None
+    cold_top_k_us: float | None = None
 
 
 def requests_from(bundle: Path, data: Path, n: int, seed: int = 0) -> list[RecRequest]:
@@ -114,14 +126,49 @@ def in_turn_us(calls: Sequence[Callable[[], object]], reps: int) -> float:
     return float(np.median(rounds)) * 1e6
 
 
-def measure(model: LoadedModel, requests: Sequence[RecRequest], batch: int, reps: int) -> Row:
-    """Per-request CPU time at `batch`, over consecutive distinct batches of `requests`."""
+def evict_bytes(caches: dict[str, str]) -> int:
+    """How many bytes `cold_us` reads to evict the caches: twice the L3 sysfs reports."""
+    l3 = caches.get("L3", "")
+    size = int(l3[:-1]) << 10 if l3.endswith("K") and l3[:-1].isdigit() else 0
+    return min(max(2 * size, EVICT_MIN), EVICT_MAX)
+
+
+def cold_us(calls: Sequence[Callable[[], object]], reps: int, evict: np.ndarray) -> float:
+    """Like `in_turn_us`, but every call starts after reading `evict` (more bytes than the
+    caches hold), which is not timed: each call finds none of its data in the caches."""
+    rounds = []
+    for _ in range(reps):
+        total = 0.0
+        for call in calls:
+            evict.sum()
+            t0 = time.process_time()
+            call()
+            total += time.process_time() - t0
+        rounds.append(total)
+    return float(np.median(rounds)) * 1e6
+
+
+def measure(
+    model: LoadedModel,
+    requests: Sequence[RecRequest],
+    batch: int,
+    reps: int,
+    evict: np.ndarray | None = None,
+) -> Row:
+    """Per-request CPU time at `batch`, over consecutive distinct batches of `requests`;
+    with `evict`, cold as well."""
     slices = [requests[i : i + batch] for i in range(0, len(requests) - batch + 1, batch)]
     n = len(slices) * batch
-    whole = in_turn_us([functools.partial(model.recommend_batch, s) for s in slices], reps)
-    enc = in_turn_us([encoder_call(model, s) for s in slices], reps)
-    top = in_turn_us([top_k_call(model, s) for s in slices], reps)
-    return Row(batch, round(whole / n, 1), round(enc / n, 1), round(top / n, 1))
+    kinds: list[list[Callable[[], object]]] = [
+        [functools.partial(model.recommend_batch, s) for s in slices],
+        [encoder_call(model, s) for s in slices],
+        [top_k_call(model, s) for s in slices],
+    ]
+    warm = [round(in_turn_us(calls, reps) / n, 1) for calls in kinds]
+    if evict is None:
+        return Row(batch, *warm)
+    cold = [round(cold_us(calls, reps, evict) / n, 1) for calls in kinds]
+    return Row(batch, *warm, *cold)
 
 
 def encoder_call_cost(model: LoadedModel, reps: int) -> dict[str, float]:
@@ -155,11 +202,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         speed_only_bundle(args.data, args.bundle)
     model = load_model(args.bundle)
     requests = requests_from(args.bundle, args.data, n=REQUESTS)
-    rows = [measure(model, requests, b, args.reps) for b in BATCHES]
+    evict = np.ones(evict_bytes(cpu_caches()) // 8)
+    rows = [
+        measure(model, requests, b, args.reps, evict if b in COLD_BATCHES else None)
+        for b in BATCHES
+    ]
     call_cost = encoder_call_cost(model, args.reps)
-    print("batch  request_us  encoder_us  top_k_us   (CPU time per request, one core)")
+    print("CPU time per request, one core, warm (cold: caches evicted before every call)")
+    print("batch  request_us  encoder_us  top_k_us   cold: request_us  encoder_us  top_k_us")
     for r in rows:
-        print(f"{r.batch:5d}  {r.request_us:10.1f}  {r.encoder_us:10.1f}  {r.top_k_us:8.1f}")
+        cold = [r.cold_request_us, r.cold_encoder_us, r.cold_top_k_us]
+        print(
+            f"{r.batch:5d}  {r.request_us:10.1f}  {r.encoder_us:10.1f}  {r.top_k_us:8.1f}   "
+            + "  ".join("-" if c is None else f"{c:10.1f}" for c in cold)
+        )
     print(f"encoder call: {call_cost}")
     result = {
         "benchmark": "model_cost",
@@ -174,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "cpu": cpu_model(),
+        "caches": cpu_caches(),
+        "evict_bytes": evict.nbytes,
         "bundle": str(args.bundle),
         "data": str(args.data),
         "rows": [asdict(r) for r in rows],
