@@ -547,6 +547,9 @@ NOTES = [
     "server_cpu / locust_cpu: CPU seconds of the process / wall seconds of the level (a "
     "server's whole process tree: supervisor and workers; RSS likewise summed, shared pages "
     "counted once per process).",
+    "mean batch: requests per model call over the level (the service's recsys_batch_size "
+    "histogram, read from GET /metrics before and after); '-' where no model is called (the "
+    "ceiling) or not measured (the naive app; shipped_2w, whose workers count apart).",
     "p50 against the ceiling: locust's p50 is in whole milliseconds, so excess_ms is too; only "
     "levels with the same offered load are compared (no interpolation).",
     "sequential: the server's time is its Server-Timing header (0.01 ms resolution, from "

@@ -88,6 +88,7 @@ LEVEL_HEADER = [
     "failures",
     "server cpu",
     "locust cpu",
+    "mean batch",
     "flags",
 ]
 
@@ -101,6 +102,7 @@ def _level_row(lv: dict[str, Any]) -> list[str]:
         f"{lv['failures']:.2%}",
         fmt(lv["server_cpu"], ".2f"),
         fmt(lv["locust_cpu"], ".2f"),
+        fmt(lv.get("batch_mean"), ".1f"),
         flags(lv),
     ]
 

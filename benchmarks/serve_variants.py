@@ -24,7 +24,13 @@ import orjson
 from benchmarks.harness.load import Level, run_locust, run_wrk
 from benchmarks.harness.log import logger
 from benchmarks.harness.pinning import can_pin
-from benchmarks.harness.servers import Server, post, service_env, uvicorn_command
+from benchmarks.harness.servers import (
+    Server,
+    post,
+    read_batch_counters,
+    service_env,
+    uvicorn_command,
+)
 from benchmarks.serve_ladder import at_max, climb, max_rps, qualifies
 from benchmarks.serve_report import flags
 from benchmarks.serve_sequential import (
@@ -251,12 +257,24 @@ def warm_up(server: Server, path: str, workload: Workload, n: int) -> None:
                 raise RuntimeError(f"{path} answered an unexpected body: {raw[:500]!r}")
 
 
+def batch_mean(
+    before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> float | None:
+    """Requests per model call between two readings of the batch-size counters (sum, count);
+    None when either is missing or no call was made."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 2)
+
+
 def level_runner(
     server: Server, variant: Variant, workload_path: Path, opts: LoadOptions, tag: str
 ) -> Callable[[float], Level]:
     """A function running one locust level at an offered rate against `server`, logged."""
 
     def run_level(offered: float) -> Level:
+        # A multi-worker server's /metrics answers from whichever worker took the scrape.
+        before = read_batch_counters(server.url) if variant.workers == 1 else None
         level = run_locust(
             server.url,
             offered_rps=offered,
@@ -268,11 +286,15 @@ def level_runner(
             cpu=opts.load_cpu,
             server=server,
         )
+        level["batch_mean"] = batch_mean(
+            before, read_batch_counters(server.url) if before else None
+        )
         log(
             f"{variant.name:>12} offered {offered:>7g} rps: achieved {level['rps'] or 0:8.1f}, "
             f"p50 {level['p50_ms']} ms, p99 {level['p99_ms']} ms, failures "
             f"{level['failures']:.2%}, server cpu {level['server_cpu']}, locust cpu "
-            f"{level['locust_cpu']}" + (f" ({flags(level)})" if flags(level) else "")
+            f"{level['locust_cpu']}, mean batch {level['batch_mean']}"
+            + (f" ({flags(level)})" if flags(level) else "")
         )
         return level
 

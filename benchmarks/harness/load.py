@@ -66,6 +66,9 @@ class Level(LocustStats):
     server_cpu: float | None  # the same for the server, when there was one
     short_of_offered: bool
     locust_limited: bool
+    # Requests per model call over the level (the service's batch-size histogram, set by the
+    # caller); None: not measured (an app without it, or several workers counting apart).
+    batch_mean: float | None
 
 
 # --- locust ----------------------------------------------------------------------------------
@@ -201,6 +204,7 @@ def run_locust(
         "server_cpu": None if server_cpu is None else round(server_cpu / wall, 3),
         "short_of_offered": (parsed["rps"] or 0.0) < SHORT * offered_rps,
         "locust_limited": warned or locust_share >= BUSY,
+        "batch_mean": None,
     }
 
 

@@ -230,6 +230,31 @@ class Server:
         self.stop()
 
 
+BATCH_SIZE_METRIC = "recsys_batch_size"  # service.metrics: one observation per model call
+
+
+def batch_counters(metrics_text: str) -> tuple[float, float] | None:
+    """(sum, count) of the batch-size histogram in a Prometheus exposition; None when the
+    text has none (an app that is not the service)."""
+    values = {}
+    for line in metrics_text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in (f"{BATCH_SIZE_METRIC}_sum", f"{BATCH_SIZE_METRIC}_count"):
+            values[name] = float(value)
+    if len(values) != 2:
+        return None
+    return values[f"{BATCH_SIZE_METRIC}_sum"], values[f"{BATCH_SIZE_METRIC}_count"]
+
+
+def read_batch_counters(url: str, *, timeout: float = 10.0) -> tuple[float, float] | None:
+    """`batch_counters` of the server's GET /metrics; None when it has no such metric."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=timeout) as r:
+            return batch_counters(r.read().decode())
+    except urllib.error.URLError:
+        return None
+
+
 def post(url: str, body: bytes, *, timeout: float = 30.0) -> tuple[int, bytes]:
     """POST a JSON body; (status, answer body), HTTP errors included."""
     req = urllib.request.Request(

@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from benchmarks.apps import constant_answer
 from benchmarks.harness.load import parse_locust_stats, parse_wrk, users_for, wrk_script
-from benchmarks.harness.servers import process_tree, uvicorn_command
+from benchmarks.harness.servers import batch_counters, process_tree, uvicorn_command
 from benchmarks.serve import main
 from benchmarks.serve_ladder import climb, max_rps
 from benchmarks.serve_report import render_markdown
@@ -40,9 +41,10 @@ from benchmarks.serve_targets import (
     p50_vs_ceiling,
     workers_comparison,
 )
-from benchmarks.serve_variants import VARIANTS
+from benchmarks.serve_variants import VARIANTS, batch_mean
 from benchmarks.workload import Workload, WorkloadConfig, build_workload, histories_from_data
 from models.synthetic import SyntheticConfig, write_synthetic
+from service.metrics import Metrics
 from tests.factories import BundleSpec, item_ids, make_bundle_dir
 
 HAVE_LOCUST = importlib.util.find_spec("locust") is not None
@@ -125,6 +127,12 @@ def test_json_has_the_schema(bench: dict[str, Any]) -> None:
     assert two["env"] == {"BATCH_MAX_SIZE": "32", "WORKERS": "2"}
     assert r["workers"]["two_workers"]["variant"] == "shipped_2w"
     assert r["workers"]["one_worker"]["variant"] == "shipped"
+    # Requests per model call, from the service's own histogram: only where one process calls
+    # a model (no batching at BATCH_MAX_SIZE=1).
+    assert all(lv["batch_mean"] >= 1 for lv in by["shipped"]["levels"])
+    assert all(lv["batch_mean"] == 1 for lv in by["student_fp32"]["levels"])
+    for name in ("ceiling", "naive", "shipped_2w"):
+        assert all(lv["batch_mean"] is None for lv in by[name]["levels"]), name
 
 
 def test_sequential_is_measured_on_shipped(bench: dict[str, Any]) -> None:
@@ -541,6 +549,19 @@ def test_wrk_output_is_parsed() -> None:
     assert w["rps"] == 7862.12 and w["p50_ms"] == 6.14 and w["p99_ms"] == 0.85
     assert w["requests"] == 78642 and w["non_2xx"] == 5
     assert 'wrk.method = "POST"' in wrk_script(b'{"history":["a"],"k":10}')
+
+
+def test_batch_counters_are_read_from_the_service_metrics() -> None:
+    metrics = Metrics()
+    for size in (3, 5, 10):
+        metrics.batch_size.observe(size)
+    text = generate_latest(metrics.registry).decode()
+
+    assert batch_counters(text) == (18.0, 3.0)
+    assert batch_counters("# an app without the metric\nother_total 4.0\n") is None
+    assert batch_mean((18.0, 3.0), (58.0, 7.0)) == 10.0
+    assert batch_mean((18.0, 3.0), (18.0, 3.0)) is None  # no model call in between
+    assert batch_mean(None, (18.0, 3.0)) is None
 
 
 def test_offered_load_is_users_times_their_rate() -> None:
