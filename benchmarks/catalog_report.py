@@ -17,7 +17,7 @@ from benchmarks.catalog_phases import VERSION
 from benchmarks.harness.report import (
     Results,
     capacity_line,
-    dirty_note,
+    run_lines,
     table,
     targets_section,
 )
@@ -168,9 +168,7 @@ def _header(r: Results) -> list[str]:
     return [
         "# Live-catalog benchmark: unavailable items, new items, a flushed Redis",
         "",
-        f"Command: `{r['command']}`  ",
-        f"Commit `{r['git_commit']}`{dirty_note(r)}; CPU {r['cpu']} ({r['cpu_count']} cores); "
-        f"wall time {r['wall_seconds']:.0f} s  ",
+        *run_lines(r),
         f"Bundle: {r['bundle']['source']} ({r['bundle']['items']} items), served as "
         f"`{VERSION}`. Two replicas pinned to core {r['pinning']['replicas']} sharing one "
         f"Redis; locust on core {r['pinning']['locust']}, round-robin over the replicas. "

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.report import Results, dirty_note, fmt, table, targets_section
+from benchmarks.harness.report import Results, fmt, run_lines, table, targets_section
 from benchmarks.harness.targets import Target
 
 
@@ -46,9 +46,7 @@ def _header(results: Results) -> list[str]:
     return [
         "# Serving benchmark",
         "",
-        f"Command: `{results['command']}`  ",
-        f"Commit: `{results['git_commit']}`{dirty_note(results)}; CPU {results['cpu']} "
-        f"({results['cpu_count']} cores); wall time {results['wall_seconds']:.0f} s  ",
+        *run_lines(results),
         *_host_line(results.get("host")),
         f"Servers on core {pin['server_cpu']}, load generator on core {pin['load_cpu']} "
         f"({_pin_note(pin)}); uvicorn, 1 worker, uvloop, httptools, no access log{workers}",

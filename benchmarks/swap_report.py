@@ -16,7 +16,7 @@ from benchmarks.harness.fleet import FLEET_WAIT_S
 from benchmarks.harness.report import (
     Results,
     capacity_line,
-    dirty_note,
+    run_lines,
     table,
     targets_section,
 )
@@ -195,9 +195,7 @@ def _header(r: Results) -> list[str]:
     return [
         "# Swap benchmark: hot swaps, faults and hostile input",
         "",
-        f"Command: `{r['command']}`  ",
-        f"Commit `{r['git_commit']}`{dirty_note(r)}; CPU {r['cpu']}; wall time "
-        f"{r['wall_seconds']:.0f} s  ",
+        *run_lines(r),
         f"Bundle: {r['bundle']['source']} ({r['bundle']['items']} items), served as "
         f"`{VERSIONS[0]}` and `{VERSIONS[1]}` (and `{MEMORY_VERSIONS[2]}` in the memory cycles, "
         "so that each of their activations loads from disk). Two replicas pinned to core 0 "

@@ -42,6 +42,16 @@ def dirty_note(results: Results) -> str:
     return " (uncommitted changes)" if results.get("git_dirty") else ""
 
 
+def run_lines(r: Results) -> list[str]:
+    """A report's opening lines on how it was made: the command, then the commit, CPU and
+    wall time (`benchmarks.provenance.run_provenance` and `wall_seconds`)."""
+    return [
+        f"Command: `{r['command']}`  ",
+        f"Commit: `{r['git_commit']}`{dirty_note(r)}; CPU {r['cpu']} ({r['cpu_count']} cores); "
+        f"wall time {r['wall_seconds']:.0f} s  ",
+    ]
+
+
 def capacity_line(r: Results) -> str:
     """How a fleet benchmark chose its load: the capacity probe and the share of it offered."""
     c = r["capacity"]
